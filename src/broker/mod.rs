@@ -1,0 +1,559 @@
+//! The Redis dispatch layer: the process's one fred pool and every script that
+//! moves jobs between ready, delayed, leased and ingest structures.
+//!
+//! Key layout for queue `q` (prefix `jobrunner` by default):
+//! `prefix:{q}:ready` (zset by priority, then time), `:delayed` (zset by due ms),
+//! `:leases` (zset by lease deadline), `:fence` (fencing-token counter), `:ingest`
+//! (list of producer-enqueued ids), `:ingesting` (zset of claimed ingest ids),
+//! `:job:<id>` (hash: kind, payload, attempts, max_attempts, token, …) and the
+//! channel `prefix:{q}:wake`. `prefix:epoch` marks a Redis that has been seeded.
+//!
+//! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
+//! command here blocks on the server, so every call may share the pool.
+
+mod scripts;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::scripts::Script;
+use uuid::Uuid;
+
+use crate::config::RedisConfig;
+
+pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to Redis at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: fred::error::Error,
+    },
+    #[error("Redis command failed")]
+    Redis(#[from] fred::error::Error),
+    #[error("unexpected reply from Redis script {script}: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+}
+
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// A job leased to this daemon by [`Broker::fetch`].
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// The payload as the producer wrote it; parsing it is the worker's job, so a
+    /// malformed one ends that job, not the fetch.
+    pub payload: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// The fencing token of this attempt.
+    pub token: i64,
+}
+
+/// The result of one fetch round trip.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub jobs: Vec<Leased>,
+    /// When the earliest delayed job falls due (Unix ms), if any.
+    pub next_due_ms: Option<i64>,
+}
+
+/// A lease the reaper found expired.
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    pub id: Uuid,
+    /// True when the job had used all its attempts and was dropped as dead.
+    pub dead: bool,
+    pub attempts: i32,
+    pub token: i64,
+}
+
+/// A producer-enqueued job claimed for ledger insertion.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: String,
+    pub priority: i32,
+    /// 0 means "the kind's default".
+    pub max_attempts: i32,
+    pub created_ms: i64,
+    pub run_ms: i64,
+}
+
+/// A job on its way into Redis from the ledger's outbox.
+#[derive(Debug, Clone)]
+pub struct Dispatch<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub payload: &'a str,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_ms: i64,
+}
+
+/// What a Redis-direct producer sends (the same as the documented script takes).
+#[derive(Debug, Clone, Default)]
+pub struct RedisEnqueue {
+    pub queue: String,
+    pub kind: String,
+    pub payload: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub delay_ms: i64,
+}
+
+struct Scripts {
+    enqueue: Script,
+    claim_ingest: Script,
+    promote_ingested: Script,
+    dispatch: Script,
+    fetch: Script,
+    complete: Script,
+    retry: Script,
+    release: Script,
+    heartbeat: Script,
+    reap: Script,
+    missing: Script,
+}
+
+/// The shared Redis pool plus the loaded scripts. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pool: Pool,
+    /// Kept to build the subscriber and per-loop clients with the same settings.
+    builder: std::sync::Arc<Builder>,
+    prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn script(body: &str) -> Script {
+    Script::from_lua(scripts::source(body))
+}
+
+/// The full text of the producer enqueue script, as documented in PROTOCOL.md.
+pub fn enqueue_script_source() -> String {
+    scripts::source(scripts::ENQUEUE)
+}
+
+impl Broker {
+    /// Builds the process's one pool, with a reconnect policy that never gives up
+    /// and a command timeout, and waits for the first connection.
+    pub async fn connect(config: &RedisConfig) -> Result<Broker> {
+        let url = crate::config::redact_url(&config.url);
+        let connect_err = |source| Error::Connect {
+            url: url.clone(),
+            source,
+        };
+        let redis_config = Config::from_url(&config.url).map_err(connect_err)?;
+        let mut builder = Builder::from_config(redis_config);
+        let (min, max) = (
+            config.reconnect_min_delay.as_millis().min(u32::MAX as u128) as u32,
+            config.reconnect_max_delay.as_millis().min(u32::MAX as u128) as u32,
+        );
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                min.max(1),
+                max.max(1),
+                2,
+            ))
+            .with_connection_config(|c| {
+                c.connection_timeout = config.connect_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(config.command_timeout),
+                    interval: Duration::from_millis(500),
+                };
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+            });
+        let pool = builder.build_pool(config.pool_size).map_err(connect_err)?;
+        pool.init().await.map_err(connect_err)?;
+        Ok(Broker {
+            pool,
+            builder: std::sync::Arc::new(builder),
+            prefix: config.key_prefix.clone(),
+            scripts: std::sync::Arc::new(Scripts {
+                enqueue: script(scripts::ENQUEUE),
+                claim_ingest: script(scripts::CLAIM_INGEST),
+                promote_ingested: script(scripts::PROMOTE_INGESTED),
+                dispatch: script(scripts::DISPATCH),
+                fetch: script(scripts::FETCH),
+                complete: script(scripts::COMPLETE),
+                retry: script(scripts::RETRY),
+                release: script(scripts::RELEASE),
+                heartbeat: script(scripts::HEARTBEAT),
+                reap: script(scripts::REAP),
+                missing: script(scripts::MISSING),
+            }),
+        })
+    }
+
+    /// A pub/sub client with the pool's settings (one per process, for wake-ups).
+    pub fn subscriber(&self) -> Result<fred::clients::SubscriberClient> {
+        Ok(self.builder.build_subscriber_client()?)
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    pub async fn ping(&self) -> Result {
+        let _: String = self.pool.ping(None).await?;
+        Ok(())
+    }
+
+    fn key(&self, queue: &str, what: &str) -> String {
+        format!("{}:{{{queue}}}:{what}", self.prefix)
+    }
+
+    fn job_prefix(&self, queue: &str) -> String {
+        self.key(queue, "job:")
+    }
+
+    pub fn job_key(&self, queue: &str, id: Uuid) -> String {
+        format!("{}{id}", self.job_prefix(queue))
+    }
+
+    /// The wake-up channel of a queue: scripts publish when its ready set or ingest
+    /// list goes from empty to non-empty.
+    pub fn wake_channel(&self, queue: &str) -> String {
+        self.key(queue, "wake")
+    }
+
+    /// The queue named in a wake-up channel, if it is one of ours.
+    pub fn queue_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:wake")
+    }
+
+    async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value> {
+        Ok(script
+            .evalsha_with_reload(self.pool.next(), keys, args)
+            .await?)
+    }
+
+    /// Enqueues the way a Redis-only producer does (the documented script).
+    /// Returns the new job's id.
+    pub async fn enqueue(&self, job: &RedisEnqueue) -> Result<Uuid> {
+        let id = Uuid::now_v7();
+        self.eval(
+            &self.scripts.enqueue,
+            vec![self.job_key(&job.queue, id), self.key(&job.queue, "ingest")],
+            vec![
+                id.to_string(),
+                job.kind.clone(),
+                job.payload.clone(),
+                job.priority.to_string(),
+                job.max_attempts.to_string(),
+                job.delay_ms.to_string(),
+            ],
+        )
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn claim_ingest(&self, queue: &str, n: usize) -> Result<Vec<Ingest>> {
+        let reply = self
+            .eval(
+                &self.scripts.claim_ingest,
+                vec![self.key(queue, "ingest"), self.key(queue, "ingesting")],
+                vec![n.to_string(), self.job_prefix(queue)],
+            )
+            .await?;
+        let flat = strings(reply, "claim_ingest")?;
+        let mut out = Vec::with_capacity(flat.len() / 7);
+        for c in flat.chunks_exact(7) {
+            let Ok(id) = c[0].parse() else {
+                tracing::warn!(queue, id = %c[0], "Dropping an ingest entry that is not a UUID");
+                continue;
+            };
+            out.push(Ingest {
+                id,
+                kind: c[1].clone(),
+                payload: c[2].clone(),
+                priority: c[3].parse().unwrap_or(0),
+                max_attempts: c[4].parse().unwrap_or(0),
+                created_ms: c[5].parse().unwrap_or(0),
+                run_ms: c[6].parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `jobs`: (id, resolved max_attempts, refused).
+    pub async fn promote_ingested(&self, queue: &str, jobs: &[(Uuid, i32, bool)]) -> Result {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![self.job_prefix(queue), self.wake_channel(queue)];
+        for (id, max_attempts, refused) in jobs {
+            args.push(id.to_string());
+            args.push(max_attempts.to_string());
+            args.push(if *refused { "1" } else { "0" }.to_owned());
+        }
+        self.eval(
+            &self.scripts.promote_ingested,
+            vec![
+                self.key(queue, "ingesting"),
+                self.key(queue, "ready"),
+                self.key(queue, "delayed"),
+            ],
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Puts ledger jobs of one queue into Redis. Returns how many were new there.
+    pub async fn dispatch(&self, queue: &str, jobs: &[Dispatch<'_>]) -> Result<i64> {
+        let mut args = Vec::with_capacity(2 + jobs.len() * 7);
+        args.push(self.job_prefix(queue));
+        args.push(self.wake_channel(queue));
+        for j in jobs {
+            args.push(j.id.to_string());
+            args.push(j.kind.to_owned());
+            args.push(j.payload.to_owned());
+            args.push(j.priority.to_string());
+            args.push(j.attempts.to_string());
+            args.push(j.max_attempts.to_string());
+            args.push(j.run_ms.to_string());
+        }
+        let reply = self
+            .eval(
+                &self.scripts.dispatch,
+                vec![self.key(queue, "ready"), self.key(queue, "delayed")],
+                args,
+            )
+            .await?;
+        reply.as_i64().ok_or_else(|| Error::Reply {
+            script: "dispatch",
+            detail: format!("{reply:?}"),
+        })
+    }
+
+    /// Leases up to `n` jobs of `queue` for `lease`.
+    pub async fn fetch(&self, queue: &str, n: usize, lease: Duration) -> Result<Fetched> {
+        let reply = self
+            .eval(
+                &self.scripts.fetch,
+                vec![
+                    self.key(queue, "ready"),
+                    self.key(queue, "delayed"),
+                    self.key(queue, "leases"),
+                    self.key(queue, "fence"),
+                ],
+                vec![
+                    n.to_string(),
+                    lease.as_millis().to_string(),
+                    self.job_prefix(queue),
+                ],
+            )
+            .await?;
+        let flat = strings(reply, "fetch")?;
+        let Some((next, rest)) = flat.split_first() else {
+            return Err(Error::Reply {
+                script: "fetch",
+                detail: "empty reply".into(),
+            });
+        };
+        let next_due_ms = next
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v >= 0.0)
+            .map(|v| v as i64);
+        let mut jobs = Vec::with_capacity(rest.len() / 6);
+        for c in rest.chunks_exact(6) {
+            let (Ok(id), Ok(token)) = (c[0].parse(), c[5].parse()) else {
+                return Err(Error::Reply {
+                    script: "fetch",
+                    detail: format!("bad job entry {c:?}"),
+                });
+            };
+            jobs.push(Leased {
+                id,
+                queue: queue.to_owned(),
+                kind: c[1].clone(),
+                payload: c[2].clone(),
+                attempt: c[3].parse().unwrap_or(1),
+                max_attempts: c[4].parse().unwrap_or(1),
+                token,
+            });
+        }
+        Ok(Fetched { jobs, next_due_ms })
+    }
+
+    fn lease_args(&self, job: &Leased) -> Vec<String> {
+        vec![
+            self.job_key(&job.queue, job.id),
+            job.id.to_string(),
+            job.token.to_string(),
+        ]
+    }
+
+    async fn fenced(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<bool> {
+        Ok(self.eval(script, keys, args).await?.as_i64() == Some(1))
+    }
+
+    /// Ends the job in Redis. False when this worker no longer holds the lease: its
+    /// outcome must then be discarded.
+    pub async fn complete(&self, job: &Leased) -> Result<bool> {
+        self.fenced(
+            &self.scripts.complete,
+            vec![self.key(&job.queue, "leases")],
+            self.lease_args(job),
+        )
+        .await
+    }
+
+    pub async fn retry(&self, job: &Leased, delay: Duration) -> Result<bool> {
+        let mut args = self.lease_args(job);
+        args.push(delay.as_millis().to_string());
+        self.fenced(
+            &self.scripts.retry,
+            vec![
+                self.key(&job.queue, "leases"),
+                self.key(&job.queue, "delayed"),
+            ],
+            args,
+        )
+        .await
+    }
+
+    pub async fn release(&self, job: &Leased) -> Result<bool> {
+        let mut args = self.lease_args(job);
+        args.push(self.wake_channel(&job.queue));
+        self.fenced(
+            &self.scripts.release,
+            vec![
+                self.key(&job.queue, "leases"),
+                self.key(&job.queue, "ready"),
+            ],
+            args,
+        )
+        .await
+    }
+
+    pub async fn heartbeat(&self, job: &Leased, lease: Duration) -> Result<bool> {
+        let mut args = self.lease_args(job);
+        args.push(lease.as_millis().to_string());
+        self.fenced(
+            &self.scripts.heartbeat,
+            vec![self.key(&job.queue, "leases")],
+            args,
+        )
+        .await
+    }
+
+    /// Returns expired leases of `queue` and stale ingest claims.
+    pub async fn reap(&self, queue: &str, ingest_timeout: Duration) -> Result<Vec<Reaped>> {
+        let reply = self
+            .eval(
+                &self.scripts.reap,
+                vec![
+                    self.key(queue, "leases"),
+                    self.key(queue, "ready"),
+                    self.key(queue, "ingest"),
+                    self.key(queue, "ingesting"),
+                ],
+                vec![
+                    self.job_prefix(queue),
+                    self.wake_channel(queue),
+                    ingest_timeout.as_millis().to_string(),
+                ],
+            )
+            .await?;
+        let flat = strings(reply, "reap")?;
+        Ok(flat
+            .chunks_exact(4)
+            .filter_map(|c| {
+                Some(Reaped {
+                    id: c[0].parse().ok()?,
+                    dead: c[1] == "dead",
+                    attempts: c[2].parse().unwrap_or(0),
+                    token: c[3].parse().unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    /// Which of `ids` (all of `queue`) Redis holds no copy of.
+    pub async fn missing(&self, queue: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut args = vec![self.job_prefix(queue)];
+        args.extend(ids.iter().map(Uuid::to_string));
+        let reply = self.eval(&self.scripts.missing, vec![], args).await?;
+        Ok(strings(reply, "missing")?
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect())
+    }
+
+    /// The epoch marker tells a seeded Redis from one that restarted empty. Returns
+    /// the current epoch, creating one (and reporting `true`) when none was there.
+    pub async fn epoch(&self) -> Result<(String, bool)> {
+        let key = format!("{}:epoch", self.prefix);
+        let fresh = Uuid::now_v7().to_string();
+        let set: Option<String> = self
+            .pool
+            .set(&key, fresh.as_str(), None, Some(SetOptions::NX), false)
+            .await?;
+        if set.is_some() {
+            return Ok((fresh, true));
+        }
+        let current: Option<String> = self.pool.get(&key).await?;
+        Ok((current.unwrap_or(fresh), false))
+    }
+
+    /// Jobs waiting in each structure of a queue: (ready, delayed, leased, ingest).
+    pub async fn depth(&self, queue: &str) -> Result<(i64, i64, i64, i64)> {
+        let ready: i64 = self.pool.zcard(self.key(queue, "ready")).await?;
+        let delayed: i64 = self.pool.zcard(self.key(queue, "delayed")).await?;
+        let leased: i64 = self.pool.zcard(self.key(queue, "leases")).await?;
+        let ingest: i64 = self.pool.llen(self.key(queue, "ingest")).await?;
+        Ok((ready, delayed, leased, ingest))
+    }
+}
+
+/// Reads a script's flat array reply as strings (numbers included).
+fn strings(reply: Value, script: &'static str) -> Result<Vec<String>> {
+    match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Integer(i) => Ok(i.to_string()),
+                Value::Double(d) => Ok(d.to_string()),
+                other => other.into_string().ok_or_else(|| Error::Reply {
+                    script,
+                    detail: "a non-string item".into(),
+                }),
+            })
+            .collect(),
+        Value::Null => Ok(Vec::new()),
+        other => Err(Error::Reply {
+            script,
+            detail: format!("expected an array, got {other:?}"),
+        }),
+    }
+}

@@ -1,0 +1,96 @@
+//! `jobrunner demo`: the README's first command. Migrates, enqueues one job of
+//! each built-in kind through both ways in, runs an in-process daemon until they
+//! all end, and prints what happened.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::broker::{Broker, RedisEnqueue};
+use crate::config::Config;
+use crate::jobs::Registry;
+use crate::ledger::{Ledger, NewJob};
+use crate::runtime::Daemon;
+
+pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
+    // Retries in the demo should take moments, not the production backoff.
+    let fail = config.kinds.entry("fail".into()).or_default();
+    fail.backoff.base = Duration::from_millis(200);
+    fail.backoff.max = Duration::from_secs(1);
+    fail.max_attempts = 3;
+
+    let ledger = Ledger::connect(&config.database).await?;
+    ledger.migrate().await.context("applying migrations")?;
+    ledger.sync_kinds(&config).await?;
+    let broker = Broker::connect(&config.redis).await?;
+
+    let sql = |kind: &str, payload: serde_json::Value| NewJob {
+        kind: kind.into(),
+        payload,
+        ..NewJob::default()
+    };
+    let mut jobs = Vec::new();
+    for (what, job) in [
+        ("SQL", sql("noop", json!({"hello": "world"}))),
+        ("SQL", sql("sleep", json!({"ms": 300}))),
+        ("SQL", sql("fail", json!({"times": 1}))),
+        ("SQL", sql("fail", json!({"permanent": true}))),
+        ("SQL", sql("sleep", json!({"ms": "not a number"}))),
+        (
+            "SQL, 1s delay",
+            NewJob {
+                run_at: Some(chrono::Utc::now() + chrono::Duration::seconds(1)),
+                ..sql("noop", json!({"delayed": true}))
+            },
+        ),
+    ] {
+        jobs.push((what, ledger.enqueue(&job).await?));
+    }
+    let redis_id = broker
+        .enqueue(&RedisEnqueue {
+            queue: config.kind("noop").queue,
+            kind: "noop".into(),
+            payload: json!({"via": "redis"}).to_string(),
+            ..RedisEnqueue::default()
+        })
+        .await?;
+    jobs.push(("Redis", redis_id));
+
+    println!("Enqueued {} demo jobs; running them...", jobs.len());
+    let daemon = Daemon::start_with(config, Registry::builtin(), ledger.clone(), broker);
+    let mut rows = Vec::new();
+    for (via, id) in &jobs {
+        let job = ledger
+            .wait_final(*id, Some(Duration::from_secs(60)))
+            .await?;
+        rows.push((*via, job));
+    }
+    daemon.stop().await;
+
+    println!();
+    println!(
+        "{:<36}  {:<6}  {:<13}  {:<9}  {:>8}  result / last_error",
+        "id", "kind", "enqueued via", "status", "attempts"
+    );
+    let mut unfinished = 0;
+    for (via, job) in &rows {
+        let detail = match (&job.result, &job.last_error) {
+            (Some(r), _) if job.status == "succeeded" => r.to_string(),
+            (_, Some(e)) => e.clone(),
+            _ => "-".into(),
+        };
+        if !job.status().is_some_and(|s| s.is_final()) {
+            unfinished += 1;
+        }
+        println!(
+            "{:<36}  {:<6}  {:<13}  {:<9}  {:>8}  {}",
+            job.id, job.kind, via, job.status, job.attempts, detail
+        );
+    }
+    if unfinished > 0 {
+        anyhow::bail!("{unfinished} demo jobs did not finish within a minute");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,525 @@
+//! Configuration: built-in defaults, then a TOML file, then environment overrides.
+//!
+//! This module owns parsing and validation only. It never opens a connection; the
+//! other modules receive the validated sections they need. A typo or a bad value is
+//! an [`Error`] naming the file, the key and the reason, so start-up stops before
+//! anything runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its file when `--config` is not given, in order.
+pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
+
+/// The queue a kind uses when neither the producer nor the config names one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {origin}: key `{key}`: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+}
+
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// The whole effective configuration of one daemon or CLI invocation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    /// Per-queue settings; a queue that is not listed here is not served.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Per-kind settings; a kind that is not listed uses [`KindConfig::default`].
+    pub kinds: BTreeMap<String, KindConfig>,
+    /// Where this configuration came from, for error messages. Not a key.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Ping a pooled connection before handing it out, so a restarted Postgres costs
+    /// one failed ping rather than one failed job.
+    pub test_before_acquire: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Connections in the shared pool (blocking-free commands only).
+    pub pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Every command fails after this long instead of hanging on a half-dead socket.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Reconnect backoff starts here and doubles up to `reconnect_max_delay`, forever.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Every key starts with this; tests give each daemon its own prefix.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// How long a fetched job is leased before another daemon may run it again.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Most jobs taken from one queue in one round trip.
+    pub fetch_batch: usize,
+    /// On SIGTERM, running jobs get this long to finish before they are handed back.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often expired leases are returned and Redis is checked for a lost epoch.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// Safety-net sweep of the SQL outbox, in case a NOTIFY was missed.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// An idle fetch loop polls this often even without a wake-up message.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most status changes written to Postgres in one statement.
+    pub status_batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive such as `info` or `jobrunner=debug,sqlx=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most jobs of this queue running at once in this daemon.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KindConfig {
+    pub queue: String,
+    pub max_attempts: i32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub backoff: BackoffConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// Delay before the second attempt; each later retry doubles it.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut queues = BTreeMap::new();
+        queues.insert(DEFAULT_QUEUE.to_owned(), QueueConfig::default());
+        Config {
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+            queues,
+            kinds: BTreeMap::new(),
+            origin: "built-in defaults".to_owned(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/jobrunner".to_owned(),
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+            test_before_acquire: true,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            key_prefix: "jobrunner".to_owned(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            lease: Duration::from_secs(30),
+            fetch_batch: 64,
+            drain_timeout: Duration::from_secs(30),
+            reap_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
+            status_batch_max: 2000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info,sqlx=warn".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { concurrency: 32 }
+    }
+}
+
+impl Default for KindConfig {
+    fn default() -> Self {
+        KindConfig {
+            queue: DEFAULT_QUEUE.to_owned(),
+            max_attempts: 25,
+            timeout: Duration::from_secs(300),
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file named by `explicit`, else the first of [`SEARCH_PATH`] that
+    /// exists, else the defaults; then applies environment overrides and validates.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let found = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => SEARCH_PATH.iter().map(PathBuf::from).find(|p| p.is_file()),
+        };
+        let mut config = match found {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names it in errors. Does not validate.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().trim_end_matches('.').to_owned(),
+        })?;
+        config.origin = origin.to_owned();
+        Ok(config)
+    }
+
+    /// `JOBRUNNER_DATABASE_URL` / `JOBRUNNER_REDIS_URL` win, then `DATABASE_URL` /
+    /// `REDIS_URL`. The lookup is a parameter so tests need not touch the process env.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let pick = |a: &str, b: &str| var(a).or_else(|| var(b)).filter(|v| !v.is_empty());
+        if let Some(url) = pick("JOBRUNNER_DATABASE_URL", "DATABASE_URL") {
+            self.database.url = url;
+        }
+        if let Some(url) = pick("JOBRUNNER_REDIS_URL", "REDIS_URL") {
+            self.redis.url = url;
+        }
+    }
+
+    pub fn validate(&self) -> Result {
+        let bad = |key: &str, reason: &str| {
+            Err(Error::Invalid {
+                origin: self.origin.clone(),
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return bad(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections < 2 {
+            return bad(
+                "database.max_connections",
+                "must be at least 2 (one is held by the outbox listener)",
+            );
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return bad(
+                "database.min_connections",
+                "must not exceed database.max_connections",
+            );
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return bad("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size", "must be at least 1");
+        }
+        if self.redis.command_timeout.is_zero() {
+            return bad(
+                "redis.command_timeout",
+                "must be above zero, or a half-dead socket hangs the daemon",
+            );
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return bad(
+                "redis.key_prefix",
+                "must be non-empty and contain no braces",
+            );
+        }
+        if self.runtime.lease < Duration::from_millis(300) {
+            return bad("runtime.lease", "must be at least 300ms");
+        }
+        if self.runtime.fetch_batch == 0 {
+            return bad("runtime.fetch_batch", "must be at least 1");
+        }
+        if self.runtime.status_batch_max == 0 {
+            return bad("runtime.status_batch_max", "must be at least 1");
+        }
+        for (key, value) in [
+            ("runtime.reap_interval", self.runtime.reap_interval),
+            ("runtime.sweep_interval", self.runtime.sweep_interval),
+            ("runtime.poll_interval", self.runtime.poll_interval),
+        ] {
+            if value.is_zero() {
+                return bad(key, "must be above zero");
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return bad("log.level", &format!("not a log filter: {e}"));
+        }
+        for (name, queue) in &self.queues {
+            if !valid_name(name) {
+                return bad(&format!("queues.{name}"), NAME_RULE);
+            }
+            if queue.concurrency == 0 {
+                return bad(&format!("queues.{name}.concurrency"), "must be at least 1");
+            }
+        }
+        for (name, kind) in &self.kinds {
+            if !valid_name(name) {
+                return bad(&format!("kinds.{name}"), NAME_RULE);
+            }
+            if !valid_name(&kind.queue) {
+                return bad(&format!("kinds.{name}.queue"), NAME_RULE);
+            }
+            if kind.max_attempts < 1 {
+                return bad(&format!("kinds.{name}.max_attempts"), "must be at least 1");
+            }
+            if kind.timeout.is_zero() {
+                return bad(&format!("kinds.{name}.timeout"), "must be above zero");
+            }
+            if kind.backoff.max < kind.backoff.base {
+                return bad(
+                    &format!("kinds.{name}.backoff.max"),
+                    "must not be below backoff.base",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings for `kind`, falling back to the defaults for unlisted kinds.
+    pub fn kind(&self, kind: &str) -> KindConfig {
+        self.kinds.get(kind).cloned().unwrap_or_default()
+    }
+
+    /// The effective configuration as TOML, with the database password hidden.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.redis.url = redact_url(&shown.redis.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+const NAME_RULE: &str = "names may hold only letters, digits, '-', '_' and '.' (1 to 64 of them)";
+
+/// Queue and kind names end up in Redis keys and SQL; keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Hides the password in a connection URL for printing.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Durations in the file are written the way people say them: `30s`, `250ms`, `1h`.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 250ms: {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = Config::from_toml("", "empty.toml").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.runtime.lease, Duration::from_secs(30));
+        assert!(config.queues.contains_key("default"));
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_file_and_the_key() {
+        let err = Config::from_toml("[runtime]\nleas = \"10s\"\n", "my.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("my.toml"), "{text}");
+        assert!(text.contains("leas"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_was_expected() {
+        let err = Config::from_toml("[runtime]\nlease = \"soon\"\n", "my.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("lease") && text.contains("soon"), "{text}");
+    }
+
+    #[test]
+    fn a_zero_concurrency_is_rejected_with_its_key() {
+        let config = Config::from_toml("[queues.mail]\nconcurrency = 0\n", "q.toml").unwrap();
+        let text = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "config q.toml: key `queues.mail.concurrency`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn env_overrides_prefer_the_jobrunner_names() {
+        let mut config = Config::default();
+        config.apply_env(|name| match name {
+            "JOBRUNNER_DATABASE_URL" => Some("postgres://a/b".into()),
+            "DATABASE_URL" => Some("postgres://ignored/x".into()),
+            "REDIS_URL" => Some("redis://r:1/0".into()),
+            _ => None,
+        });
+        assert_eq!(config.database.url, "postgres://a/b");
+        assert_eq!(config.redis.url, "redis://r:1/0");
+    }
+
+    #[test]
+    fn a_password_is_hidden_when_printing() {
+        assert_eq!(
+            redact_url("postgres://app:secret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn kinds_fall_back_to_defaults() {
+        let config = Config::from_toml(
+            "[kinds.mail]\nqueue = \"mail\"\nmax_attempts = 3\n",
+            "k.toml",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.kind("mail").max_attempts, 3);
+        assert_eq!(config.kind("other").queue, "default");
+    }
+}

@@ -1,0 +1,119 @@
+//! Job kinds: the [`Handler`] trait, the [`Registry`] that maps a kind to its
+//! handler, and the built-in kinds (one file each).
+//!
+//! **Invariant:** handlers never touch Redis or the `jobrunner.jobs` table; they get
+//! their input in a [`JobContext`] and say how the attempt ended with a
+//! [`JobResult`]. The runtime turns that into leases and status.
+
+mod diagnostic;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Everything a handler may know about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub payload: Value,
+    /// Fires when the attempt should stop early (shutdown past the drain deadline);
+    /// a handler with long loops should check it.
+    pub cancel: CancellationToken,
+    /// The daemon's shared Postgres pool, for kinds that write their own tables.
+    pub db: sqlx::PgPool,
+}
+
+/// How an attempt failed, and so what happens next.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt (after backoff, or after `retry_after` when the
+    /// upstream said how long to wait).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (bad payload, unknown kind, rejected input): the job ends
+    /// `dead` now.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl JobError {
+    pub fn retryable(message: impl Into<String>) -> JobError {
+        JobError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> JobError {
+        JobError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// Decodes a payload into `T`, turning a mismatch into a permanent error that
+    /// says what was wrong.
+    pub fn parse_payload<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, JobError> {
+        serde_json::from_value(payload.clone())
+            .map_err(|e| JobError::permanent(format!("bad payload: {e}")))
+    }
+}
+
+pub type JobResult = Result<Value, JobError>;
+
+/// A kind of job. Implementations must be idempotent: an attempt may run again
+/// after a crash (at-least-once).
+pub trait Handler: Send + Sync + 'static {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, JobResult>;
+}
+
+/// Any `Fn(JobContext) -> impl Future<Output = JobResult>` is a handler.
+impl<F, Fut> Handler for F
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = JobResult> + Send + 'static,
+{
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, JobResult> {
+        Box::pin(self(ctx))
+    }
+}
+
+/// Kind name → handler. Built once at start-up and shared read-only.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// The kinds every daemon runs.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry::default();
+        diagnostic::register(&mut registry);
+        registry
+    }
+
+    pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,509 @@
+//! The Postgres ledger: the system of record for every job.
+//!
+//! This module owns the migrations, the SQL enqueue path, the outbox the dispatcher
+//! drains, the batched status writer and the queries the CLI makes.
+//!
+//! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
+//! the dispatcher in `runtime` moves outbox rows into `broker`.
+
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::config::{self, DatabaseConfig};
+
+pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
+
+/// The channel `jobrunner.enqueue` notifies, with the queue name as payload.
+pub const ENQUEUED_CHANNEL: &str = "jobrunner_enqueued";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to Postgres at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database schema is not current (at {found}, this jobrunner needs {needed}): run `jobrunner migrate` or start with `jobrunner run --migrate`"
+    )]
+    SchemaOutdated { found: String, needed: i64 },
+    #[error("migrating the database failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    #[error("Postgres query failed")]
+    Sql(#[from] sqlx::Error),
+}
+
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// Where a job is in its life. The strings are what the `status` column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Scheduled,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Retrying => "retrying",
+            Status::Succeeded => "succeeded",
+            Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// A final job never changes status again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Dead | Status::Cancelled)
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "scheduled" => Status::Scheduled,
+            "queued" => Status::Queued,
+            "running" => Status::Running,
+            "retrying" => Status::Retrying,
+            "succeeded" => Status::Succeeded,
+            "dead" => Status::Dead,
+            "cancelled" => Status::Cancelled,
+            other => return Err(format!("unknown status `{other}`")),
+        })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of `jobrunner.jobs`, as front ends and the CLI see it.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub status: String,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    pub fn status(&self) -> Option<Status> {
+        self.status.parse().ok()
+    }
+}
+
+/// What a producer asks for; `None` fields take the kind's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: Value,
+    pub queue: Option<String>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub priority: i32,
+    pub max_attempts: Option<i32>,
+}
+
+/// A committed job on its way from the outbox into Redis.
+#[derive(Debug, Clone, FromRow)]
+pub struct DispatchJob {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// The payload as JSON text, passed through to Redis untouched.
+    pub payload: String,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Outbox rows locked by this daemon until [`OutboxBatch::commit`]; dropping the batch
+/// releases them for the next sweep.
+pub struct OutboxBatch {
+    tx: Transaction<'static, Postgres>,
+    pub jobs: Vec<DispatchJob>,
+}
+
+/// A job a producer put straight into Redis, to be recorded in the ledger.
+#[derive(Debug, Clone)]
+pub struct IngestedJob {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// Set when the job is refused at ingest (bad payload): it is recorded `dead`.
+    pub refused: Option<String>,
+}
+
+/// The shared Postgres pool and every query on the ledger.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: PgPool,
+}
+
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!();
+    migrator.dangerous_set_table_name("jobrunner._sqlx_migrations");
+    migrator.create_schema("jobrunner");
+    migrator
+}
+
+/// The newest migration this binary knows.
+pub fn schema_version() -> i64 {
+    migrator().iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+impl Ledger {
+    /// Builds the process's one Postgres pool and checks that the server answers.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
+        let url = config::redact_url(&config.url);
+        let options: PgConnectOptions = config.url.parse().map_err(|source| Error::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let options = options.application_name("jobrunner");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(Some(config.idle_timeout))
+            .max_lifetime(Some(config.max_lifetime))
+            .test_before_acquire(config.test_before_acquire)
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Connect { url, source })?;
+        Ok(Ledger { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Ledger {
+        Ledger { pool }
+    }
+
+    /// The shared pool, for handlers that write their own tables.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies every pending migration. Safe to run from several processes at once:
+    /// the migrator takes an advisory lock.
+    pub async fn migrate(&self) -> Result {
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Fails with [`Error::SchemaOutdated`] unless every migration this binary
+    /// knows has been applied.
+    pub async fn check_schema(&self) -> Result {
+        let needed = schema_version();
+        let applied: Option<i64> = match sqlx::query_scalar(
+            "SELECT max(version) FROM jobrunner._sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
+        {
+            Ok(v) => v,
+            // 42P01: undefined table, 3F000: undefined schema: never migrated.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P01") | Some("3F000")) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match applied {
+            Some(v) if v >= needed => Ok(()),
+            Some(v) => Err(Error::SchemaOutdated {
+                found: format!("version {v}"),
+                needed,
+            }),
+            None => Err(Error::SchemaOutdated {
+                found: "no jobrunner schema".into(),
+                needed,
+            }),
+        }
+    }
+
+    /// Copies per-kind defaults from the config so SQL producers that give only a
+    /// kind land on its queue with its attempt limit.
+    pub async fn sync_kinds(&self, config: &config::Config) -> Result {
+        let (kinds, queues, attempts): (Vec<String>, Vec<String>, Vec<i32>) = config
+            .kinds
+            .iter()
+            .map(|(k, c)| (k.clone(), c.queue.clone(), c.max_attempts))
+            .fold(Default::default(), |mut acc, (k, q, a)| {
+                acc.0.push(k);
+                acc.1.push(q);
+                acc.2.push(a);
+                acc
+            });
+        sqlx::query(
+            "INSERT INTO jobrunner.kinds (kind, queue, max_attempts)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[])
+             ON CONFLICT (kind) DO UPDATE
+               SET queue = EXCLUDED.queue, max_attempts = EXCLUDED.max_attempts, updated_at = now()
+             WHERE (jobrunner.kinds.queue, jobrunner.kinds.max_attempts)
+                   IS DISTINCT FROM (EXCLUDED.queue, EXCLUDED.max_attempts)",
+        )
+        .bind(kinds)
+        .bind(queues)
+        .bind(attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Enqueues through `jobrunner.enqueue`, exactly as a SQL producer would.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Uuid> {
+        let id = sqlx::query_scalar("SELECT jobrunner.enqueue($1, $2, $3, $4, $5, $6)")
+            .bind(&job.kind)
+            .bind(&job.payload)
+            .bind(&job.queue)
+            .bind(job.run_at)
+            .bind(job.priority)
+            .bind(job.max_attempts)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn job(&self, id: Uuid) -> Result<Job> {
+        sqlx::query_as::<_, Job>(
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
+                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at
+             FROM jobrunner.jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound(id))
+    }
+
+    /// Polls until the job is final or `timeout` passes; returns the last row read.
+    pub async fn wait_final(&self, id: Uuid, timeout: Option<Duration>) -> Result<Job> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let job = self.job(id).await?;
+            let done = job.status().is_some_and(Status::is_final);
+            if done || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(job);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Locks up to `limit` committed, undispatched jobs for this daemon to push to
+    /// Redis. Other daemons skip the locked rows.
+    pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
+        let mut tx = self.pool.begin().await?;
+        let jobs = sqlx::query_as::<_, DispatchJob>(
+            "SELECT id, queue, kind, payload::text AS payload, priority, attempts, max_attempts,
+                    run_at, created_at
+             FROM jobrunner.jobs
+             WHERE NOT dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')
+             ORDER BY created_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(OutboxBatch { tx, jobs })
+    }
+
+    /// Records jobs producers put straight into Redis. Idempotent: a row that exists
+    /// already is left alone, so a re-ingest after a crash does no harm.
+    pub async fn insert_ingested(&self, jobs: &[IngestedJob]) -> Result {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut cols = IngestColumns::default();
+        for job in jobs {
+            cols.push(job);
+        }
+        sqlx::query(
+            "INSERT INTO jobrunner.jobs
+               (id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
+                last_error, finished_at, dispatched)
+             SELECT u.id, u.queue, u.kind, u.payload::jsonb, u.status, u.priority, u.max_attempts,
+                    u.run_at, u.created_at, u.last_error,
+                    CASE WHEN u.status = 'dead' THEN now() END, true
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                         $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[])
+               AS u(id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
+                    last_error)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(cols.ids)
+        .bind(cols.queues)
+        .bind(cols.kinds)
+        .bind(cols.payloads)
+        .bind(cols.statuses)
+        .bind(cols.priorities)
+        .bind(cols.max_attempts)
+        .bind(cols.run_ats)
+        .bind(cols.created_ats)
+        .bind(cols.errors)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks every job that is not final for dispatch again: used when Redis came
+    /// back empty. Returns how many rows it marked.
+    pub async fn redispatch_all(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobrunner.jobs SET dispatched = false
+             WHERE dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Marks the given jobs for dispatch again (their Redis copy was found missing),
+    /// unless a status write touched them after `before`.
+    pub async fn redispatch_stale(&self, ids: &[Uuid], before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobrunner.jobs SET dispatched = false
+             WHERE id = ANY($1) AND updated_at < $2
+               AND status IN ('scheduled', 'queued', 'retrying', 'running')",
+        )
+        .bind(ids)
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A connection listening on [`ENQUEUED_CHANNEL`]. It holds one pooled
+    /// connection for as long as it lives.
+    pub async fn listener(&self) -> Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(ENQUEUED_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// One page of dispatched, non-final jobs untouched since `before`, ordered by id
+    /// after `after`: the candidates whose Redis copy the orphan sweep checks.
+    pub async fn stale_page(
+        &self,
+        before: DateTime<Utc>,
+        after: Uuid,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, queue FROM jobrunner.jobs
+             WHERE dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')
+               AND updated_at < $1 AND id > $2
+             ORDER BY id LIMIT $3",
+        )
+        .bind(before)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<Uuid, _>(0), r.get::<String, _>(1)))
+            .collect())
+    }
+
+    /// Counts of jobs per status, for the demo and the benchmark.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) FROM jobrunner.jobs GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+impl OutboxBatch {
+    /// Marks the batch dispatched; call only after Redis accepted every job.
+    pub async fn commit(mut self) -> Result {
+        let ids: Vec<Uuid> = self.jobs.iter().map(|j| j.id).collect();
+        sqlx::query("UPDATE jobrunner.jobs SET dispatched = true WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct IngestColumns {
+    ids: Vec<Uuid>,
+    queues: Vec<String>,
+    kinds: Vec<String>,
+    payloads: Vec<String>,
+    statuses: Vec<&'static str>,
+    priorities: Vec<i32>,
+    max_attempts: Vec<i32>,
+    run_ats: Vec<DateTime<Utc>>,
+    created_ats: Vec<DateTime<Utc>>,
+    errors: Vec<Option<String>>,
+}
+
+impl IngestColumns {
+    fn push(&mut self, job: &IngestedJob) {
+        let (status, payload) = match &job.refused {
+            // A refused payload may not be JSON at all: keep the text as a JSON string.
+            Some(_) => (Status::Dead, Value::String(job.payload.clone()).to_string()),
+            None if job.run_at > Utc::now() => (Status::Scheduled, job.payload.clone()),
+            None => (Status::Queued, job.payload.clone()),
+        };
+        self.ids.push(job.id);
+        self.queues.push(job.queue.clone());
+        self.kinds.push(job.kind.clone());
+        self.payloads.push(payload);
+        self.statuses.push(status.as_str());
+        self.priorities.push(job.priority);
+        self.max_attempts.push(job.max_attempts);
+        self.run_ats.push(job.run_at);
+        self.created_ats.push(job.created_at);
+        self.errors.push(job.refused.clone());
+    }
+}

@@ -1,0 +1,280 @@
+//! The batched status writer: group commit for job transitions.
+//!
+//! Workers send [`StatusUpdate`]s into a bounded channel; one task takes whatever
+//! has accumulated (up to a batch limit), folds several changes of one job into one,
+//! and applies the batch with a single `UPDATE … FROM UNNEST`. While a batch is in
+//! flight the next one accumulates, so under load each commit carries thousands of
+//! transitions and at rest each lands within a round trip.
+//!
+//! **Invariant:** an update carrying an older fencing token than the row's never
+//! applies, and a final row never changes; both are checked in the statement itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Ledger, Status};
+
+/// One transition of one attempt of a job.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub id: Uuid,
+    /// The fencing token of the attempt this update describes.
+    pub token: i64,
+    pub status: Status,
+    pub attempts: i32,
+    /// When the transition happened (start time for `running`, end time for finals).
+    pub at: DateTime<Utc>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    /// The next run time, for `retrying` and `scheduled`.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+/// The sending side, cloned into every worker.
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<StatusUpdate>,
+}
+
+impl WriterHandle {
+    /// Queues an update; waits when the writer is behind (Postgres slow or down),
+    /// which in turn slows fetching instead of growing memory without bound.
+    pub async fn send(&self, update: StatusUpdate) {
+        if self.tx.send(update).await.is_err() {
+            tracing::error!("Status writer is gone; a status change was not recorded");
+        }
+    }
+}
+
+/// The task that owns the receiving side.
+pub struct StatusWriter {
+    ledger: Ledger,
+    rx: mpsc::Receiver<StatusUpdate>,
+    batch_max: usize,
+}
+
+/// How many updates may wait for the writer before senders wait too.
+const CHANNEL_CAPACITY: usize = 50_000;
+
+impl StatusWriter {
+    pub fn new(ledger: Ledger, batch_max: usize) -> (StatusWriter, WriterHandle) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        (
+            StatusWriter {
+                ledger,
+                rx,
+                batch_max,
+            },
+            WriterHandle { tx },
+        )
+    }
+
+    /// Writes until every handle is dropped and the channel is empty. A failed batch
+    /// is retried with backoff, so Postgres being down delays status but loses none;
+    /// `give_up` bounds that wait once the daemon is stopping.
+    pub async fn run(mut self, give_up: tokio_util::sync::CancellationToken) {
+        let mut buf = Vec::with_capacity(self.batch_max);
+        while self.rx.recv_many(&mut buf, self.batch_max).await > 0 {
+            let batch = coalesce(std::mem::take(&mut buf));
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self.ledger.write_statuses(&batch).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        let error = crate::error_chain(&error);
+                        if give_up.is_cancelled() {
+                            tracing::error!(%error, lost = batch.len(),
+                                "Status writer gave up at shutdown; the orphan sweep will re-run these jobs");
+                            break;
+                        }
+                        tracing::warn!(%error, batch = batch.len(), "Status write failed, retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = give_up.cancelled() => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            metrics_batch(batch.len());
+        }
+    }
+}
+
+fn metrics_batch(size: usize) {
+    tracing::trace!(size, "Status batch written");
+}
+
+/// Folds every update of one job in a batch into one row, in arrival order: the
+/// later status wins, the start time of a `running` step survives its final step.
+fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(updates.len());
+    let mut out: Vec<Merged> = Vec::with_capacity(updates.len());
+    for u in updates {
+        let started = (u.status == Status::Running).then_some(u.at);
+        let finished = u.status.is_final().then_some(u.at);
+        match index.get(&u.id) {
+            Some(&i) => {
+                let m = &mut out[i];
+                if u.token < m.token {
+                    continue;
+                }
+                if u.token > m.token {
+                    m.started_at = None;
+                }
+                m.token = u.token;
+                m.status = u.status;
+                m.attempts = u.attempts;
+                m.started_at = started.or(m.started_at);
+                m.finished_at = finished;
+                m.result = u.result.or(m.result.take());
+                m.last_error = u.last_error.or(m.last_error.take());
+                m.run_at = u.run_at;
+            }
+            None => {
+                index.insert(u.id, out.len());
+                out.push(Merged {
+                    id: u.id,
+                    token: u.token,
+                    status: u.status,
+                    attempts: u.attempts,
+                    started_at: started,
+                    finished_at: finished,
+                    result: u.result,
+                    last_error: u.last_error,
+                    run_at: u.run_at,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+pub(super) struct Merged {
+    id: Uuid,
+    token: i64,
+    status: Status,
+    attempts: i32,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    result: Option<Value>,
+    last_error: Option<String>,
+    run_at: Option<DateTime<Utc>>,
+}
+
+impl Ledger {
+    pub(super) async fn write_statuses(&self, batch: &[Merged]) -> super::Result {
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut finished = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut run_ats = Vec::with_capacity(n);
+        for m in batch {
+            ids.push(m.id);
+            tokens.push(m.token);
+            statuses.push(m.status.as_str());
+            attempts.push(m.attempts);
+            started.push(m.started_at);
+            finished.push(m.finished_at);
+            results.push(m.result.as_ref().map(Value::to_string));
+            errors.push(m.last_error.clone());
+            run_ats.push(m.run_at);
+        }
+        sqlx::query(
+            "UPDATE jobrunner.jobs AS j SET
+                 status      = u.status,
+                 attempts    = u.attempts,
+                 lease_token = u.token,
+                 started_at  = COALESCE(u.started_at, j.started_at),
+                 finished_at = u.finished_at,
+                 result      = COALESCE(u.result::jsonb, j.result),
+                 last_error  = COALESCE(u.last_error, j.last_error),
+                 run_at      = COALESCE(u.run_at, j.run_at),
+                 updated_at  = now()
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::timestamptz[],
+                         $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[])
+               AS u(id, token, status, attempts, started_at, finished_at, result, last_error, run_at)
+             WHERE j.id = u.id
+               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND (j.lease_token IS NULL OR j.lease_token <= u.token)",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .bind(statuses)
+        .bind(attempts)
+        .bind(started)
+        .bind(finished)
+        .bind(results)
+        .bind(errors)
+        .bind(run_ats)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: Uuid, token: i64, status: Status) -> StatusUpdate {
+        StatusUpdate {
+            id,
+            token,
+            status,
+            attempts: 1,
+            at: Utc::now(),
+            result: None,
+            last_error: None,
+            run_at: None,
+        }
+    }
+
+    #[test]
+    fn running_then_succeeded_folds_into_one_row_keeping_the_start_time() {
+        let id = Uuid::now_v7();
+        let running = update(id, 7, Status::Running);
+        let started = running.at;
+        let mut done = update(id, 7, Status::Succeeded);
+        done.result = Some(serde_json::json!({"ok": true}));
+        let merged = coalesce(vec![running, done]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].status, Status::Succeeded);
+        assert_eq!(merged[0].started_at, Some(started));
+        assert!(merged[0].finished_at.is_some());
+        assert_eq!(merged[0].result, Some(serde_json::json!({"ok": true})));
+    }
+
+    #[test]
+    fn an_older_attempt_in_the_same_batch_does_not_win() {
+        let id = Uuid::now_v7();
+        let merged = coalesce(vec![
+            update(id, 9, Status::Running),
+            update(id, 8, Status::Succeeded),
+        ]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].status, Status::Running);
+        assert_eq!(merged[0].token, 9);
+    }
+
+    #[test]
+    fn different_jobs_stay_separate_and_in_order() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let merged = coalesce(vec![
+            update(a, 1, Status::Running),
+            update(b, 1, Status::Running),
+        ]);
+        assert_eq!(merged.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
+    }
+}

@@ -1,0 +1,40 @@
+//! jobrunner: a background job-runner daemon.
+//!
+//! Producers enqueue through SQL (`jobrunner.enqueue`, inside their own
+//! transaction) or straight into Redis; the daemon leases jobs from Redis, runs them
+//! on async handlers and writes every status change back to the Postgres ledger.
+//!
+//! Layout, one concept per module:
+//! - [`config`]: file and environment layering, validation.
+//! - [`ledger`]: Postgres: migrations, SQL enqueue, outbox, status writer, queries.
+//! - [`broker`]: Redis: the pool and the Lua scripts for dispatch and leases.
+//! - [`runtime`]: the daemon's loops, workers and shutdown.
+//! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
+//! - [`cli`]: the command-line interface over the modules above.
+//! - [`bench`]: the throughput and latency benchmark.
+//!
+//! See docs/ARCHITECTURE.md for the data flow and the invariants.
+
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod ledger;
+pub mod runtime;
+pub mod telemetry;
+
+/// An error and all its sources on one line, `outer: inner: root`, for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,193 @@
+//! The daemon: fetch loops per queue with bounded concurrency, the outbox
+//! dispatcher, the ingester for Redis-direct producers, the reaper and the
+//! two-stage shutdown.
+//!
+//! Start-up order: Postgres (schema current) → Redis → status writer → background
+//! loops → fetch loops. Shutdown is the reverse: fetching stops at once, running
+//! jobs get `drain_timeout` to finish, the rest are handed back to Redis, the status
+//! writer flushes, and only then does [`Daemon::wait`] return.
+//!
+//! **Invariant:** every spawned task is tracked and watches a cancellation token;
+//! nothing here outlives [`Daemon::wait`].
+
+mod loops;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, Broker};
+use crate::config::Config;
+use crate::jobs::Registry;
+use crate::ledger::{self, Ledger, StatusWriter, WriterHandle};
+
+pub use worker::backoff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
+    #[error(transparent)]
+    Broker(#[from] broker::Error),
+}
+
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// How long the status writer keeps retrying after the workers are done, when
+/// Postgres is unreachable at shutdown.
+const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State every loop and worker of one daemon shares.
+pub(crate) struct Shared {
+    config: Config,
+    ledger: Ledger,
+    broker: Broker,
+    registry: Registry,
+    writer: WriterHandle,
+    /// Per queue: woken when its ready set gains jobs (Redis pub/sub).
+    fetch_wake: HashMap<String, Arc<Notify>>,
+    /// Per queue: woken when producers push to its ingest list.
+    ingest_wake: HashMap<String, Arc<Notify>>,
+    /// Wakes the outbox dispatcher outside its NOTIFY (after a Redis recovery).
+    outbox_wake: Notify,
+    /// Per queue: the concurrency limit of this daemon.
+    slots: HashMap<String, Arc<Semaphore>>,
+}
+
+/// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
+pub struct Daemon {
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Connects to both services, checks the schema and starts every loop.
+    /// Fails (without starting anything) when a service is unreachable or the schema
+    /// is not current.
+    pub async fn start(config: Config, registry: Registry) -> Result<Daemon> {
+        let ledger = Ledger::connect(&config.database).await?;
+        ledger.check_schema().await?;
+        ledger.sync_kinds(&config).await?;
+        let broker = Broker::connect(&config.redis).await?;
+        Ok(Daemon::start_with(config, registry, ledger, broker))
+    }
+
+    /// Starts on pools the caller already built (the CLI's `demo` and tests).
+    pub fn start_with(
+        config: Config,
+        registry: Registry,
+        ledger: Ledger,
+        broker: Broker,
+    ) -> Daemon {
+        let (writer, writer_handle) =
+            StatusWriter::new(ledger.clone(), config.runtime.status_batch_max);
+        let queues: Vec<String> = config.queues.keys().cloned().collect();
+        let per_queue = |f: &dyn Fn(&str) -> Arc<Notify>| {
+            queues
+                .iter()
+                .map(|q| (q.clone(), f(q)))
+                .collect::<HashMap<_, _>>()
+        };
+        let shared = Arc::new(Shared {
+            fetch_wake: per_queue(&|_| Arc::new(Notify::new())),
+            ingest_wake: per_queue(&|_| Arc::new(Notify::new())),
+            slots: config
+                .queues
+                .iter()
+                .map(|(q, c)| (q.clone(), Arc::new(Semaphore::new(c.concurrency))))
+                .collect(),
+            outbox_wake: Notify::new(),
+            config,
+            ledger,
+            broker,
+            registry,
+            writer: writer_handle,
+        });
+        let shutdown = CancellationToken::new();
+        let done = tokio::spawn(supervise(shared, writer, shutdown.clone()));
+        tracing::info!(queues = ?queues, "Daemon started");
+        Daemon { shutdown, done }
+    }
+
+    /// Begins the drain; [`Daemon::wait`] returns once it is complete.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn wait(self) {
+        if let Err(error) = self.done.await {
+            tracing::error!(%error, "Daemon supervisor failed");
+        }
+    }
+
+    /// Shutdown and wait, for tests and the demo.
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+/// Runs the loops, then performs the ordered drain once `shutdown` fires.
+async fn supervise(shared: Arc<Shared>, writer: StatusWriter, shutdown: CancellationToken) {
+    let writer_give_up = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(writer_give_up.clone()));
+
+    // Workers get their own tracker so the drain can wait for them alone.
+    let workers = TaskTracker::new();
+    // Cancelled when the drain deadline passes: unfinished jobs are handed back.
+    let hard_stop = CancellationToken::new();
+    let loops = TaskTracker::new();
+
+    loops.spawn(loops::subscriber(shared.clone(), shutdown.clone()));
+    loops.spawn(loops::outbox(shared.clone(), shutdown.clone()));
+    loops.spawn(loops::reaper(shared.clone(), shutdown.clone()));
+    loops.spawn(loops::orphan_sweep(shared.clone(), shutdown.clone()));
+    for queue in shared.config.queues.keys() {
+        loops.spawn(loops::ingest(
+            shared.clone(),
+            queue.clone(),
+            shutdown.clone(),
+        ));
+        loops.spawn(loops::fetch(
+            shared.clone(),
+            queue.clone(),
+            shutdown.clone(),
+            hard_stop.clone(),
+            workers.clone(),
+        ));
+    }
+    loops.close();
+
+    shutdown.cancelled().await;
+    let drain = shared.config.runtime.drain_timeout;
+    tracing::info!(drain_timeout = ?drain, "Draining: fetching stopped, waiting for running jobs");
+    loops.wait().await;
+    workers.close();
+    if tokio::time::timeout(drain, workers.wait()).await.is_err() {
+        tracing::warn!("Drain deadline passed; handing unfinished jobs back");
+        hard_stop.cancel();
+        workers.wait().await;
+    }
+
+    // Every worker and loop has ended; dropping the last handle lets the writer
+    // flush what is left and stop.
+    drop(shared);
+    let flush = tokio::spawn(async move {
+        tokio::time::sleep(WRITER_FLUSH_TIMEOUT).await;
+        writer_give_up.cancel();
+    });
+    if let Err(error) = writer_task.await {
+        tracing::error!(%error, "Status writer failed");
+    }
+    flush.abort();
+    tracing::info!("Daemon stopped");
+}

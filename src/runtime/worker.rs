@@ -1,0 +1,278 @@
+//! One attempt of one job: run the handler under its timeout while heartbeating
+//! the lease, then settle the outcome in Redis first (fenced) and in the ledger.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Shared;
+use crate::broker::Leased;
+use crate::config::BackoffConfig;
+use crate::jobs::{JobContext, JobError};
+use crate::ledger::{Status, StatusUpdate};
+
+/// The delay before the attempt after `attempt` (1-based): `base · 2^(attempt-1)`
+/// capped at `max`, with "equal jitter" (half fixed, half random) so retries of a
+/// failed batch spread out instead of arriving together.
+pub fn backoff(config: &BackoffConfig, attempt: i32) -> Duration {
+    let exp = attempt.saturating_sub(1).clamp(0, 32) as u32;
+    let full = config
+        .base
+        .checked_mul(1u32 << exp.min(31))
+        .unwrap_or(config.max)
+        .min(config.max);
+    let half = full / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// How an attempt ended, before it is settled.
+enum Outcome {
+    Done(Result<Value, JobError>),
+    /// The drain deadline passed: hand the job back.
+    Interrupted,
+    /// A heartbeat found the lease gone: another attempt owns the job now.
+    LeaseLost,
+}
+
+pub(super) async fn execute(
+    shared: Arc<Shared>,
+    job: Leased,
+    permit: OwnedSemaphorePermit,
+    hard_stop: CancellationToken,
+) {
+    let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind,
+        job.queue = %job.queue, job.attempt = job.attempt);
+    async move {
+        shared
+            .writer
+            .send(update(&job, Status::Running, None, None, None))
+            .await;
+        let outcome = attempt(&shared, &job, &hard_stop).await;
+        settle(&shared, &job, outcome).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -> Outcome {
+    let Some(handler) = shared.registry.get(&job.kind) else {
+        return Outcome::Done(Err(JobError::permanent(format!(
+            "unknown kind `{}`: no handler is registered for it",
+            job.kind
+        ))));
+    };
+    let payload: Value = match serde_json::from_str(&job.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::Done(Err(JobError::permanent(format!(
+                "payload is not valid JSON: {e}"
+            ))));
+        }
+    };
+    let timeout = shared.config.kind(&job.kind).timeout;
+    let cancel = hard_stop.child_token();
+    let ctx = JobContext {
+        id: job.id,
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload,
+        cancel: cancel.clone(),
+        db: shared.ledger.pool().clone(),
+    };
+    // A panicking handler ends its attempt like any retryable failure instead of
+    // leaving the lease to expire.
+    let run = tokio::time::timeout(timeout, AssertUnwindSafe(handler.run(ctx)).catch_unwind());
+    tokio::pin!(run);
+    let lease = shared.config.runtime.lease;
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    loop {
+        tokio::select! {
+            result = &mut run => {
+                return Outcome::Done(match result {
+                    Err(_) => Err(JobError::retryable(format!(
+                        "timed out after {}", humantime::format_duration(timeout)))),
+                    Ok(Err(panic)) => Err(JobError::retryable(format!(
+                        "handler panicked: {}", panic_message(&panic)))),
+                    Ok(Ok(result)) => result,
+                });
+            }
+            _ = beat.tick() => match shared.broker.heartbeat(job, lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    cancel.cancel();
+                    return Outcome::LeaseLost;
+                }
+                Err(error) => tracing::warn!(error = %crate::error_chain(&error),
+                    "Heartbeat failed; the lease may expire"),
+            },
+            _ = hard_stop.cancelled() => {
+                cancel.cancel();
+                return Outcome::Interrupted;
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Records the outcome: Redis first, because the lease there decides whether this
+/// attempt still owns the job; the ledger only hears about outcomes Redis accepted.
+async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
+    let broker = &shared.broker;
+    let (accepted, status_update) = match outcome {
+        Outcome::LeaseLost => {
+            tracing::warn!(
+                "Lease lost while running; another attempt owns the job, outcome dropped"
+            );
+            return;
+        }
+        Outcome::Interrupted => {
+            let accepted = persist(|| broker.release(job)).await;
+            let mut u = update(job, Status::Queued, None, None, None);
+            u.attempts = job.attempt - 1;
+            tracing::info!("Job handed back unfinished at shutdown");
+            (accepted, u)
+        }
+        Outcome::Done(Ok(result)) => {
+            let accepted = persist(|| broker.complete(job)).await;
+            if accepted {
+                tracing::debug!("Job succeeded");
+            }
+            (
+                accepted,
+                update(job, Status::Succeeded, Some(result), None, None),
+            )
+        }
+        Outcome::Done(Err(JobError::Retryable {
+            message,
+            retry_after,
+        })) if job.attempt < job.max_attempts => {
+            let kind = shared.config.kind(&job.kind);
+            let delay = retry_after.unwrap_or_else(|| backoff(&kind.backoff, job.attempt));
+            let accepted = persist(|| broker.retry(job, delay)).await;
+            if accepted {
+                tracing::warn!(error = %message, retry_in = ?delay, "Job failed, retrying");
+            }
+            let run_at = Utc::now() + delay;
+            (
+                accepted,
+                update(job, Status::Retrying, None, Some(message), Some(run_at)),
+            )
+        }
+        Outcome::Done(Err(error)) => {
+            let message = match &error {
+                JobError::Retryable { message, .. } => {
+                    format!("{message} (gave up after {} attempts)", job.attempt)
+                }
+                JobError::Permanent { message } => message.clone(),
+            };
+            let accepted = persist(|| broker.complete(job)).await;
+            if accepted {
+                tracing::warn!(error = %message, "Job is dead");
+            }
+            (
+                accepted,
+                update(job, Status::Dead, None, Some(message), None),
+            )
+        }
+    };
+    if accepted {
+        shared.writer.send(status_update).await;
+    } else {
+        tracing::warn!(
+            token = job.token,
+            "Lease expired before the outcome was recorded; a newer attempt owns the job, outcome dropped"
+        );
+    }
+}
+
+/// Retries a fenced Redis call through a short outage (the pool reconnects by
+/// itself). After that the lease will have expired anyway, and the reaper gives
+/// the job to another attempt, so giving up is safe.
+async fn persist<F, Fut>(call: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::broker::Result<bool>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..10 {
+        match call().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "Redis call failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    false
+}
+
+fn update(
+    job: &Leased,
+    status: Status,
+    result: Option<Value>,
+    last_error: Option<String>,
+    run_at: Option<chrono::DateTime<Utc>>,
+) -> StatusUpdate {
+    StatusUpdate {
+        id: job.id,
+        token: job.token,
+        status,
+        attempts: job.attempt,
+        at: Utc::now(),
+        result,
+        last_error,
+        run_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base_ms: u64, max_ms: u64) -> BackoffConfig {
+        BackoffConfig {
+            base: Duration::from_millis(base_ms),
+            max: Duration::from_millis(max_ms),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_each_attempt_within_its_jitter_band() {
+        let c = config(1000, 3_600_000);
+        for (attempt, full) in [(1, 1000), (2, 2000), (3, 4000), (6, 32_000)] {
+            for _ in 0..50 {
+                let d = backoff(&c, attempt).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d}ms");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_even_for_huge_attempt_numbers() {
+        let c = config(1000, 5000);
+        for attempt in [10, 40, i32::MAX] {
+            let d = backoff(&c, attempt).as_millis();
+            assert!((2500..=5000).contains(&d), "attempt {attempt}: {d}ms");
+        }
+    }
+}

@@ -526,6 +526,24 @@ impl Broker {
         Ok((current.unwrap_or(fresh), false))
     }
 
+    /// Deletes every key under this broker's prefix (the benchmark's clean-up).
+    /// Uses SCAN, so it never blocks the server.
+    pub async fn delete_prefix(&self) -> Result<u64> {
+        use fred::types::scan::Scanner;
+        use futures::TryStreamExt;
+        let pattern = format!("{}:*", self.prefix);
+        let mut deleted = 0;
+        let mut pages = self.pool.next().scan(pattern, Some(1000), None);
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(keys) = page.take_results()
+                && !keys.is_empty()
+            {
+                deleted += self.pool.del::<u64, _>(keys).await?;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Jobs waiting in each structure of a queue: (ready, delayed, leased, ingest).
     pub async fn depth(&self, queue: &str) -> Result<(i64, i64, i64, i64)> {
         let ready: i64 = self.pool.zcard(self.key(queue, "ready")).await?;

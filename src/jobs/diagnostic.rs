@@ -26,11 +26,12 @@ struct SleepPayload {
     ms: u64,
 }
 
-/// Sleeps `{"ms": N}` milliseconds, waking early if the attempt is cancelled.
+/// Sleeps `{"ms": N}` milliseconds, waking early if the attempt is cancelled. The
+/// result names the attempt, so tests can tell which attempt's outcome was kept.
 async fn sleep(ctx: JobContext) -> JobResult {
     let SleepPayload { ms } = JobError::parse_payload(&ctx.payload)?;
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms, "attempt": ctx.attempt })),
         _ = ctx.cancel.cancelled() => Err(JobError::retryable("cancelled before the sleep ended")),
     }
 }

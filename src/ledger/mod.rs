@@ -22,6 +22,9 @@ use crate::config::{self, DatabaseConfig};
 
 pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
 
+/// How long a waiter treats a missing row as "not ingested yet".
+pub const INGEST_GRACE: Duration = Duration::from_secs(5);
+
 /// The channel `jobrunner.enqueue` notifies, with the queue name as payload.
 pub const ENQUEUED_CHANNEL: &str = "jobrunner_enqueued";
 
@@ -320,10 +323,19 @@ impl Ledger {
     }
 
     /// Polls until the job is final or `timeout` passes; returns the last row read.
+    /// A job enqueued straight into Redis has no row until the daemon ingests it, so
+    /// "not found" counts as "not yet" for [`INGEST_GRACE`].
     pub async fn wait_final(&self, id: Uuid, timeout: Option<Duration>) -> Result<Job> {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let start = tokio::time::Instant::now();
+        let deadline = timeout.map(|t| start + t);
         loop {
-            let job = self.job(id).await?;
+            let job = match self.job(id).await {
+                Err(Error::NotFound(_)) if start.elapsed() < INGEST_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => other?,
+            };
             let done = job.status().is_some_and(Status::is_final);
             if done || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Ok(job);

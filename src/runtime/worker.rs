@@ -100,6 +100,12 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
     loop {
         tokio::select! {
             result = &mut run => {
+                // A handler that noticed the drain deadline and gave up was
+                // interrupted, not failed: its attempt must not count.
+                let failed = !matches!(result, Ok(Ok(Ok(_))));
+                if failed && hard_stop.is_cancelled() {
+                    return Outcome::Interrupted;
+                }
                 return Outcome::Done(match result {
                     Err(_) => Err(JobError::retryable(format!(
                         "timed out after {}", humantime::format_duration(timeout)))),

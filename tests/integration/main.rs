@@ -1,1 +1,9 @@
+//! Integration tests against real Redis and Postgres servers that the harness
+//! starts for this test binary. One binary, one module per area.
 
+mod cli;
+mod crash;
+mod enqueue;
+mod failures;
+mod harness;
+mod helpers;

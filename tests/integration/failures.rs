@@ -1,0 +1,144 @@
+//! Retries, exhaustion and bad input: every job ends in a readable state and the
+//! daemon keeps serving.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_twice_is_retried_and_succeeds_on_the_third_attempt() {
+    let mut app = spawn_app().await;
+    app.config.kinds.get_mut("fail").unwrap().max_attempts = 5;
+    let daemon = app.start_daemon().await;
+    let id = app.enqueue("fail", json!({"times": 2})).await;
+    let job = app.wait_final(id, 15).await;
+    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.attempts, 3);
+    assert_eq!(job.result, Some(json!({"failed_attempts": 2})));
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("failed attempt 2 of the 2 asked for"),
+        "the last failure stays readable after success"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_ends_dead_after_max_attempts() {
+    let app = spawn_app().await; // fail: max_attempts 3
+    let daemon = app.start_daemon().await;
+    let id = app.enqueue("fail", json!({"times": 100})).await;
+    let job = app.wait_final(id, 15).await;
+    assert_eq!(job.status, "dead");
+    assert_eq!(job.attempts, 3);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("failed attempt 3 of the 100 asked for (gave up after 3 attempts)")
+    );
+    assert!(job.finished_at.is_some());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_dead_at_once() {
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let id = app.enqueue("fail", json!({"permanent": true})).await;
+    let job = app.wait_final(id, 10).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 1));
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("failed permanently as asked")
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_and_unknown_kinds_end_dead_and_the_daemon_keeps_serving() {
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let bad_type = app.enqueue("sleep", json!({"ms": "soon"})).await;
+    let extra_field = app.enqueue("sleep", json!({"ms": 1, "typo": true})).await;
+    let unknown = app.enqueue("no-such-kind", json!({})).await;
+
+    let job = app.wait_final(bad_type, 10).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 1));
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("bad payload: invalid type"),
+        "{job:?}"
+    );
+    let job = app.wait_final(extra_field, 10).await;
+    assert_eq!(job.status, "dead");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap()
+            .contains("unknown field `typo`"),
+        "{job:?}"
+    );
+    let job = app.wait_final(unknown, 10).await;
+    assert_eq!(job.status, "dead");
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("unknown kind `no-such-kind`: no handler is registered for it")
+    );
+
+    let after = app.enqueue("noop", json!({"still": "serving"})).await;
+    assert_eq!(app.wait_final(after, 10).await.status, "succeeded");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_kinds_timeout_is_retried_then_dead() {
+    let mut app = spawn_app().await;
+    app.config.kinds.insert(
+        "sleep".into(),
+        jobrunner::config::KindConfig {
+            max_attempts: 2,
+            timeout: std::time::Duration::from_millis(200),
+            backoff: jobrunner::config::BackoffConfig {
+                base: std::time::Duration::from_millis(10),
+                max: std::time::Duration::from_millis(10),
+            },
+            ..Default::default()
+        },
+    );
+    let daemon = app.start_daemon().await;
+    let id = app.enqueue("sleep", json!({"ms": 5000})).await;
+    let job = app.wait_final(id, 10).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 2));
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("timed out after 200ms (gave up after 2 attempts)")
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_enqueue_with_bad_arguments_fails_in_the_producers_transaction() {
+    let app = spawn_app().await;
+    for (sql, expected) in [
+        (
+            "SELECT jobrunner.enqueue('', '{}')",
+            "kind must not be empty",
+        ),
+        (
+            "SELECT jobrunner.enqueue('noop', '{}', priority => 5000)",
+            "jobs_priority_check",
+        ),
+        (
+            "SELECT jobrunner.enqueue('noop', '{}', queue => 'no spaces')",
+            "jobs_queue_check",
+        ),
+    ] {
+        let err = sqlx::query(sql)
+            .execute(app.ledger.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expected), "{sql}: {err}");
+    }
+    assert_eq!(app.count_jobs().await, 0);
+}

@@ -1,0 +1,283 @@
+//! Test application: a fresh database (cloned from a migrated template) on the
+//! shared throwaway Postgres, its own throwaway Redis, and a config tuned for fast
+//! tests. Daemons run in-process (`start_daemon`) or as real processes
+//! (`spawn_daemon`) for crash and signal tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jobrunner::broker::Broker;
+use jobrunner::config::{Config, KindConfig, QueueConfig};
+use jobrunner::jobs::Registry;
+use jobrunner::ledger::{Job, Ledger, NewJob};
+use jobrunner::runtime::Daemon;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::harness::{self, Redis};
+
+/// The migrated database every test database is cloned from.
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+pub struct TestApp {
+    pub config: Config,
+    pub ledger: Ledger,
+    pub broker: Broker,
+    pub redis: Redis,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        jobrunner::telemetry::init(&jobrunner::config::LogConfig {
+            level: "info,jobrunner=debug,sqlx=warn".into(),
+            format: jobrunner::config::LogFormat::Pretty,
+        });
+    }
+}
+
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let pg = harness::shared_postgres();
+            let name = harness::unique_name("template");
+            let url = pg.create_database(&name, None).await;
+            let pool = sqlx::PgPool::connect(&url)
+                .await
+                .expect("connect to template");
+            Ledger::from_pool(pool.clone())
+                .migrate()
+                .await
+                .expect("migrate the template database");
+            pool.close().await;
+            name
+        })
+        .await
+}
+
+/// A fresh database and Redis with a config for fast tests: short lease, fast
+/// reaper and polling, millisecond backoff for the `fail` kind.
+pub async fn spawn_app() -> TestApp {
+    init_logging();
+    let template = template().await;
+    let pg = harness::shared_postgres();
+    let db = harness::unique_name("t");
+    let url = pg.create_database(&db, Some(template)).await;
+    let redis = Redis::start();
+
+    let mut config = Config {
+        origin: "test".into(),
+        ..Config::default()
+    };
+    config.database.url = url;
+    config.database.max_connections = 8;
+    config.redis.url = redis.url();
+    config.redis.key_prefix = harness::unique_name("jr");
+    config.redis.reconnect_max_delay = Duration::from_millis(500);
+    config.runtime.lease = Duration::from_secs(2);
+    config.runtime.reap_interval = Duration::from_millis(200);
+    config.runtime.sweep_interval = Duration::from_millis(500);
+    config.runtime.poll_interval = Duration::from_millis(200);
+    config.runtime.drain_timeout = Duration::from_secs(5);
+    config
+        .queues
+        .insert("default".into(), QueueConfig { concurrency: 8 });
+    let mut fail = KindConfig {
+        max_attempts: 3,
+        ..KindConfig::default()
+    };
+    fail.backoff.base = Duration::from_millis(20);
+    fail.backoff.max = Duration::from_millis(100);
+    config.kinds.insert("fail".into(), fail);
+    config.validate().expect("test config is valid");
+
+    let ledger = Ledger::connect(&config.database).await.expect("ledger");
+    ledger.sync_kinds(&config).await.expect("sync kinds");
+    let broker = Broker::connect(&config.redis).await.expect("broker");
+    TestApp {
+        config,
+        ledger,
+        broker,
+        redis,
+        dir: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+impl TestApp {
+    /// An in-process daemon with the built-in kinds.
+    pub async fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(self.config.clone(), Registry::builtin())
+            .await
+    }
+
+    pub async fn start_daemon_with(&self, config: Config, registry: Registry) -> Daemon {
+        Daemon::start(config, registry)
+            .await
+            .expect("daemon starts")
+    }
+
+    /// Writes `config` as a TOML file for a daemon process or the CLI.
+    pub fn write_config(&self, config: &Config) -> PathBuf {
+        let path = self.dir.path().join(format!("{}.toml", Uuid::now_v7()));
+        let mut text = toml::to_string(config).expect("config serialises");
+        // The database URL has no password; the redaction in to_toml is not wanted here.
+        text.push('\n');
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// A `jobrunner run` process with `config`; its log goes to a file that
+    /// [`DaemonProcess`] prints if the test fails.
+    pub fn spawn_daemon(&self, config: &Config) -> DaemonProcess {
+        let path = self.write_config(config);
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", Uuid::now_v7()));
+        let child = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+            .args(["--config", path.to_str().expect("utf-8 path"), "run"])
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("JOBRUNNER_DATABASE_URL")
+            .env_remove("JOBRUNNER_REDIS_URL")
+            .env("RUST_LOG", "info,jobrunner=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn jobrunner run");
+        DaemonProcess { child, log }
+    }
+
+    /// Runs the CLI with this app's config; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let path = self.write_config(&self.config);
+        let out = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("JOBRUNNER_DATABASE_URL")
+            .env_remove("JOBRUNNER_REDIS_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run jobrunner");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub async fn enqueue(&self, kind: &str, payload: Value) -> Uuid {
+        self.ledger
+            .enqueue(&NewJob {
+                kind: kind.into(),
+                payload,
+                ..NewJob::default()
+            })
+            .await
+            .expect("enqueue")
+    }
+
+    /// Waits until the job is final (or fails the test after `secs`).
+    pub async fn wait_final(&self, id: Uuid, secs: u64) -> Job {
+        let job = self
+            .ledger
+            .wait_final(id, Some(Duration::from_secs(secs)))
+            .await
+            .expect("read job");
+        assert!(
+            job.status().is_some_and(|s| s.is_final()),
+            "job {id} still {} after {secs}s: {job:?}",
+            job.status
+        );
+        job
+    }
+
+    /// Waits until `pred` holds for the job's row.
+    pub async fn wait_until(
+        &self,
+        id: Uuid,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&Job) -> bool,
+    ) -> Job {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.ledger.job(id).await.expect("read job");
+            if pred(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} never became {what} within {secs}s: {job:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn count_jobs(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM jobrunner.jobs")
+            .fetch_one(self.ledger.pool())
+            .await
+            .expect("count")
+    }
+}
+
+/// A daemon process that is killed when dropped, and whose log is printed when the
+/// test panics.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; None if it is still running after `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}

@@ -420,12 +420,33 @@ impl Broker {
     /// Ends the job in Redis. False when this worker no longer holds the lease: its
     /// outcome must then be discarded.
     pub async fn complete(&self, job: &Leased) -> Result<bool> {
-        self.fenced(
-            &self.scripts.complete,
-            vec![self.key(&job.queue, "leases")],
-            self.lease_args(job),
-        )
-        .await
+        let accepted = self.complete_many(&job.queue, &[job]).await?;
+        Ok(accepted.first().copied().unwrap_or(false))
+    }
+
+    /// [`Broker::complete`] for many jobs of one queue in one round trip.
+    pub async fn complete_many(&self, queue: &str, jobs: &[&Leased]) -> Result<Vec<bool>> {
+        let mut args = Vec::with_capacity(1 + jobs.len() * 2);
+        args.push(self.job_prefix(queue));
+        for job in jobs {
+            args.push(job.id.to_string());
+            args.push(job.token.to_string());
+        }
+        let reply = self
+            .eval(
+                &self.scripts.complete,
+                vec![self.key(queue, "leases")],
+                args,
+            )
+            .await?;
+        let flags = strings(reply, "complete")?;
+        if flags.len() != jobs.len() {
+            return Err(Error::Reply {
+                script: "complete",
+                detail: format!("{} answers for {} jobs", flags.len(), jobs.len()),
+            });
+        }
+        Ok(flags.iter().map(|f| f == "1").collect())
     }
 
     pub async fn retry(&self, job: &Leased, delay: Duration) -> Result<bool> {

@@ -186,12 +186,23 @@ local function holds_lease(leases, key, id, token)
 end
 "#;
 
-/// Ends a job for good (succeeded or dead). KEYS: leases. ARGV: job key, id, token.
+/// Ends jobs for good (succeeded or dead), many per call. KEYS: leases.
+/// ARGV: job key prefix, then id, token per job. Returns 1 (accepted) or 0 (this
+/// lease is no longer held: drop the outcome) per job, in order.
 pub const COMPLETE: &str = r#"
-if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('DEL', ARGV[1])
-return 1
+local out = {}
+for i = 2, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local key = ARGV[1] .. id
+  if holds_lease(KEYS[1], key, id, token) then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', key)
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out
 "#;
 
 /// Schedules another attempt after a delay. KEYS: leases, delayed.

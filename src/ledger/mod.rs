@@ -157,8 +157,9 @@ pub struct DispatchJob {
     pub created_at: DateTime<Utc>,
 }
 
-/// Outbox rows locked by this daemon until [`OutboxBatch::commit`]; dropping the batch
-/// releases them for the next sweep.
+/// Outbox rows taken (deleted, uncommitted) by this daemon until
+/// [`OutboxBatch::commit`]; dropping the batch rolls back and leaves them for the
+/// next sweep.
 pub struct OutboxBatch {
     tx: Transaction<'static, Postgres>,
     pub jobs: Vec<DispatchJob>,
@@ -348,14 +349,19 @@ impl Ledger {
     /// Redis. Other daemons skip the locked rows.
     pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
         let mut tx = self.pool.begin().await?;
+        // Ids are time-ordered, so the primary key gives the oldest first. A final
+        // job in the outbox (cancelled before dispatch) just leaves it.
         let jobs = sqlx::query_as::<_, DispatchJob>(
-            "SELECT id, queue, kind, payload::text AS payload, priority, attempts, max_attempts,
-                    run_at, created_at
-             FROM jobrunner.jobs
-             WHERE NOT dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')
-             ORDER BY created_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+            "WITH picked AS (
+                 DELETE FROM jobrunner.outbox
+                 WHERE id IN (SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING id)
+             SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
+                    j.max_attempts, j.run_at, j.created_at
+             FROM picked JOIN jobrunner.jobs j USING (id)
+             WHERE j.status IN ('scheduled', 'queued', 'retrying', 'running')
+             ORDER BY j.id",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -376,10 +382,10 @@ impl Ledger {
         sqlx::query(
             "INSERT INTO jobrunner.jobs
                (id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
-                last_error, finished_at, dispatched)
+                last_error, finished_at)
              SELECT u.id, u.queue, u.kind, u.payload::jsonb, u.status, u.priority, u.max_attempts,
                     u.run_at, u.created_at, u.last_error,
-                    CASE WHEN u.status = 'dead' THEN now() END, true
+                    CASE WHEN u.status = 'dead' THEN now() END
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
                          $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[])
                AS u(id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
@@ -401,25 +407,29 @@ impl Ledger {
         Ok(())
     }
 
-    /// Marks every job that is not final for dispatch again: used when Redis came
+    /// Puts every job that is not final back in the outbox: used when Redis came
     /// back empty. Returns how many rows it marked.
     pub async fn redispatch_all(&self) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE jobrunner.jobs SET dispatched = false
-             WHERE dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')",
+            "INSERT INTO jobrunner.outbox (id)
+             SELECT id FROM jobrunner.jobs
+             WHERE status IN ('scheduled', 'queued', 'retrying', 'running')
+             ON CONFLICT DO NOTHING",
         )
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
 
-    /// Marks the given jobs for dispatch again (their Redis copy was found missing),
+    /// Puts the given jobs back in the outbox (their Redis copy was found missing),
     /// unless a status write touched them after `before`.
     pub async fn redispatch_stale(&self, ids: &[Uuid], before: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE jobrunner.jobs SET dispatched = false
+            "INSERT INTO jobrunner.outbox (id)
+             SELECT id FROM jobrunner.jobs
              WHERE id = ANY($1) AND updated_at < $2
-               AND status IN ('scheduled', 'queued', 'retrying', 'running')",
+               AND status IN ('scheduled', 'queued', 'retrying', 'running')
+             ON CONFLICT DO NOTHING",
         )
         .bind(ids)
         .bind(before)
@@ -445,10 +455,11 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<(Uuid, String)>> {
         let rows = sqlx::query(
-            "SELECT id, queue FROM jobrunner.jobs
-             WHERE dispatched AND status IN ('scheduled', 'queued', 'retrying', 'running')
-               AND updated_at < $1 AND id > $2
-             ORDER BY id LIMIT $3",
+            "SELECT j.id, j.queue FROM jobrunner.jobs j
+             WHERE j.status IN ('scheduled', 'queued', 'retrying', 'running')
+               AND j.updated_at < $1 AND j.id > $2
+               AND NOT EXISTS (SELECT 1 FROM jobrunner.outbox o WHERE o.id = j.id)
+             ORDER BY j.id LIMIT $3",
         )
         .bind(before)
         .bind(after)
@@ -473,13 +484,8 @@ impl Ledger {
 }
 
 impl OutboxBatch {
-    /// Marks the batch dispatched; call only after Redis accepted every job.
-    pub async fn commit(mut self) -> Result {
-        let ids: Vec<Uuid> = self.jobs.iter().map(|j| j.id).collect();
-        sqlx::query("UPDATE jobrunner.jobs SET dispatched = true WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *self.tx)
-            .await?;
+    /// Removes the batch from the outbox; call only after Redis accepted every job.
+    pub async fn commit(self) -> Result {
         self.tx.commit().await?;
         Ok(())
     }

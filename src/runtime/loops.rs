@@ -249,7 +249,7 @@ async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
         if let Err(error) = batch.commit().await {
             // Redis already has the jobs; the next sweep re-sends them and the
             // dispatch script skips those it holds.
-            tracing::warn!(error = %error_chain(&error), "Marking jobs dispatched failed");
+            tracing::warn!(error = %error_chain(&error), "Committing the outbox batch failed");
             return;
         }
         tracing::debug!(count, "Dispatched jobs from the outbox");

@@ -10,6 +10,7 @@
 //! **Invariant:** every spawned task is tracked and watches a cancellation token;
 //! nothing here outlives [`Daemon::wait`].
 
+mod acker;
 mod loops;
 mod worker;
 
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     outbox_wake: Notify,
     /// Per queue: the concurrency limit of this daemon.
     slots: HashMap<String, Arc<Semaphore>>,
+    /// Per queue: batches the completion of finished leases.
+    ackers: HashMap<String, acker::Acker>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -93,7 +96,17 @@ impl Daemon {
                 .map(|q| (q.clone(), f(q)))
                 .collect::<HashMap<_, _>>()
         };
+        let mut acker_tasks = Vec::new();
+        let ackers = queues
+            .iter()
+            .map(|q| {
+                let (acker, task) = acker::Acker::spawn(broker.clone(), q.clone());
+                acker_tasks.push(task);
+                (q.clone(), acker)
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            ackers,
             fetch_wake: per_queue(&|_| Arc::new(Notify::new())),
             ingest_wake: per_queue(&|_| Arc::new(Notify::new())),
             slots: config
@@ -109,7 +122,7 @@ impl Daemon {
             writer: writer_handle,
         });
         let shutdown = CancellationToken::new();
-        let done = tokio::spawn(supervise(shared, writer, shutdown.clone()));
+        let done = tokio::spawn(supervise(shared, writer, acker_tasks, shutdown.clone()));
         tracing::info!(queues = ?queues, "Daemon started");
         Daemon { shutdown, done }
     }
@@ -137,7 +150,12 @@ impl Daemon {
 }
 
 /// Runs the loops, then performs the ordered drain once `shutdown` fires.
-async fn supervise(shared: Arc<Shared>, writer: StatusWriter, shutdown: CancellationToken) {
+async fn supervise(
+    shared: Arc<Shared>,
+    writer: StatusWriter,
+    acker_tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+) {
     let writer_give_up = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(writer_give_up.clone()));
 
@@ -178,9 +196,12 @@ async fn supervise(shared: Arc<Shared>, writer: StatusWriter, shutdown: Cancella
         workers.wait().await;
     }
 
-    // Every worker and loop has ended; dropping the last handle lets the writer
-    // flush what is left and stop.
+    // Every worker and loop has ended; dropping the last handles lets the ackers
+    // and then the writer finish what is left and stop.
     drop(shared);
+    for task in acker_tasks {
+        let _ = task.await;
+    }
     let flush = tokio::spawn(async move {
         tokio::time::sleep(WRITER_FLUSH_TIMEOUT).await;
         writer_give_up.cancel();

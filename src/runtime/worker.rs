@@ -158,7 +158,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             (accepted, u)
         }
         Outcome::Done(Ok(result)) => {
-            let accepted = persist(|| broker.complete(job)).await;
+            let accepted = complete(shared, job).await;
             if accepted {
                 tracing::debug!("Job succeeded");
             }
@@ -190,7 +190,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
                 }
                 JobError::Permanent { message } => message.clone(),
             };
-            let accepted = persist(|| broker.complete(job)).await;
+            let accepted = complete(shared, job).await;
             if accepted {
                 tracing::warn!(error = %message, "Job is dead");
             }
@@ -207,6 +207,14 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             token = job.token,
             "Lease expired before the outcome was recorded; a newer attempt owns the job, outcome dropped"
         );
+    }
+}
+
+/// Ends the job in Redis through the queue's batching acker.
+async fn complete(shared: &Shared, job: &Leased) -> bool {
+    match shared.ackers.get(&job.queue) {
+        Some(acker) => acker.complete(job.clone()).await,
+        None => persist(|| shared.broker.complete(job)).await,
     }
 }
 

@@ -1,0 +1,69 @@
+//! Batched completion: workers of one queue hand their finished leases to one task
+//! that settles whatever has accumulated with a single `COMPLETE` script call, the
+//! way the status writer group-commits to Postgres. Each worker still learns
+//! whether its own lease was accepted.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker::{Broker, Leased};
+use crate::error_chain;
+
+/// Most leases settled in one script call.
+const BATCH_MAX: usize = 512;
+
+/// One finished lease waiting for its answer.
+type Request = (Leased, oneshot::Sender<bool>);
+
+/// The workers' side: cloned into each worker of the queue.
+#[derive(Clone, Debug)]
+pub(super) struct Acker {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Acker {
+    /// Starts the batching task for `queue`; it ends when every [`Acker`] is dropped.
+    pub(super) fn spawn(broker: Broker, queue: String) -> (Acker, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(BATCH_MAX * 4);
+        let task = tokio::spawn(run(broker, queue, rx));
+        (Acker { tx }, task)
+    }
+
+    /// Ends the job in Redis; false when the lease is no longer this attempt's (or
+    /// Redis stayed unreachable: the lease then expires and the reaper re-runs it).
+    pub(super) async fn complete(&self, job: Leased) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send((job, reply)).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn run(broker: Broker, queue: String, mut rx: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let jobs: Vec<&Leased> = batch.iter().map(|(job, _)| job).collect();
+        let mut delay = Duration::from_millis(50);
+        let mut answers = None;
+        // Ride out a short Redis outage; the pool reconnects by itself.
+        for _ in 0..10 {
+            match broker.complete_many(&queue, &jobs).await {
+                Ok(a) => {
+                    answers = Some(a);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(queue, error = %error_chain(&error), "Completing jobs failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let answers = answers.unwrap_or_else(|| vec![false; batch.len()]);
+        for ((_, reply), accepted) in batch.drain(..).zip(answers) {
+            let _ = reply.send(accepted);
+        }
+    }
+}

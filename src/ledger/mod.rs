@@ -349,6 +349,12 @@ impl Ledger {
     /// Redis. Other daemons skip the locked rows.
     pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
         let mut tx = self.pool.begin().await?;
+        // This commit need not wait for the disk: if Postgres loses it in a crash,
+        // the rows come back to the outbox and the dispatch script skips the jobs
+        // Redis already holds. Waiting for fsync here would add to every pickup.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         // Ids are time-ordered, so the primary key gives the oldest first. A final
         // job in the outbox (cancelled before dispatch) just leaves it.
         let jobs = sqlx::query_as::<_, DispatchJob>(

@@ -24,14 +24,17 @@
 //! * when the test process exits for any reason (normal exit, panic, SIGKILL),
 //!   the kernel closes the pipe, `read` hits EOF, and the supervisor stops the
 //!   server (`QUIT` = immediate shutdown for Postgres, `KILL` for Redis,
-//!   `TERM` for a running `initdb`) and waits for it.
+//!   and for a running `initdb`, whose bootstrap backend then exits on EOF)
+//!   and waits for it.
 //!
 //! Each temporary directory likewise has a [`Janitor`] (`sh` blocked in `read`
-//! on another such pipe) that `rm -rf`s it when the pipe closes, so the
-//! directories go away too, even when the process dies while no server is
-//! running (during `initdb`, between `Redis::kill` and `Redis::start_again`,
-//! after `Postgres::stop`). After a SIGKILL this happens asynchronously,
-//! within about a second.
+//! on another such pipe). Every supervisor's pid is written to it; when its
+//! pipe closes it waits for those supervisors (hence their servers) to exit
+//! and then `rm -rf`s the directory. So the directories go away too, even when
+//! the process dies while no server is running (during `initdb`, between
+//! `Redis::kill` and `Redis::start_again`, after `Postgres::stop`). After a
+//! SIGKILL all this happens asynchronously: typically well under a second,
+//! a few seconds on a heavily loaded machine.
 //!
 //! Supervisor and janitor ignore SIGINT/SIGTERM/SIGHUP so that they survive a
 //! Ctrl-C (or a SIGTERM to the process group) long enough to clean up after
@@ -87,15 +90,33 @@ kill -s "${sig:-$dflt}" "$pid" 2>/dev/null
 wait "$pid"
 "#;
 
-/// The janitor script, run as `sh -c JANITOR name DIR`: blocks reading its
-/// stdin (a pipe held by the test process) and, when the pipe is closed (on
-/// purpose or because the test process died), removes DIR, retrying for up to
-/// ~30 s while processes that are still shutting down write into it.
+/// The janitor script, run as `sh -c JANITOR name DIR`: reads pids (one per
+/// line) from its stdin (a pipe held by the test process) until the pipe is
+/// closed (on purpose or because the test process died); then waits for those
+/// processes (our supervisors) to exit (at most ~30 s in total) and removes
+/// DIR (retrying while a straggler still writes into it).
 const JANITOR: &str = r#"
 trap '' INT TERM HUP
-while read -r _; do :; done
+pids=
+while read -r line; do
+    case $line in
+        '' | *[!0-9]*) ;;
+        *) pids="$pids $line" ;;
+    esac
+done
+alive() {
+    # Exists and is not a zombie (orphans may stay unreaped for a while).
+    read -r _ _ state _ <"/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]
+}
 i=0
-while [ -e "$1" ] && [ "$i" -lt 300 ]; do
+for pid in $pids; do
+    while alive "$pid" && [ "$i" -lt 300 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+done
+i=0
+while [ -e "$1" ] && [ "$i" -lt 100 ]; do
     rm -rf "$1" 2>/dev/null || sleep 0.1
     i=$((i + 1))
 done
@@ -177,10 +198,11 @@ impl Postgres {
             .map(OsString::from),
         );
         let mut initdb = Supervised::spawn(
+            &janitor,
             as_postgres_user,
             dir.path(),
             &log,
-            "TERM",
+            "KILL",
             &bins.initdb,
             &initdb_args,
         )
@@ -190,9 +212,9 @@ impl Postgres {
             sleep(Duration::from_millis(10));
         }
         // CONT is a no-op for the (exited) initdb; it only makes the supervisor
-        // reap it and exit with its status. If initdb hung, it gets TERM.
+        // reap it and exit with its status. If initdb hung, it gets KILL.
         let signal = if pid_alive(initdb.pid) {
-            "TERM"
+            "KILL"
         } else {
             "CONT"
         };
@@ -356,6 +378,7 @@ impl Postgres {
         }
 
         let mut server = Supervised::spawn(
+            &self.janitor,
             self.as_postgres_user,
             self.dir.path(),
             &self.log,
@@ -484,6 +507,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The temporary directory (`--dir`) holding the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -535,8 +563,16 @@ impl Redis {
             "--dir".into(),
             self.dir.path().into(),
         ];
-        let mut server = Supervised::spawn(false, self.dir.path(), &self.log, "KILL", bin, &args)
-            .map_err(|message| LaunchError {
+        let mut server = Supervised::spawn(
+            &self.janitor,
+            false,
+            self.dir.path(),
+            &self.log,
+            "KILL",
+            bin,
+            &args,
+        )
+        .map_err(|message| LaunchError {
             port_busy: false,
             message,
         })?;
@@ -629,7 +665,10 @@ struct Supervised {
 }
 
 impl Supervised {
+    /// Start `program args...` under a new supervisor (registered with
+    /// `janitor`), with `dir` as working directory and output appended to `log`.
     fn spawn(
+        janitor: &Janitor,
         as_postgres_user: bool,
         dir: &Path,
         log: &Path,
@@ -658,6 +697,7 @@ impl Supervised {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot spawn the supervisor for {}: {e}", program.display()))?;
+        janitor.watch(child.id());
         let stdin = child.stdin.take();
         let mut line = String::new();
         let read = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
@@ -739,6 +779,15 @@ impl Janitor {
             .spawn()
             .expect("harness: cannot spawn the janitor shell");
         Janitor { child: Some(child) }
+    }
+
+    /// Make the janitor wait for process `pid` to exit before removing the
+    /// directory.
+    fn watch(&self, pid: u32) {
+        if let Some(stdin) = self.child.as_ref().and_then(|c| c.stdin.as_ref()) {
+            let mut stdin: &ChildStdin = stdin;
+            let _ = writeln!(stdin, "{pid}");
+        }
     }
 
     /// Close the pipe and wait until the directory has been removed.

@@ -176,7 +176,9 @@ impl Default for Config {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            url: "postgres://postgres@127.0.0.1:5432/jobrunner".to_owned(),
+            // The role and database scripts/demo.sh creates; production sets the
+            // URL in the environment (JOBRUNNER_DATABASE_URL).
+            url: "postgres://jobrunner:jobrunner@127.0.0.1:5432/jobrunner".to_owned(),
             max_connections: 16,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(5),

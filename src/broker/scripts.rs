@@ -27,8 +27,10 @@ end
 /// KEYS: job hash, ingest list. ARGV: id, kind, payload, priority, max_attempts, delay_ms.
 pub const ENQUEUE: &str = r#"
 local id, kind, payload = ARGV[1], ARGV[2], ARGV[3]
-if not string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') then
-  return redis.error_reply('ERR jobrunner: id must be a UUID in its 36-character form')
+local h = '[0-9a-f]'
+if not string.match(id, '^' .. string.rep(h, 8) .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 4)
+    .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 12) .. '$') then
+  return redis.error_reply('ERR jobrunner: id must be a UUID in its 36-character lowercase form')
 end
 if string.sub(KEYS[1], -#id) ~= id then
   return redis.error_reply('ERR jobrunner: KEYS[1] must end with the job id')

@@ -376,16 +376,44 @@ impl Ledger {
     }
 
     /// Records jobs producers put straight into Redis. Idempotent: a row that exists
-    /// already is left alone, so a re-ingest after a crash does no harm.
-    pub async fn insert_ingested(&self, jobs: &[IngestedJob]) -> Result {
+    /// already is left alone, so a re-ingest after a crash does no harm. Returns the
+    /// ids whose row already exists *and is final*: a producer re-sent a finished
+    /// job's id, and it must not run again.
+    ///
+    /// A row Postgres refuses (bad data the script could not see) does not block the
+    /// batch: the batch is retried row by row and each refused row is recorded
+    /// `dead` with the reason, so one bad job never stalls a queue.
+    pub async fn insert_ingested(&self, jobs: &mut [IngestedJob]) -> Result<Vec<Uuid>> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        match self.insert_ingested_batch(jobs).await {
+            Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {}
+            other => return other,
+        }
+        let mut finished = Vec::new();
+        for job in jobs.iter_mut() {
+            let one = std::slice::from_mut(job);
+            match self.insert_ingested_batch(one).await {
+                Ok(ids) => finished.extend(ids),
+                Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
+                    one[0].refused = Some(format!("the ledger refused this job: {}", e.message()));
+                    self.insert_ingested_batch(one).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(finished)
+    }
+
+    async fn insert_ingested_batch(&self, jobs: &[IngestedJob]) -> Result<Vec<Uuid>> {
         let mut cols = IngestColumns::default();
         for job in jobs {
             cols.push(job);
         }
-        sqlx::query(
+        let ids = cols.ids.clone();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
             "INSERT INTO jobrunner.jobs
                (id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
                 last_error, finished_at)
@@ -396,7 +424,8 @@ impl Ledger {
                          $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[])
                AS u(id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
                     last_error)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
         )
         .bind(cols.ids)
         .bind(cols.queues)
@@ -408,9 +437,22 @@ impl Ledger {
         .bind(cols.run_ats)
         .bind(cols.created_ats)
         .bind(cols.errors)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(())
+        let inserted: Vec<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+        // Rows that existed before this insert and are final: the statement above
+        // left them alone, and their ids must not run again.
+        let finished = sqlx::query_scalar(
+            "SELECT id FROM jobrunner.jobs
+             WHERE id = ANY($1) AND NOT id = ANY($2)
+               AND status IN ('succeeded', 'dead', 'cancelled')",
+        )
+        .bind(ids)
+        .bind(inserted)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(finished)
     }
 
     /// Puts every job that is not final back in the outbox: used when Redis came
@@ -495,6 +537,12 @@ impl OutboxBatch {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (constraint violation): the row is
+/// wrong, not the connection.
+fn is_data_error(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }
 
 #[derive(Default)]

@@ -131,13 +131,18 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
             continue;
         }
         let full = claimed.len() == MOVE_BATCH;
-        let rows: Vec<IngestedJob> = claimed
+        let mut rows: Vec<IngestedJob> = claimed
             .into_iter()
             .map(|c| {
                 let kind = shared.config.kind(&c.kind);
-                let refused = serde_json::from_str::<serde_json::Value>(&c.payload)
-                    .err()
-                    .map(|e| format!("payload is not valid JSON: {e}"));
+                let refused = match serde_json::from_str::<serde_json::Value>(&c.payload) {
+                    Err(e) => Some(format!("payload is not valid JSON: {e}")),
+                    Ok(v) if has_nul(&v) => Some(
+                        "payload contains the character U+0000, which Postgres cannot store"
+                            .to_owned(),
+                    ),
+                    Ok(_) => None,
+                };
                 IngestedJob {
                     id: c.id,
                     queue: queue.clone(),
@@ -158,16 +163,35 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
         // Postgres down: keep retrying. If this daemon dies meanwhile, the claim
         // times out and the reaper hands the entries to another ingester.
         let mut delay = Duration::from_millis(100);
-        while let Err(error) = shared.ledger.insert_ingested(&rows).await {
-            tracing::warn!(queue, error = %error_chain(&error), "Ingest insert failed, retrying");
-            if !pause(delay, &shutdown).await {
-                return;
+        let finished = loop {
+            match shared.ledger.insert_ingested(&mut rows).await {
+                Ok(finished) => break finished,
+                Err(error) => {
+                    tracing::warn!(queue, error = %error_chain(&error), "Ingest insert failed, retrying");
+                    if !pause(delay, &shutdown).await {
+                        return;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        for id in &finished {
+            tracing::warn!(queue, job.id = %id,
+                "A producer re-sent the id of a finished job; it is not run again");
+        }
+        for row in rows.iter().filter(|r| r.refused.is_some()) {
+            tracing::warn!(queue, job.id = %row.id, error = row.refused.as_deref().unwrap_or(""),
+                "Refused a Redis-enqueued job; recorded as dead");
         }
         let promote: Vec<(Uuid, i32, bool)> = rows
             .iter()
-            .map(|r| (r.id, r.max_attempts, r.refused.is_some()))
+            .map(|r| {
+                (
+                    r.id,
+                    r.max_attempts,
+                    r.refused.is_some() || finished.contains(&r.id),
+                )
+            })
             .collect();
         if let Err(error) = shared.broker.promote_ingested(&queue, &promote).await {
             tracing::warn!(queue, error = %error_chain(&error),
@@ -431,6 +455,18 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
     }
     manager.abort();
     let _ = client.quit().await;
+}
+
+/// Whether any string or key in the value holds U+0000 (valid JSON, but not
+/// storable in a Postgres `jsonb`).
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn ms_to_time(ms: i64) -> chrono::DateTime<Utc> {

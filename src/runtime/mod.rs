@@ -90,6 +90,12 @@ impl Daemon {
         let (writer, writer_handle) =
             StatusWriter::new(ledger.clone(), config.runtime.status_batch_max);
         let queues: Vec<String> = config.queues.keys().cloned().collect();
+        for (kind, k) in &config.kinds {
+            if !config.queues.contains_key(&k.queue) {
+                tracing::warn!(kind, queue = %k.queue,
+                    "Kind is configured for a queue this daemon does not serve; another daemon must serve it");
+            }
+        }
         let per_queue = |f: &dyn Fn(&str) -> Arc<Notify>| {
             queues
                 .iter()

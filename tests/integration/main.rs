@@ -7,3 +7,4 @@ mod enqueue;
 mod failures;
 mod harness;
 mod helpers;
+mod protocol;

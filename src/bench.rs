@@ -4,13 +4,17 @@
 //! key prefix on the configured Redis, starts `jobrunner run` as a child process
 //! (so the memory figures are the daemon's own), and then:
 //! 1. reads the daemon's idle RSS;
-//! 2. for each way in (SQL, Redis), enqueues `--jobs` no-op jobs as fast as the
+//! 2. for each way in, enqueues `--jobs` no-op jobs while the daemon is stopped
+//!    (SIGSTOP), resumes it and times the drain of that backlog: the daemon's own
+//!    processing rate, with no producer competing for the machine;
+//! 3. for each way in (SQL, Redis), enqueues `--jobs` no-op jobs as fast as the
 //!    producers can and measures the enqueue rate and the end-to-end rate
 //!    (first enqueue → last `succeeded` row in the ledger), plus how far the ledger
 //!    lags behind the workers (`updated_at - finished_at`);
-//! 3. for each way in, enqueues at a steady `--rate` for `--latency-secs` and reports
-//!    pickup latency (`started_at - created_at`) percentiles;
-//! 4. reads the daemon's peak RSS, stops it, drops the scratch database.
+//! 4. for each way in, enqueues at a steady `--rate` for `--latency-secs` and reports
+//!    pickup latency percentiles: from the moment `enqueue` returned to the producer
+//!    (SQL: committed) until the handler started (`started_at`);
+//! 5. reads the daemon's peak RSS, stops it, drops the scratch database.
 //!
 //! It prints figures; it asserts nothing. Targets live in the closing notes.
 
@@ -95,7 +99,8 @@ impl Scratch {
         config.redis.key_prefix = format!("jobrunner-bench-{}", std::process::id());
         config.redis.pool_size = 4;
         config.runtime.fetch_batch = 256;
-        config.runtime.status_batch_max = 5000;
+        config.runtime.status_batch_max = 1000;
+        config.runtime.status_writers = 3;
         config.queues.clear();
         config
             .queues
@@ -181,8 +186,25 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Vec<Row>
     let p = Arc::new(pool.clone());
     let b = Arc::new(broker.clone());
     for (name, via_sql) in [("SQL", true), ("Redis", false)] {
+        eprintln!("Backlog drain, {name} path, {} jobs...", args.jobs);
+        signal(pid, "STOP");
+        let enqueued = throughput(&pool, p.clone(), b.clone(), args, via_sql, false).await;
+        signal(pid, "CONT");
+        enqueued?;
+        let start = Instant::now();
+        wait_succeeded(&pool, args.jobs as i64, Duration::from_secs(600)).await?;
+        rows.push(Row {
+            what: format!("{name} backlog drain rate (daemon only)"),
+            value: format!(
+                "{:.0} jobs/s",
+                args.jobs as f64 / start.elapsed().as_secs_f64()
+            ),
+        });
+    }
+    for (name, via_sql) in [("SQL", true), ("Redis", false)] {
         eprintln!("Throughput, {name} path, {} jobs...", args.jobs);
-        let (enqueue, total, lag) = throughput(&pool, p.clone(), b.clone(), args, via_sql).await?;
+        let (enqueue, total, lag) =
+            throughput(&pool, p.clone(), b.clone(), args, via_sql, true).await?;
         rows.push(Row {
             what: format!("{name} enqueue rate ({} producers)", args.producers),
             value: format!("{:.0} jobs/s", args.jobs as f64 / enqueue.as_secs_f64()),
@@ -216,13 +238,17 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Vec<Row>
     });
 
     // SIGTERM, as systemd would stop it.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    signal(pid, "TERM");
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon.wait()).await;
     broker.quit().await;
     pool.close().await;
     Ok(rows)
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
 }
 
 fn rss_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
@@ -235,16 +261,20 @@ fn rss_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-/// Enqueues `args.jobs` no-ops through one way in and waits for the ledger to show
-/// them all succeeded. Returns (enqueue time, total time, ledger lag percentiles).
+/// Enqueues `args.jobs` no-ops through one way in and, if `wait`, waits for the
+/// ledger to show them all succeeded. Returns (enqueue time, total time, ledger lag
+/// percentiles).
 async fn throughput(
     pool: &PgPool,
     p: Arc<PgPool>,
     b: Arc<Broker>,
     args: &BenchArgs,
     via_sql: bool,
+    wait: bool,
 ) -> anyhow::Result<(Duration, Duration, (f64, f64, f64))> {
-    sqlx::query("TRUNCATE jobrunner.jobs").execute(pool).await?;
+    sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+        .execute(pool)
+        .await?;
     let start = Instant::now();
     let per = args.jobs / args.producers;
     let mut producers = JoinSet::new();
@@ -302,6 +332,9 @@ async fn throughput(
         r??;
     }
     let enqueued = start.elapsed();
+    if !wait {
+        return Ok((enqueued, enqueued, (0.0, 0.0, 0.0)));
+    }
     wait_succeeded(pool, args.jobs as i64, Duration::from_secs(600)).await?;
     let total = start.elapsed();
     let lag = percentiles(
@@ -320,7 +353,9 @@ async fn latency(
     args: &BenchArgs,
     via_sql: bool,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    sqlx::query("TRUNCATE jobrunner.jobs").execute(pool).await?;
+    sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+        .execute(pool)
+        .await?;
     let total = args.rate as u64 * args.latency_secs;
     // Ticks of 10ms, each sending its share of the second's jobs.
     let per_tick = (args.rate as f64 / 100.0).max(1.0);
@@ -328,7 +363,11 @@ async fn latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sent = 0u64;
     let mut owed = 0.0f64;
-    let mut tasks = JoinSet::new();
+    // Each task returns (job id, when enqueue returned to the producer): pickup
+    // latency is measured from there, as a producer would see it.
+    let mut tasks: JoinSet<anyhow::Result<(uuid::Uuid, chrono::DateTime<chrono::Utc>)>> =
+        JoinSet::new();
+    let mut returned = Vec::with_capacity(total as usize);
     while sent < total {
         ticker.tick().await;
         owed += per_tick;
@@ -337,10 +376,10 @@ async fn latency(
             sent += 1;
             let (p, b) = (p.clone(), b.clone());
             tasks.spawn(async move {
-                if via_sql {
-                    sqlx::query("SELECT jobrunner.enqueue('noop', '{}'::jsonb)")
-                        .execute(&*p)
-                        .await?;
+                let id = if via_sql {
+                    sqlx::query_scalar("SELECT jobrunner.enqueue('noop', '{}'::jsonb)")
+                        .fetch_one(&*p)
+                        .await?
                 } else {
                     b.enqueue(&RedisEnqueue {
                         queue: "default".into(),
@@ -348,24 +387,31 @@ async fn latency(
                         payload: "{}".into(),
                         ..Default::default()
                     })
-                    .await?;
-                }
-                anyhow::Ok(())
+                    .await?
+                };
+                Ok((id, chrono::Utc::now()))
             });
         }
         while let Some(r) = tasks.try_join_next() {
-            r??;
+            returned.push(r??);
         }
     }
     while let Some(r) = tasks.join_next().await {
-        r??;
+        returned.push(r??);
     }
     wait_succeeded(pool, total as i64, Duration::from_secs(120)).await?;
-    percentiles(
-        pool,
-        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 FROM jobrunner.jobs",
+    let (ids, times): (Vec<uuid::Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
+        returned.into_iter().unzip();
+    let values: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM (j.started_at - r.returned_at)) * 1000)::float8
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS r(id, returned_at)
+         JOIN jobrunner.jobs j USING (id)",
     )
-    .await
+    .bind(ids)
+    .bind(times)
+    .fetch_all(pool)
+    .await?;
+    Ok(summarize(values))
 }
 
 async fn wait_succeeded(pool: &PgPool, n: i64, limit: Duration) -> anyhow::Result<()> {
@@ -387,18 +433,23 @@ async fn wait_succeeded(pool: &PgPool, n: i64, limit: Duration) -> anyhow::Resul
 
 /// p50, p99 and max of a one-column query of milliseconds.
 async fn percentiles(pool: &PgPool, sql: &'static str) -> anyhow::Result<(f64, f64, f64)> {
-    let mut values: Vec<f64> = sqlx::query_scalar::<_, Option<f64>>(sql)
+    let values: Vec<f64> = sqlx::query_scalar::<_, Option<f64>>(sql)
         .fetch_all(pool)
         .await?
         .into_iter()
         .flatten()
         .collect();
+    Ok(summarize(values))
+}
+
+/// p50, p99 and max of some milliseconds.
+fn summarize(mut values: Vec<f64>) -> (f64, f64, f64) {
     if values.is_empty() {
-        return Ok((0.0, 0.0, 0.0));
+        return (0.0, 0.0, 0.0);
     }
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    Ok((at(0.5), at(0.99), at(1.0)))
+    (at(0.5), at(0.99), at(1.0))
 }
 
 #[cfg(test)]

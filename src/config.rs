@@ -113,6 +113,8 @@ pub struct RuntimeConfig {
     pub poll_interval: Duration,
     /// Most status changes written to Postgres in one statement.
     pub status_batch_max: usize,
+    /// Status writers committing side by side (each job always uses the same one).
+    pub status_writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -212,7 +214,8 @@ impl Default for RuntimeConfig {
             reap_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
-            status_batch_max: 2000,
+            status_batch_max: 1000,
+            status_writers: 2,
         }
     }
 }
@@ -351,6 +354,15 @@ impl Config {
         }
         if self.runtime.status_batch_max == 0 {
             return bad("runtime.status_batch_max", "must be at least 1");
+        }
+        if !(1..=16).contains(&self.runtime.status_writers) {
+            return bad("runtime.status_writers", "must be from 1 to 16");
+        }
+        if self.runtime.status_writers + 2 > self.database.max_connections as usize {
+            return bad(
+                "runtime.status_writers",
+                "needs database.max_connections of at least status_writers + 2",
+            );
         }
         for (key, value) in [
             ("runtime.reap_interval", self.runtime.reap_interval),

@@ -57,7 +57,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'kind', kind, 'payload', payload, 'priority', s(priority),
   'max_attempts', s(max_attempts), 'attempts', '0', 'created_ms', s(now),
-  'run_ms', s(now + math.floor(delay)), 'state', 'ingest')
+  'run_ms', s(now + math.floor(delay)))
 if redis.call('RPUSH', KEYS[2], id) == 1 then
   redis.call('PUBLISH', string.sub(KEYS[2], 1, -8) .. ':wake', 'ingest')
 end
@@ -71,16 +71,18 @@ return 1
 pub const CLAIM_INGEST: &str = r#"
 local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[1]))
 if not ids then return {} end
-local now = now_ms()
-local out = {}
+local now = s(now_ms())
+local out, claimed = {}, {}
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', ARGV[2] .. id, 'kind', 'payload', 'priority', 'max_attempts', 'created_ms', 'run_ms')
   if h[1] then
-    redis.call('ZADD', KEYS[2], s(now), id)
-    table.insert(out, id)
-    for i = 1, 6 do table.insert(out, h[i] or '') end
+    claimed[#claimed + 1] = now
+    claimed[#claimed + 1] = id
+    out[#out + 1] = id
+    for i = 1, 6 do out[#out + 1] = h[i] or '' end
   end
 end
+if #claimed > 0 then redis.call('ZADD', KEYS[2], unpack(claimed)) end
 return out
 "#;
 
@@ -89,24 +91,35 @@ return out
 /// id, max_attempts, refused ("1": the ledger recorded it dead; drop it).
 pub const PROMOTE_INGESTED: &str = r#"
 local now = now_ms()
-for i = 3, #ARGV, 3 do
-  local id = ARGV[i]
-  if redis.call('ZREM', KEYS[1], id) == 1 then
+local ids = {}
+for i = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return 1 end
+-- Only ids still claimed: the reaper may have handed some back meanwhile.
+local claimed = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+redis.call('ZREM', KEYS[1], unpack(ids))
+local ready, delayed = {}, {}
+for n, id in ipairs(ids) do
+  if claimed[n] then
+    local i = 3 * n
     local key = ARGV[1] .. id
     if ARGV[i + 2] == '1' then
       redis.call('DEL', key)
     else
-      redis.call('HSET', key, 'max_attempts', ARGV[i + 1], 'state', 'waiting')
+      redis.call('HSET', key, 'max_attempts', ARGV[i + 1])
       local h = redis.call('HMGET', key, 'priority', 'run_ms')
       local run_ms = tonumber(h[2]) or now
       if run_ms > now then
-        redis.call('ZADD', KEYS[3], s(run_ms), id)
+        delayed[#delayed + 1] = s(run_ms)
+        delayed[#delayed + 1] = id
       else
-        redis.call('ZADD', KEYS[2], s(ready_score(h[1], now)), id)
+        ready[#ready + 1] = s(ready_score(h[1], now))
+        ready[#ready + 1] = id
       end
     end
   end
 end
+if #ready > 0 then redis.call('ZADD', KEYS[2], unpack(ready)) end
+if #delayed > 0 then redis.call('ZADD', KEYS[3], unpack(delayed)) end
 wake(KEYS[2], ARGV[2])
 return 1
 "#;
@@ -118,21 +131,25 @@ return 1
 pub const DISPATCH: &str = r#"
 local now = now_ms()
 local added = 0
+local ready, delayed = {}, {}
 for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
   if redis.call('EXISTS', key) == 0 then
     redis.call('HSET', key, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2], 'priority', ARGV[i + 3],
-      'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5], 'run_ms', ARGV[i + 6], 'state', 'waiting')
-    local run_ms = tonumber(ARGV[i + 6])
-    if run_ms > now then
-      redis.call('ZADD', KEYS[2], ARGV[i + 6], id)
+      'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5], 'run_ms', ARGV[i + 6])
+    if tonumber(ARGV[i + 6]) > now then
+      delayed[#delayed + 1] = ARGV[i + 6]
+      delayed[#delayed + 1] = id
     else
-      redis.call('ZADD', KEYS[1], s(ready_score(ARGV[i + 3], now)), id)
+      ready[#ready + 1] = s(ready_score(ARGV[i + 3], now))
+      ready[#ready + 1] = id
     end
     added = added + 1
   end
 end
+if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
+if #delayed > 0 then redis.call('ZADD', KEYS[2], unpack(delayed)) end
 wake(KEYS[1], ARGV[2])
 return added
 "#;
@@ -158,23 +175,29 @@ end
 local out = {-1}
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 local deadline = s(now + tonumber(ARGV[2]))
+-- One counter bump hands out the whole batch's tokens.
+local last = redis.call('INCRBY', KEYS[4], s(#popped / 2))
+local token = last - #popped / 2
+local leases = {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local key = ARGV[3] .. id
-  if redis.call('EXISTS', key) == 1 then
-    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-    local token = s(redis.call('INCR', KEYS[4]))
-    redis.call('HSET', key, 'token', token, 'state', 'leased')
-    redis.call('ZADD', KEYS[3], deadline, id)
-    local h = redis.call('HMGET', key, 'kind', 'payload', 'max_attempts')
-    table.insert(out, id)
-    table.insert(out, h[1] or '')
-    table.insert(out, h[2] or '')
-    table.insert(out, s(attempts))
-    table.insert(out, h[3] or '0')
-    table.insert(out, token)
+  local h = redis.call('HMGET', key, 'kind', 'payload', 'max_attempts', 'attempts')
+  if h[1] then
+    token = token + 1
+    local attempts = s((tonumber(h[4]) or 0) + 1)
+    redis.call('HSET', key, 'attempts', attempts, 'token', s(token))
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = h[1]
+    out[#out + 1] = h[2] or ''
+    out[#out + 1] = attempts
+    out[#out + 1] = h[3] or '0'
+    out[#out + 1] = s(token)
   end
 end
+if #leases > 0 then redis.call('ZADD', KEYS[3], unpack(leases)) end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if nxt[2] then out[1] = nxt[2] end
 return out
@@ -196,12 +219,12 @@ local out = {}
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local key = ARGV[1] .. id
-  if holds_lease(KEYS[1], key, id, token) then
-    redis.call('ZREM', KEYS[1], id)
+  -- Removing the lease is the check that it was still there.
+  if redis.call('HGET', key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
     redis.call('DEL', key)
-    table.insert(out, 1)
+    out[#out + 1] = 1
   else
-    table.insert(out, 0)
+    out[#out + 1] = 0
   end
 end
 return out
@@ -212,7 +235,6 @@ return out
 pub const RETRY: &str = r#"
 if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('HSET', ARGV[1], 'state', 'waiting')
 redis.call('ZADD', KEYS[2], s(now_ms() + tonumber(ARGV[4])), ARGV[2])
 return 1
 "#;
@@ -223,7 +245,6 @@ pub const RELEASE: &str = r#"
 if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('HINCRBY', ARGV[1], 'attempts', -1)
-redis.call('HSET', ARGV[1], 'state', 'waiting')
 local priority = redis.call('HGET', ARGV[1], 'priority')
 redis.call('ZADD', KEYS[2], s(ready_score(priority, now_ms())), ARGV[2])
 wake(KEYS[2], ARGV[4])
@@ -256,7 +277,6 @@ for _, id in ipairs(expired) do
       redis.call('DEL', key)
       table.insert(out, id); table.insert(out, 'dead')
     else
-      redis.call('HSET', key, 'state', 'waiting')
       redis.call('ZADD', KEYS[2], s(ready_score(h[4], now)), id)
       table.insert(out, id); table.insert(out, 'queued')
     end

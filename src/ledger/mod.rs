@@ -355,18 +355,20 @@ impl Ledger {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        // Ids are time-ordered, so the primary key gives the oldest first. A final
-        // job in the outbox (cancelled before dispatch) just leaves it.
+        // Ids are time-ordered, so the primary key gives the oldest first. An id
+        // whose job is final (cancelled before dispatch) or gone just leaves it.
         let jobs = sqlx::query_as::<_, DispatchJob>(
             "WITH picked AS (
                  DELETE FROM jobrunner.outbox
-                 WHERE id IN (SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
-                              FOR UPDATE SKIP LOCKED)
+                 WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
+                                      FOR UPDATE SKIP LOCKED))
                  RETURNING id)
              SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
                     j.max_attempts, j.run_at, j.created_at
-             FROM picked JOIN jobrunner.jobs j USING (id)
-             WHERE j.status IN ('scheduled', 'queued', 'retrying', 'running')
+             FROM jobrunner.jobs j
+             -- An array, not a join: a join with the CTE plans a scan of the table.
+             WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+               AND j.status IN ('scheduled', 'queued', 'retrying', 'running')
              ORDER BY j.id",
         )
         .bind(limit)
@@ -439,18 +441,24 @@ impl Ledger {
         .bind(cols.errors)
         .fetch_all(&mut *tx)
         .await?;
-        let inserted: Vec<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+        let inserted: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+        let existing: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| !inserted.contains(id))
+            .collect();
         // Rows that existed before this insert and are final: the statement above
-        // left them alone, and their ids must not run again.
-        let finished = sqlx::query_scalar(
-            "SELECT id FROM jobrunner.jobs
-             WHERE id = ANY($1) AND NOT id = ANY($2)
-               AND status IN ('succeeded', 'dead', 'cancelled')",
-        )
-        .bind(ids)
-        .bind(inserted)
-        .fetch_all(&mut *tx)
-        .await?;
+        // left them alone, and their ids must not run again. Usually there are none.
+        let finished = if existing.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM jobrunner.jobs
+                 WHERE id = ANY($1) AND status IN ('succeeded', 'dead', 'cancelled')",
+            )
+            .bind(existing)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         tx.commit().await?;
         Ok(finished)
     }

@@ -206,32 +206,55 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
 /// Moves committed SQL-enqueued jobs into Redis: woken by NOTIFY, with a periodic
 /// sweep because notifications sent while the listener was reconnecting are lost.
 pub(super) async fn outbox(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut listener = match shared.ledger.listener().await {
-        Ok(l) => Some(l),
-        Err(error) => {
-            tracing::warn!(error = %error_chain(&error),
-                "Cannot LISTEN for enqueues; relying on the periodic sweep");
-            None
-        }
-    };
+    // A separate task listens and only raises a flag, so a burst of commits costs
+    // one drain, not one per notification.
+    let notified = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::spawn(listen(shared.clone(), notified.clone(), shutdown.clone()));
     let sweep = shared.config.runtime.sweep_interval;
     loop {
         drain_outbox(&shared, &shutdown).await;
-        let notified = async {
-            match listener.as_mut() {
-                Some(l) => {
-                    if let Err(error) = l.recv().await {
-                        tracing::warn!(error = %error_chain(&error), "LISTEN connection lost");
-                        tokio::time::sleep(sweep).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = notified => {}
+            _ = notified.notified() => {}
             _ = shared.outbox_wake.notified() => {}
             _ = tokio::time::sleep(sweep) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = listener.await;
+}
+
+/// LISTENs for `jobrunner.enqueue` commits and raises `notified` for each burst.
+async fn listen(
+    shared: Arc<Shared>,
+    notified: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let sweep = shared.config.runtime.sweep_interval;
+    let mut listener = None;
+    while !shutdown.is_cancelled() {
+        let Some(l) = listener.as_mut() else {
+            match shared.ledger.listener().await {
+                Ok(l) => listener = Some(l),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error),
+                        "Cannot LISTEN for enqueues; relying on the periodic sweep");
+                    if !pause(sweep * 5, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            received = l.recv() => match received {
+                Ok(_) => notified.notify_one(),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "LISTEN connection lost");
+                    listener = None;
+                    // The sweep covers what was missed meanwhile.
+                    notified.notify_one();
+                }
+            },
             _ = shutdown.cancelled() => return,
         }
     }

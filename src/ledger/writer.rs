@@ -113,13 +113,9 @@ impl StatusWriter {
                     }
                 }
             }
-            metrics_batch(batch.len());
+            tracing::trace!(size = batch.len(), "Status batch written");
         }
     }
-}
-
-fn metrics_batch(size: usize) {
-    tracing::trace!(size, "Status batch written");
 }
 
 /// Folds every update of one job in a batch into one row, in arrival order: the

@@ -130,7 +130,6 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
             }
             continue;
         }
-        let full = claimed.len() == MOVE_BATCH;
         let mut rows: Vec<IngestedJob> = claimed
             .into_iter()
             .map(|c| {
@@ -196,9 +195,6 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
         if let Err(error) = shared.broker.promote_ingested(&queue, &promote).await {
             tracing::warn!(queue, error = %error_chain(&error),
                 "Promoting ingested jobs failed; the reaper will return them for another try");
-        }
-        if !full && !pause(Duration::ZERO, &shutdown).await {
-            return;
         }
     }
 }

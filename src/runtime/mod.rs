@@ -99,10 +99,10 @@ impl Daemon {
                     "Kind is configured for a queue this daemon does not serve; another daemon must serve it");
             }
         }
-        let per_queue = |f: &dyn Fn(&str) -> Arc<Notify>| {
+        let notifies = || {
             queues
                 .iter()
-                .map(|q| (q.clone(), f(q)))
+                .map(|q| (q.clone(), Arc::new(Notify::new())))
                 .collect::<HashMap<_, _>>()
         };
         let mut acker_tasks = Vec::new();
@@ -116,8 +116,8 @@ impl Daemon {
             .collect();
         let shared = Arc::new(Shared {
             ackers,
-            fetch_wake: per_queue(&|_| Arc::new(Notify::new())),
-            ingest_wake: per_queue(&|_| Arc::new(Notify::new())),
+            fetch_wake: notifies(),
+            ingest_wake: notifies(),
             slots: config
                 .queues
                 .iter()

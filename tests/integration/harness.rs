@@ -377,7 +377,7 @@ impl Postgres {
             args.extend(["-c".into(), setting.into()]);
         }
 
-        let mut server = Supervised::spawn(
+        let server = Supervised::spawn(
             &self.janitor,
             self.as_postgres_user,
             self.dir.path(),
@@ -390,40 +390,24 @@ impl Postgres {
             port_busy: false,
             message,
         })?;
+        let server_pid = server.pid;
 
-        let deadline = Instant::now() + PG_READY_TIMEOUT;
-        loop {
-            if postmaster_ready(&self.data, server.pid)
-                && TcpStream::connect_timeout(&local(self.port), Duration::from_secs(1)).is_ok()
-            {
-                self.server = Some(server);
-                return Ok(());
-            }
-            if !pid_alive(server.pid) {
-                server.stop("QUIT");
-                let new_output = read_log(&self.log, log_offset);
-                return Err(LaunchError {
-                    port_busy: new_output.contains("Address already in use"),
-                    message: format!(
-                        "postgres exited during startup; last lines of {}:\n{}",
-                        self.log.display(),
-                        tail(&new_output)
-                    ),
-                });
-            }
-            if Instant::now() > deadline {
-                server.stop("QUIT");
-                return Err(LaunchError {
-                    port_busy: false,
-                    message: format!(
-                        "postgres not ready after {PG_READY_TIMEOUT:?}; last lines of {}:\n{}",
-                        self.log.display(),
-                        log_tail(&self.log, log_offset)
-                    ),
-                });
-            }
-            sleep(Duration::from_millis(10));
-        }
+        let data = self.data.clone();
+        let port = self.port;
+        let ready = move |_: &str| {
+            postmaster_ready(&data, server_pid)
+                && TcpStream::connect_timeout(&local(port), Duration::from_secs(1)).is_ok()
+        };
+        await_ready(
+            server,
+            "postgres",
+            "QUIT",
+            &self.log,
+            log_offset,
+            PG_READY_TIMEOUT,
+            ready,
+        )
+        .map(|server| self.server = Some(server))
     }
 }
 
@@ -563,7 +547,7 @@ impl Redis {
             "--dir".into(),
             self.dir.path().into(),
         ];
-        let mut server = Supervised::spawn(
+        let server = Supervised::spawn(
             &self.janitor,
             false,
             self.dir.path(),
@@ -577,40 +561,19 @@ impl Redis {
             message,
         })?;
 
-        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
-        loop {
-            // The log check makes sure it is *our* server that answers.
-            if read_log(&self.log, log_offset).contains("Ready to accept connections")
-                && ping(self.port)
-            {
-                self.server = Some(server);
-                return Ok(());
-            }
-            if !pid_alive(server.pid) {
-                server.stop("KILL");
-                let new_output = read_log(&self.log, log_offset);
-                return Err(LaunchError {
-                    port_busy: new_output.contains("Address already in use"),
-                    message: format!(
-                        "redis-server exited during startup; last lines of {}:\n{}",
-                        self.log.display(),
-                        tail(&new_output)
-                    ),
-                });
-            }
-            if Instant::now() > deadline {
-                server.stop("KILL");
-                return Err(LaunchError {
-                    port_busy: false,
-                    message: format!(
-                        "redis-server not ready after {REDIS_READY_TIMEOUT:?}; last lines of {}:\n{}",
-                        self.log.display(),
-                        log_tail(&self.log, log_offset)
-                    ),
-                });
-            }
-            sleep(Duration::from_millis(5));
-        }
+        let port = self.port;
+        // The log check makes sure it is *our* server that answers.
+        let ready = move |log: &str| log.contains("Ready to accept connections") && ping(port);
+        await_ready(
+            server,
+            "redis-server",
+            "KILL",
+            &self.log,
+            log_offset,
+            REDIS_READY_TIMEOUT,
+            ready,
+        )
+        .map(|server| self.server = Some(server))
     }
 }
 
@@ -953,6 +916,51 @@ fn postmaster_ready(data: &Path, pid: u32) -> bool {
     let lines: Vec<&str> = contents.lines().collect();
     lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
         && lines.get(7).map(|l| l.trim()) == Some("ready")
+}
+
+/// Polls `ready` (given the server's log since `log_offset`) until it holds, the
+/// server exits, or `timeout` passes; on failure the server is stopped with
+/// `stop_signal` and the error carries the end of its log.
+fn await_ready(
+    mut server: Supervised,
+    name: &str,
+    stop_signal: &str,
+    log: &Path,
+    log_offset: u64,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> Result<Supervised, LaunchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let output = read_log(log, log_offset);
+        if ready(&output) {
+            return Ok(server);
+        }
+        if !pid_alive(server.pid) {
+            server.stop(stop_signal);
+            let output = read_log(log, log_offset);
+            return Err(LaunchError {
+                port_busy: output.contains("Address already in use"),
+                message: format!(
+                    "{name} exited during startup; last lines of {}:\n{}",
+                    log.display(),
+                    tail(&output)
+                ),
+            });
+        }
+        if Instant::now() > deadline {
+            server.stop(stop_signal);
+            return Err(LaunchError {
+                port_busy: false,
+                message: format!(
+                    "{name} not ready after {timeout:?}; last lines of {}:\n{}",
+                    log.display(),
+                    log_tail(log, log_offset)
+                ),
+            });
+        }
+        sleep(Duration::from_millis(5));
+    }
 }
 
 /// The process exists and is not a zombie.

@@ -59,7 +59,8 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
     jobs.push(("Redis", redis_id));
 
     println!("Enqueued {} demo jobs; running them...", jobs.len());
-    let daemon = Daemon::start_with(config, Registry::builtin(), ledger.clone(), broker);
+    let registry = Registry::builtin(&config);
+    let daemon = Daemon::start_with(config, registry, ledger.clone(), broker);
     let mut rows = Vec::new();
     for (via, id) in &jobs {
         let job = ledger

@@ -206,7 +206,8 @@ async fn run_daemon(config: Config, migrate: bool) -> anyhow::Result<ExitCode> {
             "Migrations applied"
         );
     }
-    let daemon = Daemon::start(config, Registry::builtin()).await?;
+    let registry = Registry::builtin(&config);
+    let daemon = Daemon::start(config, registry).await?;
     let shutdown = daemon.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

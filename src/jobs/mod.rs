@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::Config;
+
 /// Everything a handler may know about the attempt it runs.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -97,8 +99,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The kinds every daemon runs.
-    pub fn builtin() -> Registry {
+    /// The kinds every daemon runs. Kinds read their own settings from `config`.
+    pub fn builtin(config: &Config) -> Registry {
+        let _ = config;
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
         registry

@@ -111,7 +111,7 @@ async fn two_daemons_on_one_queue_never_run_the_same_job_at_once() {
     let overlap = Arc::new(Overlap::default());
     let registry = || {
         let overlap = overlap.clone();
-        let mut registry = Registry::builtin();
+        let mut registry = Registry::builtin(&app.config);
         registry.register("track", move |ctx: JobContext| {
             let overlap = overlap.clone();
             async move {

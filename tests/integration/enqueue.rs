@@ -205,7 +205,10 @@ async fn higher_priority_jobs_run_first() {
     let mut dispatcher_only = app.config.clone();
     dispatcher_only.queues.clear();
     let dispatcher = app
-        .start_daemon_with(dispatcher_only, jobrunner::jobs::Registry::builtin())
+        .start_daemon_with(
+            dispatcher_only.clone(),
+            jobrunner::jobs::Registry::builtin(&dispatcher_only),
+        )
         .await;
     for _ in 0..100 {
         if app.broker.depth("default").await.unwrap().0 == 4 {

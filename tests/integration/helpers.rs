@@ -108,7 +108,7 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// An in-process daemon with the built-in kinds.
     pub async fn start_daemon(&self) -> Daemon {
-        self.start_daemon_with(self.config.clone(), Registry::builtin())
+        self.start_daemon_with(self.config.clone(), Registry::builtin(&self.config))
             .await
     }
 

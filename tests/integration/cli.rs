@@ -171,3 +171,55 @@ async fn a_config_typo_stops_start_up_naming_the_file_and_key() {
         "{err}"
     );
 }
+
+/// Uncomments `# key = value` and `# [section]` lines, leaving prose comments.
+fn uncomment_keys(text: &str) -> String {
+    let is_key = |rest: &str| {
+        (rest.starts_with('[') && rest.ends_with(']'))
+            || rest.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+    };
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_key(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/jobrunner.example.toml");
+    let text = std::fs::read_to_string(example).expect("config/jobrunner.example.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.toml");
+    std::fs::write(&full, uncomment_keys(&text)).unwrap();
+    for path in [std::path::Path::new(example), full.as_path()] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+            .args(["--config", path.to_str().unwrap(), "config"])
+            .env_remove("JOBRUNNER_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", path.display());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+        .args(["--config", full.to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("[queues.mail]"),
+        "the example queue is read: {shown}"
+    );
+    assert!(
+        shown.contains("jobrunner:***@"),
+        "the password is hidden: {shown}"
+    );
+}

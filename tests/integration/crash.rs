@@ -96,6 +96,25 @@ async fn a_job_still_running_at_the_drain_deadline_is_handed_back_without_losing
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_exits_at_once_without_draining() {
+    let mut app = spawn_app().await;
+    app.config.runtime.drain_timeout = Duration::from_secs(60);
+    let mut daemon = app.spawn_daemon(&app.config);
+    let id = app.enqueue("sleep", json!({"ms": 30_000})).await;
+    app.wait_until(id, 15, "running", |j| j.status == "running")
+        .await;
+    daemon.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(daemon.wait_exit(0).is_none(), "the first signal drains");
+    daemon.signal("INT");
+    let status = daemon
+        .wait_exit(5)
+        .expect("the second signal exits at once");
+    assert_eq!(status.code(), Some(130), "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("Second stop signal"));
+}
+
 /// Records which jobs are running right now across every daemon in this process,
 /// and any job seen running twice at once.
 #[derive(Default)]

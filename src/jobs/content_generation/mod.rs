@@ -358,6 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn the_default_generator_is_the_configured_one() {
+        let config = ContentGenerationConfig {
+            generator: ContentGenerator::Openai,
+            ..ContentGenerationConfig::default()
+        };
+        let kind = ContentGeneration::new(&config);
+        assert_eq!(kind.generator_for("default"), Ok(ContentGenerator::Openai));
+        assert_eq!(
+            kind.generator_for("template"),
+            Ok(ContentGenerator::Template)
+        );
+        assert!(kind.generator_for("gpt").unwrap_err().contains("`gpt`"));
+    }
+
+    #[test]
     fn repeated_and_blank_channels_are_planned_once() {
         let channels = ["x", " linkedin", "x", "", "linkedin"].map(String::from);
         assert_eq!(distinct_channels(&channels), ["x", "linkedin"]);

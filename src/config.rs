@@ -49,6 +49,8 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings; a kind that is not listed uses [`KindConfig::default`].
     pub kinds: BTreeMap<String, KindConfig>,
+    /// Settings of the `content-generation` kind.
+    pub content_generation: ContentGenerationConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -159,6 +161,36 @@ pub struct BackoffConfig {
     pub max: Duration,
 }
 
+/// The `content-generation` kind: which generator drafts posts, and how to reach an
+/// OpenAI-compatible endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentGenerationConfig {
+    /// The generator for campaigns whose `generator` column says `default`.
+    pub generator: ContentGenerator,
+    /// Base URL of an OpenAI-compatible API; `/chat/completions` is appended.
+    pub openai_base_url: String,
+    pub openai_model: String,
+    /// Name of the environment variable holding the API key. The key itself never
+    /// sits in the file, and it is read when a job needs it (see the kind's doc).
+    pub openai_api_key_env: String,
+    /// One draft request fails (retryably) after this long.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most draft requests of one campaign in flight at once, so a big campaign does
+    /// not burst the endpoint's rate limit.
+    pub max_concurrent_drafts: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentGenerator {
+    /// Offline and deterministic.
+    Template,
+    /// An OpenAI-compatible chat-completions endpoint.
+    Openai,
+}
+
 impl Default for Config {
     fn default() -> Self {
         let mut queues = BTreeMap::new();
@@ -170,6 +202,7 @@ impl Default for Config {
             log: LogConfig::default(),
             queues,
             kinds: BTreeMap::new(),
+            content_generation: ContentGenerationConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -242,6 +275,19 @@ impl Default for KindConfig {
             max_attempts: 25,
             timeout: Duration::from_secs(300),
             backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+impl Default for ContentGenerationConfig {
+    fn default() -> Self {
+        ContentGenerationConfig {
+            generator: ContentGenerator::Template,
+            openai_base_url: "https://api.openai.com/v1".to_owned(),
+            openai_model: "gpt-4o-mini".to_owned(),
+            openai_api_key_env: "OPENAI_API_KEY".to_owned(),
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_drafts: 4,
         }
     }
 }
@@ -404,6 +450,38 @@ impl Config {
                 );
             }
         }
+        let content = &self.content_generation;
+        if !content.openai_base_url.starts_with("http://")
+            && !content.openai_base_url.starts_with("https://")
+        {
+            return bad(
+                "content_generation.openai_base_url",
+                "must start with http:// or https://",
+            );
+        }
+        if content.openai_model.is_empty() {
+            return bad("content_generation.openai_model", "must not be empty");
+        }
+        if content.openai_api_key_env.is_empty()
+            || !content
+                .openai_api_key_env
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(
+                "content_generation.openai_api_key_env",
+                "must be an environment variable name (letters, digits and '_')",
+            );
+        }
+        if content.request_timeout.is_zero() {
+            return bad("content_generation.request_timeout", "must be above zero");
+        }
+        if !(1..=64).contains(&content.max_concurrent_drafts) {
+            return bad(
+                "content_generation.max_concurrent_drafts",
+                "must be from 1 to 64",
+            );
+        }
         Ok(())
     }
 
@@ -522,6 +600,28 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn an_unknown_content_generator_is_rejected_with_its_key() {
+        let err = Config::from_toml("[content_generation]\ngenerator = \"gpt\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml") && err.contains("gpt"), "{err}");
+    }
+
+    #[test]
+    fn a_content_api_key_env_must_be_a_variable_name() {
+        let config = Config::from_toml(
+            "[content_generation]\nopenai_api_key_env = \"sk-123 oops\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("content_generation.openai_api_key_env"),
+            "{text}"
         );
     }
 

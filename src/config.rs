@@ -49,6 +49,8 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings; a kind that is not listed uses [`KindConfig::default`].
     pub kinds: BTreeMap<String, KindConfig>,
+    /// Settings of the built-in `data-extraction` kind.
+    pub data_extraction: DataExtractionConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -159,6 +161,26 @@ pub struct BackoffConfig {
     pub max: Duration,
 }
 
+/// The `data-extraction` kind fetches URLs that users supplied, so its limits and
+/// its SSRF allow-list live here where ops can see them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataExtractionConfig {
+    /// Host names or IP addresses a source may reach even though they resolve to a
+    /// loopback, private, link-local or other non-public address. Empty by default:
+    /// user-supplied URLs must not reach the daemon's own network.
+    pub allow_hosts: Vec<String>,
+    /// A page body is cut off after this many bytes and the rest is never read.
+    pub max_body_bytes: u64,
+    /// One HTTP request (connect, headers and body) fails after this long.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Redirects followed per source; each hop is checked like the source itself.
+    pub max_redirects: usize,
+    /// Requests to one host in flight at once, across all running jobs.
+    pub per_host_concurrency: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         let mut queues = BTreeMap::new();
@@ -170,6 +192,7 @@ impl Default for Config {
             log: LogConfig::default(),
             queues,
             kinds: BTreeMap::new(),
+            data_extraction: DataExtractionConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -242,6 +265,18 @@ impl Default for KindConfig {
             max_attempts: 25,
             timeout: Duration::from_secs(300),
             backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+impl Default for DataExtractionConfig {
+    fn default() -> Self {
+        DataExtractionConfig {
+            allow_hosts: Vec::new(),
+            max_body_bytes: 2 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(20),
+            max_redirects: 5,
+            per_host_concurrency: 2,
         }
     }
 }
@@ -404,6 +439,13 @@ impl Config {
                 );
             }
         }
+        self.data_extraction
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key: format!("data_extraction.{key}"),
+                reason,
+            })?;
         Ok(())
     }
 
@@ -418,6 +460,40 @@ impl Config {
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+impl DataExtractionConfig {
+    /// Checks the section; an error is the key (within the section) and the reason.
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+        for host in &self.allow_hosts {
+            let plain = host.trim_start_matches('[').trim_end_matches(']');
+            let is_ip = plain.parse::<std::net::IpAddr>().is_ok();
+            let is_name = !plain.is_empty()
+                && plain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+            if !is_ip && !is_name {
+                return bad(
+                    "allow_hosts",
+                    format!("`{host}` is not a host name or IP address (no scheme, port or path)"),
+                );
+            }
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return bad("max_body_bytes", "must be from 1024 to 268435456".into());
+        }
+        if self.fetch_timeout.is_zero() {
+            return bad("fetch_timeout", "must be above zero".into());
+        }
+        if self.max_redirects > 20 {
+            return bad("max_redirects", "must be at most 20".into());
+        }
+        if !(1..=64).contains(&self.per_host_concurrency) {
+            return bad("per_host_concurrency", "must be from 1 to 64".into());
+        }
+        Ok(())
     }
 }
 
@@ -523,6 +599,27 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn a_data_extraction_allow_list_entry_with_a_scheme_names_the_key() {
+        let config = Config::from_toml(
+            "[data_extraction]\nallow_hosts = [\"http://intranet\"]\n",
+            "d.toml",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("key `data_extraction.allow_hosts`") && err.contains("http://intranet"),
+            "{err}"
+        );
+        let ok = Config::from_toml(
+            "[data_extraction]\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"intranet.local\"]\nfetch_timeout = \"5s\"\n",
+            "d.toml",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.data_extraction.fetch_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! their input in a [`JobContext`] and say how the attempt ended with a
 //! [`JobResult`]. The runtime turns that into leases and status.
 
+mod data_extraction;
 mod diagnostic;
 
 use std::collections::HashMap;
@@ -101,9 +102,9 @@ pub struct Registry {
 impl Registry {
     /// The kinds every daemon runs. Kinds read their own settings from `config`.
     pub fn builtin(config: &Config) -> Registry {
-        let _ = config;
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
+        data_extraction::register(&mut registry, &config.data_extraction);
         registry
     }
 

@@ -51,6 +51,8 @@ pub struct Config {
     pub kinds: BTreeMap<String, KindConfig>,
     /// Settings of the `content-generation` kind.
     pub content_generation: ContentGenerationConfig,
+    /// Settings of the built-in `data-extraction` kind.
+    pub data_extraction: DataExtractionConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -191,6 +193,26 @@ pub enum ContentGenerator {
     Openai,
 }
 
+/// The `data-extraction` kind fetches URLs that users supplied, so its limits and
+/// its SSRF allow-list live here where ops can see them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataExtractionConfig {
+    /// Host names or IP addresses a source may reach even though they resolve to a
+    /// loopback, private, link-local or other non-public address. Empty by default:
+    /// user-supplied URLs must not reach the daemon's own network.
+    pub allow_hosts: Vec<String>,
+    /// A page body is cut off after this many bytes and the rest is never read.
+    pub max_body_bytes: u64,
+    /// One HTTP request (connect, headers and body) fails after this long.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Redirects followed per source; each hop is checked like the source itself.
+    pub max_redirects: usize,
+    /// Requests to one host in flight at once, across all running jobs.
+    pub per_host_concurrency: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         let mut queues = BTreeMap::new();
@@ -203,6 +225,7 @@ impl Default for Config {
             queues,
             kinds: BTreeMap::new(),
             content_generation: ContentGenerationConfig::default(),
+            data_extraction: DataExtractionConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -288,6 +311,18 @@ impl Default for ContentGenerationConfig {
             openai_api_key_env: "OPENAI_API_KEY".to_owned(),
             request_timeout: Duration::from_secs(60),
             max_concurrent_drafts: 4,
+        }
+    }
+}
+
+impl Default for DataExtractionConfig {
+    fn default() -> Self {
+        DataExtractionConfig {
+            allow_hosts: Vec::new(),
+            max_body_bytes: 2 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(20),
+            max_redirects: 5,
+            per_host_concurrency: 2,
         }
     }
 }
@@ -482,6 +517,13 @@ impl Config {
                 "must be from 1 to 64",
             );
         }
+        self.data_extraction
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key: format!("data_extraction.{key}"),
+                reason,
+            })?;
         Ok(())
     }
 
@@ -496,6 +538,40 @@ impl Config {
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+impl DataExtractionConfig {
+    /// Checks the section; an error is the key (within the section) and the reason.
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+        for host in &self.allow_hosts {
+            let plain = host.trim_start_matches('[').trim_end_matches(']');
+            let is_ip = plain.parse::<std::net::IpAddr>().is_ok();
+            let is_name = !plain.is_empty()
+                && plain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+            if !is_ip && !is_name {
+                return bad(
+                    "allow_hosts",
+                    format!("`{host}` is not a host name or IP address (no scheme, port or path)"),
+                );
+            }
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return bad("max_body_bytes", "must be from 1024 to 268435456".into());
+        }
+        if self.fetch_timeout.is_zero() {
+            return bad("fetch_timeout", "must be above zero".into());
+        }
+        if self.max_redirects > 20 {
+            return bad("max_redirects", "must be at most 20".into());
+        }
+        if !(1..=64).contains(&self.per_host_concurrency) {
+            return bad("per_host_concurrency", "must be from 1 to 64".into());
+        }
+        Ok(())
     }
 }
 
@@ -623,6 +699,27 @@ mod tests {
             text.contains("content_generation.openai_api_key_env"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_data_extraction_allow_list_entry_with_a_scheme_names_the_key() {
+        let config = Config::from_toml(
+            "[data_extraction]\nallow_hosts = [\"http://intranet\"]\n",
+            "d.toml",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("key `data_extraction.allow_hosts`") && err.contains("http://intranet"),
+            "{err}"
+        );
+        let ok = Config::from_toml(
+            "[data_extraction]\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"intranet.local\"]\nfetch_timeout = \"5s\"\n",
+            "d.toml",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.data_extraction.fetch_timeout, Duration::from_secs(5));
     }
 
     #[test]

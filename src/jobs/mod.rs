@@ -6,6 +6,7 @@
 //! [`JobResult`]. The runtime turns that into leases and status.
 
 mod content_generation;
+mod data_extraction;
 mod diagnostic;
 
 use std::collections::HashMap;
@@ -105,6 +106,7 @@ impl Registry {
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
         content_generation::register(&mut registry, config);
+        data_extraction::register(&mut registry, &config.data_extraction);
         registry
     }
 

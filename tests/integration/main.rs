@@ -8,4 +8,5 @@ mod failures;
 mod harness;
 mod helpers;
 mod kind_content_generation;
+mod kind_data_extraction;
 mod protocol;

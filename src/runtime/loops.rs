@@ -302,11 +302,33 @@ async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
     }
 }
 
+/// Checks the epoch marker once at start-up, before any loop runs: a Redis without
+/// one has never been seeded or lost its data, and every unfinished job must be
+/// dispatched again. Doing this before the first dispatch matters: done later, it
+/// could put back a job this daemon had already run but not yet recorded.
+pub(super) async fn initial_epoch(shared: &Shared) -> Option<String> {
+    match shared.broker.epoch().await {
+        Ok((current, fresh)) => {
+            if fresh {
+                recover_redis(shared, false).await;
+            }
+            Some(current)
+        }
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "Redis epoch check failed");
+            None
+        }
+    }
+}
+
 /// Returns expired leases and stale ingest claims, and notices a Redis that came
 /// back empty (its epoch marker is gone) to dispatch every unfinished job again.
-pub(super) async fn reaper(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(super) async fn reaper(
+    shared: Arc<Shared>,
+    mut epoch: Option<String>,
+    shutdown: CancellationToken,
+) {
     let lease = shared.config.runtime.lease;
-    let mut epoch: Option<String> = None;
     loop {
         match shared.broker.epoch().await {
             Ok((current, fresh)) => {

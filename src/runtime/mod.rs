@@ -177,9 +177,11 @@ async fn supervise(
     let hard_stop = CancellationToken::new();
     let loops = TaskTracker::new();
 
+    // Before any loop dispatches or fetches: see `loops::initial_epoch`.
+    let epoch = loops::initial_epoch(&shared).await;
     loops.spawn(loops::subscriber(shared.clone(), shutdown.clone()));
     loops.spawn(loops::outbox(shared.clone(), shutdown.clone()));
-    loops.spawn(loops::reaper(shared.clone(), shutdown.clone()));
+    loops.spawn(loops::reaper(shared.clone(), epoch, shutdown.clone()));
     loops.spawn(loops::orphan_sweep(shared.clone(), shutdown.clone()));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status

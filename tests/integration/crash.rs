@@ -314,3 +314,37 @@ async fn jobs_queued_when_redis_restarts_empty_all_still_run() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_pending_when_a_daemon_starts_on_a_fresh_redis_run_exactly_once() {
+    let app = spawn_app().await;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::builtin(&app.config);
+    let seen = runs.clone();
+    registry.register("count", move |ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(ctx.id);
+            JobResult::Ok(json!({}))
+        }
+    });
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(app.enqueue("count", json!({ "i": i })).await);
+    }
+    // The Redis is new: the daemon finds no epoch marker and must re-dispatch the
+    // pending jobs without running any of them twice.
+    let daemon = app.start_daemon_with(app.config.clone(), registry).await;
+    for id in &ids {
+        assert_eq!(app.wait_final(*id, 20).await.status, "succeeded");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let runs = runs.lock().unwrap();
+    let distinct: HashSet<_> = runs.iter().collect();
+    assert_eq!(
+        (runs.len(), distinct.len()),
+        (100, 100),
+        "each job ran once"
+    );
+}

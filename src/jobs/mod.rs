@@ -6,6 +6,7 @@
 //! [`JobResult`]. The runtime turns that into leases and status.
 
 mod diagnostic;
+mod message_processing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,6 +105,7 @@ impl Registry {
         let _ = config;
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
+        message_processing::register(&mut registry);
         registry
     }
 

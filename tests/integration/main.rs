@@ -7,4 +7,5 @@ mod enqueue;
 mod failures;
 mod harness;
 mod helpers;
+mod kind_message;
 mod protocol;

@@ -5,7 +5,9 @@
 //! their input in a [`JobContext`] and say how the attempt ended with a
 //! [`JobResult`]. The runtime turns that into leases and status.
 
+mod command;
 mod diagnostic;
+mod http;
 mod message_processing;
 
 use std::collections::HashMap;
@@ -102,10 +104,20 @@ pub struct Registry {
 impl Registry {
     /// The kinds every daemon runs. Kinds read their own settings from `config`.
     pub fn builtin(config: &Config) -> Registry {
-        let _ = config;
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
         message_processing::register(&mut registry);
+        // Configured kinds come last: a kind an admin configured with a generic
+        // handler replaces a built-in of the same name.
+        for (name, kind) in &config.kinds {
+            match kind.handler {
+                Some(crate::config::HandlerName::Http) => http::register(&mut registry, name, kind),
+                Some(crate::config::HandlerName::Command) => {
+                    command::register(&mut registry, name, kind)
+                }
+                None => {}
+            }
+        }
         registry
     }
 

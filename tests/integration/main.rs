@@ -7,5 +7,7 @@ mod enqueue;
 mod failures;
 mod harness;
 mod helpers;
+mod kind_command;
+mod kind_http;
 mod kind_message;
 mod protocol;

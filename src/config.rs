@@ -151,6 +151,76 @@ pub struct KindConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub backoff: BackoffConfig,
+    /// A generic handler that runs this kind without Rust code; absent for kinds
+    /// implemented in `jobs`. Its settings are in the table of the same name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<HandlerName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpKindConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandKindConfig>,
+}
+
+/// The generic handlers a kind can be configured with.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerName {
+    /// POST the payload to a URL (`[kinds.NAME.http]`).
+    Http,
+    /// Run a program with the payload on stdin (`[kinds.NAME.command]`).
+    Command,
+}
+
+/// `[kinds.NAME.http]`: where and how the `http` handler posts a job.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpKindConfig {
+    /// The endpoint that receives the payload as a JSON POST.
+    pub url: String,
+    /// Extra request headers, e.g. an `Authorization` the endpoint expects.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// One request, from connecting to the last byte of the response; a request
+    /// over it is a retryable failure. At most the kind's `timeout`.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Opening the TCP (and TLS) connection; capped by `timeout`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Name of an environment variable holding the HMAC-SHA256 key; when set, every
+    /// request carries `X-Jobrunner-Signature: sha256=<hex>` over the body. The key
+    /// itself never appears in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_env: Option<String>,
+}
+
+/// `[kinds.NAME.command]`: the program the `command` handler runs for a job.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandKindConfig {
+    /// Run directly, never through a shell (configure `/bin/sh` with `-c` for one).
+    /// A name without `/` is looked up in `PATH`.
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Exit codes that mean "retrying cannot help": the job ends `dead` at once.
+    /// Any other non-zero exit is retried.
+    #[serde(default)]
+    pub dead_exit_codes: Vec<i32>,
+    /// Variables the program gets on top of a minimal environment (PATH, HOME,
+    /// LANG, ...); the daemon's own environment, with its database URL, is not passed.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<PathBuf>,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -298,6 +368,9 @@ impl Default for KindConfig {
             max_attempts: 25,
             timeout: Duration::from_secs(300),
             backoff: BackoffConfig::default(),
+            handler: None,
+            http: None,
+            command: None,
         }
     }
 }
@@ -356,6 +429,7 @@ impl Config {
         };
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
+        config.check_environment(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))?;
         Ok(config)
     }
 
@@ -484,6 +558,9 @@ impl Config {
                     "must not be below backoff.base",
                 );
             }
+            if let Err((key, reason)) = validate_handler(name, kind) {
+                return bad(&key, &reason);
+            }
         }
         let content = &self.content_generation;
         if !content.openai_base_url.starts_with("http://")
@@ -524,6 +601,49 @@ impl Config {
                 key: format!("data_extraction.{key}"),
                 reason,
             })?;
+        Ok(())
+    }
+
+    /// Checks what the configuration expects of this machine: every
+    /// `hmac_secret_env` variable is set, every absolute `program` and every
+    /// `working_dir` exists. Separate from [`Config::validate`] so that stays a pure
+    /// function of the file; `is_set` is a parameter so tests need not touch the
+    /// process environment.
+    pub fn check_environment(&self, is_set: impl Fn(&str) -> bool) -> Result {
+        let bad = |key: String, reason: String| {
+            Err(Error::Invalid {
+                origin: self.origin.clone(),
+                key,
+                reason,
+            })
+        };
+        for (name, kind) in &self.kinds {
+            if let Some(var) = kind.http.as_ref().and_then(|h| h.hmac_secret_env.as_ref())
+                && !is_set(var)
+            {
+                return bad(
+                    format!("kinds.{name}.http.hmac_secret_env"),
+                    format!("the environment variable `{var}` is not set or is empty"),
+                );
+            }
+            if let Some(command) = &kind.command {
+                let program = Path::new(&command.program);
+                if program.is_absolute() && !program.is_file() {
+                    return bad(
+                        format!("kinds.{name}.command.program"),
+                        format!("`{}` does not exist or is not a file", command.program),
+                    );
+                }
+                if let Some(dir) = &command.working_dir
+                    && !dir.is_dir()
+                {
+                    return bad(
+                        format!("kinds.{name}.command.working_dir"),
+                        format!("`{}` is not a directory", dir.display()),
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -573,6 +693,111 @@ impl DataExtractionConfig {
         }
         Ok(())
     }
+}
+
+/// The `handler` of a kind and its table agree, and the table's values are usable.
+/// Returns the offending key and the reason.
+fn validate_handler(name: &str, kind: &KindConfig) -> std::result::Result<(), (String, String)> {
+    let key = |rest: &str| format!("kinds.{name}.{rest}");
+    let wants = |handler: HandlerName| kind.handler == Some(handler);
+    if kind.http.is_some() && !wants(HandlerName::Http) {
+        return Err((key("http"), "needs handler = \"http\" in the kind".into()));
+    }
+    if kind.command.is_some() && !wants(HandlerName::Command) {
+        return Err((
+            key("command"),
+            "needs handler = \"command\" in the kind".into(),
+        ));
+    }
+    match kind.handler {
+        None => {}
+        Some(HandlerName::Http) => {
+            let Some(http) = &kind.http else {
+                return Err((
+                    key("http"),
+                    format!("handler = \"http\" needs a [kinds.{name}.http] table with a url"),
+                ));
+            };
+            if !(http.url.starts_with("http://") || http.url.starts_with("https://"))
+                || reqwest::Url::parse(&http.url).is_err()
+            {
+                return Err((key("http.url"), "must be http:// or https://".into()));
+            }
+            for (header, value) in &http.headers {
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err((
+                        key("http.headers"),
+                        format!("`{header}` is not a header name"),
+                    ));
+                }
+                if reqwest::header::HeaderValue::from_str(value).is_err() {
+                    return Err((
+                        key(&format!("http.headers.{header}")),
+                        "must be visible ASCII without line breaks".into(),
+                    ));
+                }
+                let lower = header.to_ascii_lowercase();
+                if lower == "content-type" || lower.starts_with("x-jobrunner-") {
+                    return Err((
+                        key(&format!("http.headers.{header}")),
+                        "is set by jobrunner and cannot be configured".into(),
+                    ));
+                }
+            }
+            if http.timeout.is_zero() {
+                return Err((key("http.timeout"), "must be above zero".into()));
+            }
+            if http.timeout > kind.timeout {
+                return Err((
+                    key("http.timeout"),
+                    format!("must not exceed kinds.{name}.timeout, which stops the attempt first"),
+                ));
+            }
+            if http.connect_timeout.is_zero() {
+                return Err((key("http.connect_timeout"), "must be above zero".into()));
+            }
+            if http.hmac_secret_env.as_deref() == Some("") {
+                return Err((
+                    key("http.hmac_secret_env"),
+                    "must name an environment variable".into(),
+                ));
+            }
+        }
+        Some(HandlerName::Command) => {
+            let Some(command) = &kind.command else {
+                return Err((
+                    key("command"),
+                    format!(
+                        "handler = \"command\" needs a [kinds.{name}.command] table with a program"
+                    ),
+                ));
+            };
+            if command.program.is_empty() {
+                return Err((key("command.program"), "must not be empty".into()));
+            }
+            if let Some(code) = command
+                .dead_exit_codes
+                .iter()
+                .find(|c| !(1..=255).contains(*c))
+            {
+                return Err((
+                    key("command.dead_exit_codes"),
+                    format!("{code} is not an exit code from 1 to 255"),
+                ));
+            }
+            if let Some(var) = command
+                .env
+                .keys()
+                .find(|k| k.is_empty() || k.contains(['=', '\0']))
+            {
+                return Err((
+                    key("command.env"),
+                    format!("`{var}` is not an environment variable name"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 const NAME_RULE: &str = "names may hold only letters, digits, '-', '_' and '.' (1 to 64 of them)";
@@ -677,6 +902,75 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    fn invalid(text: &str) -> String {
+        let config = Config::from_toml(text, "k.toml").unwrap();
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_http_kind_with_a_bad_url_names_the_key() {
+        let text =
+            invalid("[kinds.mailer]\nhandler = \"http\"\n[kinds.mailer.http]\nurl = \"ftp://x\"\n");
+        assert_eq!(
+            text,
+            "config k.toml: key `kinds.mailer.http.url`: must be http:// or https://"
+        );
+    }
+
+    #[test]
+    fn a_handler_without_its_table_is_an_error() {
+        let text = invalid("[kinds.mailer]\nhandler = \"http\"\n");
+        assert!(text.contains("key `kinds.mailer.http`"), "{text}");
+        let text = invalid("[kinds.backup]\nhandler = \"command\"\n");
+        assert!(text.contains("key `kinds.backup.command`"), "{text}");
+        let text = invalid("[kinds.backup.command]\nprogram = \"/bin/true\"\n");
+        assert!(
+            text.contains("needs handler = \"command\""),
+            "a table without a handler is a mistake, not a no-op: {text}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_handler_name_is_a_parse_error() {
+        let err = Config::from_toml("[kinds.x]\nhandler = \"ftp\"\n", "k.toml").unwrap_err();
+        assert!(err.to_string().contains("ftp"), "{err}");
+    }
+
+    #[test]
+    fn a_dead_exit_code_of_zero_is_rejected() {
+        let text = invalid(
+            "[kinds.b]\nhandler = \"command\"\n[kinds.b.command]\nprogram = \"x\"\ndead_exit_codes = [0]\n",
+        );
+        assert!(text.contains("kinds.b.command.dead_exit_codes"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_hmac_variable_is_an_error_naming_it() {
+        let config = Config::from_toml(
+            "[kinds.m]\nhandler = \"http\"\n[kinds.m.http]\nurl = \"https://h/x\"\nhmac_secret_env = \"HOOK_KEY\"\n",
+            "k.toml",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let text = config.check_environment(|_| false).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "config k.toml: key `kinds.m.http.hmac_secret_env`: the environment variable `HOOK_KEY` is not set or is empty"
+        );
+        config.check_environment(|name| name == "HOOK_KEY").unwrap();
+    }
+
+    #[test]
+    fn generic_kinds_survive_a_round_trip_through_toml() {
+        let text = "[kinds.m]\nhandler = \"http\"\n[kinds.m.http]\nurl = \"https://h/x\"\n[kinds.m.http.headers]\nAuthorization = \"Bearer t\"\n\n[kinds.c]\nhandler = \"command\"\n[kinds.c.command]\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"cat\"]\n";
+        let config = Config::from_toml(text, "k.toml").unwrap();
+        config.validate().unwrap();
+        let again = Config::from_toml(&toml::to_string(&config).unwrap(), "again").unwrap();
+        assert_eq!(again.kind("m").http, config.kind("m").http);
+        assert_eq!(again.kind("c").command, config.kind("c").command);
+        assert_eq!(again.kind("c").handler, Some(HandlerName::Command));
     }
 
     #[test]

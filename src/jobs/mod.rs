@@ -5,9 +5,12 @@
 //! their input in a [`JobContext`] and say how the attempt ended with a
 //! [`JobResult`]. The runtime turns that into leases and status.
 
+mod command;
 mod content_generation;
 mod data_extraction;
 mod diagnostic;
+mod http;
+mod message_processing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,10 +106,26 @@ pub struct Registry {
 impl Registry {
     /// The kinds every daemon runs. Kinds read their own settings from `config`.
     pub fn builtin(config: &Config) -> Registry {
+        // reqwest is built without a bundled TLS provider (that keeps aws-lc's long C
+        // build out); every kind's client uses ring, installed once for the process.
+        // An error only means a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
         content_generation::register(&mut registry, config);
         data_extraction::register(&mut registry, &config.data_extraction);
+        message_processing::register(&mut registry);
+        // Configured kinds come last: a kind an admin configured with a generic
+        // handler replaces a built-in of the same name.
+        for (name, kind) in &config.kinds {
+            match kind.handler {
+                Some(crate::config::HandlerName::Http) => http::register(&mut registry, name, kind),
+                Some(crate::config::HandlerName::Command) => {
+                    command::register(&mut registry, name, kind)
+                }
+                None => {}
+            }
+        }
         registry
     }
 

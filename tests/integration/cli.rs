@@ -198,12 +198,18 @@ fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
     let text = std::fs::read_to_string(example).expect("config/jobrunner.example.toml");
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full.toml");
-    std::fs::write(&full, uncomment_keys(&text)).unwrap();
+    // Start-up checks the machine against the config (secrets set, programs and
+    // directories present): give it what the example names.
+    let uncommented = uncomment_keys(&text)
+        .replace("/usr/local/bin/nightly-report", "/bin/true")
+        .replace("/var/lib/reports", dir.path().to_str().unwrap());
+    std::fs::write(&full, uncommented).unwrap();
     for path in [std::path::Path::new(example), full.as_path()] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
             .args(["--config", path.to_str().unwrap(), "config"])
             .env_remove("JOBRUNNER_DATABASE_URL")
             .env_remove("DATABASE_URL")
+            .env("MAILER_HOOK_SECRET", "example-secret")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -211,9 +217,17 @@ fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
         .args(["--config", full.to_str().unwrap(), "config"])
+        .env("MAILER_HOOK_SECRET", "example-secret")
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
+    for section in [
+        "[kinds.mailer.http]",
+        "[kinds.nightly-report.command]",
+        "[data_extraction]",
+    ] {
+        assert!(shown.contains(section), "{section} is read: {shown}");
+    }
     assert!(
         shown.contains("[queues.mail]"),
         "the example queue is read: {shown}"

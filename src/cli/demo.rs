@@ -1,6 +1,8 @@
-//! `jobrunner demo`: the README's first command. Migrates, enqueues one job of
-//! each built-in kind through both ways in, runs an in-process daemon until they
-//! all end, and prints what happened.
+//! `jobrunner demo`: the README's first command. Migrates, enqueues jobs of every
+//! built-in kind through both ways in (a content campaign, an extraction query
+//! against a fixture page served on loopback, a messaging webhook, and the
+//! diagnostic kinds), runs an in-process daemon until they all end, and prints
+//! their status and what they produced.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use serde_json::json;
 
 use crate::broker::{Broker, RedisEnqueue};
 use crate::config::Config;
-use crate::jobs::Registry;
+use crate::jobs::{Registry, demo};
 use crate::ledger::{Ledger, NewJob};
 use crate::runtime::Daemon;
 
@@ -20,6 +22,12 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
     fail.backoff.base = Duration::from_millis(200);
     fail.backoff.max = Duration::from_secs(1);
     fail.max_attempts = 3;
+    // The extraction demo reads a page this process serves on loopback, which the
+    // SSRF guard refuses unless allowed.
+    let site = demo::FixtureSite::start()
+        .await
+        .context("starting the demo's fixture site")?;
+    config.data_extraction.allow_hosts.push("127.0.0.1".into());
 
     let ledger = Ledger::connect(&config.database).await?;
     ledger.migrate().await.context("applying migrations")?;
@@ -31,8 +39,17 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
         payload,
         ..NewJob::default()
     };
+    let pool = ledger.pool();
+    let campaign = demo::create_campaign(pool).await?;
+    let query = demo::create_extraction_query(pool, &site.url()).await?;
     let mut jobs = Vec::new();
     for (what, job) in [
+        (
+            "SQL",
+            sql("content-generation", json!({ "campaign_id": campaign })),
+        ),
+        ("SQL", sql("data-extraction", json!({ "query_id": query }))),
+        ("SQL", sql("message-processing", demo::webhook_payload())),
         ("SQL", sql("noop", json!({"hello": "world"}))),
         ("SQL", sql("sleep", json!({"ms": 300}))),
         ("SQL", sql("fail", json!({"times": 1}))),
@@ -72,7 +89,7 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
 
     println!();
     println!(
-        "{:<36}  {:<6}  {:<13}  {:<9}  {:>8}  result / last_error",
+        "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  result / last_error",
         "id", "kind", "enqueued via", "status", "attempts"
     );
     let mut unfinished = 0;
@@ -86,12 +103,31 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
             unfinished += 1;
         }
         println!(
-            "{:<36}  {:<6}  {:<13}  {:<9}  {:>8}  {}",
-            job.id, job.kind, via, job.status, job.attempts, detail
+            "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  {}",
+            job.id,
+            job.kind,
+            via,
+            job.status,
+            job.attempts,
+            shorten(&detail, 90)
         );
     }
+    println!();
+    println!("What the built-in kinds produced:");
+    for line in demo::summary(ledger.pool(), campaign, query).await? {
+        println!("{line}");
+    }
+    drop(site);
     if unfinished > 0 {
         anyhow::bail!("{unfinished} demo jobs did not finish within a minute");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first `max` characters of `text`, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }

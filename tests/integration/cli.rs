@@ -237,3 +237,29 @@ fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
         "the password is hidden: {shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_every_built_in_kind_and_shows_what_they_produced() {
+    let app = spawn_app().await;
+    let (code, out, err) = app.cli(&["demo"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for expected in [
+        "content-generation  SQL            succeeded",
+        "data-extraction     SQL            succeeded",
+        "message-processing  SQL            succeeded",
+        "noop                Redis          succeeded",
+        "failed permanently as asked",
+        // The post count depends on next month's length; the planning is tested
+        // in kind_content_generation.
+        "is ready with",
+        "posts planned for",
+        "is done with 4 results",
+        "hello@beanthere.example",
+        "conversation with Ada (351910000000): 2 unread",
+    ] {
+        assert!(
+            out.contains(expected),
+            "the demo prints {expected:?}:\n{out}"
+        );
+    }
+}

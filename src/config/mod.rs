@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod builtin_kinds;
+mod kinds;
+
+pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
+pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
+
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
 
@@ -143,146 +149,6 @@ pub struct QueueConfig {
     pub concurrency: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KindConfig {
-    pub queue: String,
-    pub max_attempts: i32,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub backoff: BackoffConfig,
-    /// A generic handler that runs this kind without Rust code; absent for kinds
-    /// implemented in `jobs`. Its settings are in the table of the same name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handler: Option<HandlerName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpKindConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<CommandKindConfig>,
-}
-
-/// The generic handlers a kind can be configured with.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HandlerName {
-    /// POST the payload to a URL (`[kinds.NAME.http]`).
-    Http,
-    /// Run a program with the payload on stdin (`[kinds.NAME.command]`).
-    Command,
-}
-
-/// `[kinds.NAME.http]`: where and how the `http` handler posts a job.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpKindConfig {
-    /// The endpoint that receives the payload as a JSON POST.
-    pub url: String,
-    /// Extra request headers, e.g. an `Authorization` the endpoint expects.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// One request, from connecting to the last byte of the response; a request
-    /// over it is a retryable failure. At most the kind's `timeout`.
-    #[serde(default = "default_http_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Opening the TCP (and TLS) connection; capped by `timeout`.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Name of an environment variable holding the HMAC-SHA256 key; when set, every
-    /// request carries `X-Jobrunner-Signature: sha256=<hex>` over the body. The key
-    /// itself never appears in the file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hmac_secret_env: Option<String>,
-}
-
-/// `[kinds.NAME.command]`: the program the `command` handler runs for a job.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CommandKindConfig {
-    /// Run directly, never through a shell (configure `/bin/sh` with `-c` for one).
-    /// A name without `/` is looked up in `PATH`.
-    pub program: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Exit codes that mean "retrying cannot help": the job ends `dead` at once.
-    /// Any other non-zero exit is retried.
-    #[serde(default)]
-    pub dead_exit_codes: Vec<i32>,
-    /// Variables the program gets on top of a minimal environment (PATH, HOME,
-    /// LANG, ...); the daemon's own environment, with its database URL, is not passed.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<PathBuf>,
-}
-
-fn default_http_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackoffConfig {
-    /// Delay before the second attempt; each later retry doubles it.
-    #[serde(with = "humantime_serde")]
-    pub base: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max: Duration,
-}
-
-/// The `content-generation` kind: which generator drafts posts, and how to reach an
-/// OpenAI-compatible endpoint.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ContentGenerationConfig {
-    /// The generator for campaigns whose `generator` column says `default`.
-    pub generator: ContentGenerator,
-    /// Base URL of an OpenAI-compatible API; `/chat/completions` is appended.
-    pub openai_base_url: String,
-    pub openai_model: String,
-    /// Name of the environment variable holding the API key. The key itself never
-    /// sits in the file, and it is read when a job needs it (see the kind's doc).
-    pub openai_api_key_env: String,
-    /// One draft request fails (retryably) after this long.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Most draft requests of one campaign in flight at once, so a big campaign does
-    /// not burst the endpoint's rate limit.
-    pub max_concurrent_drafts: usize,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentGenerator {
-    /// Offline and deterministic.
-    Template,
-    /// An OpenAI-compatible chat-completions endpoint.
-    Openai,
-}
-
-/// The `data-extraction` kind fetches URLs that users supplied, so its limits and
-/// its SSRF allow-list live here where ops can see them.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataExtractionConfig {
-    /// Host names or IP addresses a source may reach even though they resolve to a
-    /// loopback, private, link-local or other non-public address. Empty by default:
-    /// user-supplied URLs must not reach the daemon's own network.
-    pub allow_hosts: Vec<String>,
-    /// A page body is cut off after this many bytes and the rest is never read.
-    pub max_body_bytes: u64,
-    /// One HTTP request (connect, headers and body) fails after this long.
-    #[serde(with = "humantime_serde")]
-    pub fetch_timeout: Duration,
-    /// Redirects followed per source; each hop is checked like the source itself.
-    pub max_redirects: usize,
-    /// Requests to one host in flight at once, across all running jobs.
-    pub per_host_concurrency: usize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         let mut queues = BTreeMap::new();
@@ -358,54 +224,6 @@ impl Default for LogConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig { concurrency: 32 }
-    }
-}
-
-impl Default for KindConfig {
-    fn default() -> Self {
-        KindConfig {
-            queue: DEFAULT_QUEUE.to_owned(),
-            max_attempts: 25,
-            timeout: Duration::from_secs(300),
-            backoff: BackoffConfig::default(),
-            handler: None,
-            http: None,
-            command: None,
-        }
-    }
-}
-
-impl Default for ContentGenerationConfig {
-    fn default() -> Self {
-        ContentGenerationConfig {
-            generator: ContentGenerator::Template,
-            openai_base_url: "https://api.openai.com/v1".to_owned(),
-            openai_model: "gpt-4o-mini".to_owned(),
-            openai_api_key_env: "OPENAI_API_KEY".to_owned(),
-            request_timeout: Duration::from_secs(60),
-            max_concurrent_drafts: 4,
-        }
-    }
-}
-
-impl Default for DataExtractionConfig {
-    fn default() -> Self {
-        DataExtractionConfig {
-            allow_hosts: Vec::new(),
-            max_body_bytes: 2 * 1024 * 1024,
-            fetch_timeout: Duration::from_secs(20),
-            max_redirects: 5,
-            per_host_concurrency: 2,
-        }
-    }
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(3600),
-        }
     }
 }
 
@@ -558,7 +376,7 @@ impl Config {
                     "must not be below backoff.base",
                 );
             }
-            if let Err((key, reason)) = validate_handler(name, kind) {
+            if let Err((key, reason)) = kinds::validate_handler(name, kind) {
                 return bad(&key, &reason);
             }
         }
@@ -659,145 +477,6 @@ impl Config {
         shown.redis.url = redact_url(&shown.redis.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
     }
-}
-
-impl DataExtractionConfig {
-    /// Checks the section; an error is the key (within the section) and the reason.
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
-        let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
-        for host in &self.allow_hosts {
-            let plain = host.trim_start_matches('[').trim_end_matches(']');
-            let is_ip = plain.parse::<std::net::IpAddr>().is_ok();
-            let is_name = !plain.is_empty()
-                && plain
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-            if !is_ip && !is_name {
-                return bad(
-                    "allow_hosts",
-                    format!("`{host}` is not a host name or IP address (no scheme, port or path)"),
-                );
-            }
-        }
-        if !(1024..=256 * 1024 * 1024).contains(&self.max_body_bytes) {
-            return bad("max_body_bytes", "must be from 1024 to 268435456".into());
-        }
-        if self.fetch_timeout.is_zero() {
-            return bad("fetch_timeout", "must be above zero".into());
-        }
-        if self.max_redirects > 20 {
-            return bad("max_redirects", "must be at most 20".into());
-        }
-        if !(1..=64).contains(&self.per_host_concurrency) {
-            return bad("per_host_concurrency", "must be from 1 to 64".into());
-        }
-        Ok(())
-    }
-}
-
-/// The `handler` of a kind and its table agree, and the table's values are usable.
-/// Returns the offending key and the reason.
-fn validate_handler(name: &str, kind: &KindConfig) -> std::result::Result<(), (String, String)> {
-    let key = |rest: &str| format!("kinds.{name}.{rest}");
-    let wants = |handler: HandlerName| kind.handler == Some(handler);
-    if kind.http.is_some() && !wants(HandlerName::Http) {
-        return Err((key("http"), "needs handler = \"http\" in the kind".into()));
-    }
-    if kind.command.is_some() && !wants(HandlerName::Command) {
-        return Err((
-            key("command"),
-            "needs handler = \"command\" in the kind".into(),
-        ));
-    }
-    match kind.handler {
-        None => {}
-        Some(HandlerName::Http) => {
-            let Some(http) = &kind.http else {
-                return Err((
-                    key("http"),
-                    format!("handler = \"http\" needs a [kinds.{name}.http] table with a url"),
-                ));
-            };
-            if !(http.url.starts_with("http://") || http.url.starts_with("https://"))
-                || reqwest::Url::parse(&http.url).is_err()
-            {
-                return Err((key("http.url"), "must be http:// or https://".into()));
-            }
-            for (header, value) in &http.headers {
-                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    return Err((
-                        key("http.headers"),
-                        format!("`{header}` is not a header name"),
-                    ));
-                }
-                if reqwest::header::HeaderValue::from_str(value).is_err() {
-                    return Err((
-                        key(&format!("http.headers.{header}")),
-                        "must be visible ASCII without line breaks".into(),
-                    ));
-                }
-                let lower = header.to_ascii_lowercase();
-                if lower == "content-type" || lower.starts_with("x-jobrunner-") {
-                    return Err((
-                        key(&format!("http.headers.{header}")),
-                        "is set by jobrunner and cannot be configured".into(),
-                    ));
-                }
-            }
-            if http.timeout.is_zero() {
-                return Err((key("http.timeout"), "must be above zero".into()));
-            }
-            if http.timeout > kind.timeout {
-                return Err((
-                    key("http.timeout"),
-                    format!("must not exceed kinds.{name}.timeout, which stops the attempt first"),
-                ));
-            }
-            if http.connect_timeout.is_zero() {
-                return Err((key("http.connect_timeout"), "must be above zero".into()));
-            }
-            if http.hmac_secret_env.as_deref() == Some("") {
-                return Err((
-                    key("http.hmac_secret_env"),
-                    "must name an environment variable".into(),
-                ));
-            }
-        }
-        Some(HandlerName::Command) => {
-            let Some(command) = &kind.command else {
-                return Err((
-                    key("command"),
-                    format!(
-                        "handler = \"command\" needs a [kinds.{name}.command] table with a program"
-                    ),
-                ));
-            };
-            if command.program.is_empty() {
-                return Err((key("command.program"), "must not be empty".into()));
-            }
-            if let Some(code) = command
-                .dead_exit_codes
-                .iter()
-                .find(|c| !(1..=255).contains(*c))
-            {
-                return Err((
-                    key("command.dead_exit_codes"),
-                    format!("{code} is not an exit code from 1 to 255"),
-                ));
-            }
-            if let Some(var) = command
-                .env
-                .keys()
-                .find(|k| k.is_empty() || k.contains(['=', '\0']))
-            {
-                return Err((
-                    key("command.env"),
-                    format!("`{var}` is not an environment variable name"),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 const NAME_RULE: &str = "names may hold only letters, digits, '-', '_' and '.' (1 to 64 of them)";

@@ -3,12 +3,10 @@
 //! way the status writer group-commits to Postgres. Each worker still learns
 //! whether its own lease was accepted.
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 
+use super::worker::retry_redis;
 use crate::broker::{Broker, Leased};
-use crate::error_chain;
 
 /// Most leases settled in one script call.
 const BATCH_MAX: usize = 512;
@@ -42,26 +40,13 @@ impl Acker {
 }
 
 async fn run(broker: Broker, queue: String, mut rx: mpsc::Receiver<Request>) {
+    let what = format!("Completing jobs of queue {queue}");
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let jobs: Vec<&Leased> = batch.iter().map(|(job, _)| job).collect();
-        let mut delay = Duration::from_millis(50);
-        let mut answers = None;
-        // Ride out a short Redis outage; the pool reconnects by itself.
-        for _ in 0..10 {
-            match broker.complete_many(&queue, &jobs).await {
-                Ok(a) => {
-                    answers = Some(a);
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(queue, error = %error_chain(&error), "Completing jobs failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-        let answers = answers.unwrap_or_else(|| vec![false; batch.len()]);
+        let answers = retry_redis(&what, || broker.complete_many(&queue, &jobs))
+            .await
+            .unwrap_or_else(|| vec![false; batch.len()]);
         for ((_, reply), accepted) in batch.drain(..).zip(answers) {
             let _ = reply.send(accepted);
         }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +45,13 @@ const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State every loop and worker of one daemon shares.
 pub(crate) struct Shared {
+    /// The config the daemon started with. Settings that need a restart to change
+    /// (connections, queues served, lease) are read from here.
     config: Config,
+    /// The config as last (re)loaded: settings that may change while running
+    /// (limits, cron, concurrency, log level) are read from here on every use,
+    /// never cached across awaits. See [`Daemon::reload`].
+    live: watch::Sender<Arc<Config>>,
     ledger: Ledger,
     broker: Broker,
     registry: Registry,
@@ -66,6 +72,7 @@ pub(crate) struct Shared {
 pub struct Daemon {
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Daemon {
@@ -124,6 +131,7 @@ impl Daemon {
                 .map(|(q, c)| (q.clone(), Arc::new(Semaphore::new(c.concurrency))))
                 .collect(),
             outbox_wake: Notify::new(),
+            live: watch::Sender::new(Arc::new(config.clone())),
             config,
             ledger,
             broker,
@@ -131,9 +139,18 @@ impl Daemon {
             writer: writer_handle,
         });
         let shutdown = CancellationToken::new();
-        let done = tokio::spawn(supervise(shared, writers, acker_tasks, shutdown.clone()));
+        let done = tokio::spawn(supervise(
+            shared.clone(),
+            writers,
+            acker_tasks,
+            shutdown.clone(),
+        ));
         tracing::info!(queues = ?queues, "Daemon started");
-        Daemon { shutdown, done }
+        Daemon {
+            shutdown,
+            done,
+            shared,
+        }
     }
 
     /// Begins the drain; [`Daemon::wait`] returns once it is complete.
@@ -145,8 +162,16 @@ impl Daemon {
         self.shutdown.clone()
     }
 
+    /// The config in force now (the start-up one until a reload replaces it).
+    pub fn live_config(&self) -> Arc<Config> {
+        self.shared.live()
+    }
+
     pub async fn wait(self) {
-        if let Err(error) = self.done.await {
+        let Daemon { done, shared, .. } = self;
+        // The supervisor drops its handles to let the ackers and writer finish.
+        drop(shared);
+        if let Err(error) = done.await {
             tracing::error!(%error, "Daemon supervisor failed");
         }
     }
@@ -155,6 +180,13 @@ impl Daemon {
     pub async fn stop(self) {
         self.shutdown();
         self.wait().await;
+    }
+}
+
+impl Shared {
+    /// The config in force now; see the `live` field.
+    pub(crate) fn live(&self) -> Arc<Config> {
+        self.live.borrow().clone()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`ledger`]: Postgres: migrations, SQL enqueue, outbox, status writer, queries.
 //! - [`broker`]: Redis: the pool and the Lua scripts for dispatch and leases.
 //! - [`runtime`]: the daemon's loops, workers and shutdown.
+//! - [`scheduler`]: cron schedules that fire once across all daemons.
 //! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`bench`]: the throughput and latency benchmark.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod jobs;
 pub mod ledger;
 pub mod runtime;
+pub mod scheduler;
 pub mod telemetry;
 
 /// An error and all its sources on one line, `outer: inner: root`, for logs.

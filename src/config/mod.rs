@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod builtin_kinds;
+mod cron;
 mod kinds;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
+pub use cron::{CatchUp, CronConfig};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
@@ -59,6 +61,8 @@ pub struct Config {
     pub content_generation: ContentGenerationConfig,
     /// Settings of the built-in `data-extraction` kind.
     pub data_extraction: DataExtractionConfig,
+    /// Cron schedules (`[cron.NAME]`); every daemon runs them, each fire time once.
+    pub cron: BTreeMap<String, CronConfig>,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -162,6 +166,7 @@ impl Default for Config {
             kinds: BTreeMap::new(),
             content_generation: ContentGenerationConfig::default(),
             data_extraction: DataExtractionConfig::default(),
+            cron: BTreeMap::new(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -377,6 +382,11 @@ impl Config {
                 );
             }
             if let Err((key, reason)) = kinds::validate_handler(name, kind) {
+                return bad(&key, &reason);
+            }
+        }
+        for (name, cron) in &self.cron {
+            if let Err((key, reason)) = cron::validate(name, cron) {
                 return bad(&key, &reason);
             }
         }

@@ -1,11 +1,13 @@
 //! The Postgres ledger: the system of record for every job.
 //!
 //! This module owns the migrations, the SQL enqueue path, the outbox the dispatcher
-//! drains, the batched status writer and the queries the CLI makes.
+//! drains, the batched status writer, the cron fire table (`cron.rs`) and the
+//! queries the CLI makes.
 //!
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
+mod cron;
 mod writer;
 
 use std::str::FromStr;
@@ -20,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
 
+pub use cron::{CronFire, CronJob};
 pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
 
 /// How long a waiter treats a missing row as "not ingested yet".

@@ -215,6 +215,11 @@ async fn supervise(
     loops.spawn(loops::outbox(shared.clone(), shutdown.clone()));
     loops.spawn(loops::reaper(shared.clone(), epoch, shutdown.clone()));
     loops.spawn(loops::orphan_sweep(shared.clone(), shutdown.clone()));
+    loops.spawn(crate::scheduler::run(
+        shared.ledger.clone(),
+        shared.live.subscribe(),
+        shutdown.clone(),
+    ));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).

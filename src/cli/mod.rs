@@ -7,6 +7,7 @@
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
 //! `ledger`, `broker` and `runtime`.
 
+mod cron;
 mod demo;
 
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ pub enum Command {
         /// Run no earlier than this from now, e.g. 30s or 10m.
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
+        /// Run no earlier than this time, in RFC 3339 (2026-12-01T09:00:00Z); a past
+        /// time means now.
+        #[arg(long, conflicts_with = "delay", value_parser = parse_rfc3339)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long)]
         max_attempts: Option<i32>,
         /// Enqueue through SQL (transactional outbox) or straight into Redis.
@@ -84,6 +89,11 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print the effective configuration (passwords hidden).
     Config,
+    /// Cron schedules ([cron.NAME]): list them, or run one now.
+    Cron {
+        #[command(subcommand)]
+        command: cron::CronCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue,
             priority,
             delay,
+            at,
             max_attempts,
             via,
         } => {
@@ -127,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 queue,
                 priority,
                 delay,
+                at,
                 max_attempts,
             }
             .validate(&config)?;
@@ -147,7 +159,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             payload: job.payload.to_string(),
                             priority: job.priority,
                             max_attempts: job.max_attempts.unwrap_or(0),
-                            delay_ms: delay.map_or(0, |d| d.as_millis() as i64),
+                            delay_ms: job
+                                .run_at
+                                .map_or(0, |t| (t - chrono::Utc::now()).num_milliseconds().max(0)),
                         })
                         .await
                         .context("enqueueing through Redis")?;
@@ -193,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cron { command } => cron::run(config, command).await,
     }
 }
 
@@ -246,6 +261,7 @@ struct EnqueueArgs {
     queue: Option<String>,
     priority: i32,
     delay: Option<Duration>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
     max_attempts: Option<i32>,
 }
 
@@ -279,12 +295,14 @@ impl EnqueueArgs {
             .queue
             .or_else(|| config.kinds.get(&self.kind).map(|k| k.queue.clone()))
             .or_else(|| Some(config::DEFAULT_QUEUE.to_owned()));
-        let run_at = match self.delay {
-            Some(d) => Some(
+        let run_at = match (self.delay, self.at) {
+            (Some(d), _) => Some(
                 chrono::Utc::now()
                     + chrono::Duration::from_std(d).context("--delay is too long")?,
             ),
-            None => None,
+            // A time in the past runs now, as jobrunner.enqueue treats it.
+            (None, Some(at)) => Some(at.max(chrono::Utc::now())),
+            (None, None) => None,
         };
         Ok(NewJob {
             kind: self.kind,
@@ -295,6 +313,15 @@ impl EnqueueArgs {
             max_attempts: self.max_attempts,
         })
     }
+}
+
+/// `--at`: an RFC 3339 time with its offset, e.g. 2026-12-01T09:00:00Z.
+fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("`{text}` is not an RFC 3339 time like 2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00 ({e})")
+        })
 }
 
 /// One job as a two-column table for people.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod cron;
 mod enqueue;
 mod failures;
 mod harness;
@@ -13,3 +14,4 @@ mod kind_data_extraction;
 mod kind_http;
 mod kind_message;
 mod protocol;
+mod run_at;

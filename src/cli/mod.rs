@@ -36,7 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once).
+    /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once);
+    /// SIGHUP reloads the config file.
     Run {
         /// Apply pending migrations before starting.
         #[arg(long)]

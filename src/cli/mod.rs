@@ -37,7 +37,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once).
+    /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once);
+    /// SIGHUP reloads the config file.
     Run {
         /// Apply pending migrations before starting.
         #[arg(long)]
@@ -112,7 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     crate::telemetry::init(&log);
     match cli.command {
-        Command::Run { migrate } => run_daemon(config, migrate).await,
+        Command::Run { migrate } => run_daemon(config, cli.config.as_deref(), migrate).await,
         Command::Migrate => {
             let ledger = Ledger::connect(&config.database).await?;
             ledger.migrate().await?;
@@ -211,8 +212,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The daemon: start, wait for signals, drain, exit 0.
-async fn run_daemon(config: Config, migrate: bool) -> anyhow::Result<ExitCode> {
+/// The daemon: start, tell systemd it is ready, reload on SIGHUP, drain on
+/// SIGTERM/SIGINT, exit 0.
+async fn run_daemon(
+    config: Config,
+    path: Option<&std::path::Path>,
+    migrate: bool,
+) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Before anything slow: SIGHUP's default action ends the process, and
+    // `systemctl reload` may come early.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let notifier = crate::runtime::Notifier::from_env();
     if migrate {
         let ledger = Ledger::connect(&config.database).await?;
         ledger.migrate().await.context("applying migrations")?;
@@ -222,8 +233,10 @@ async fn run_daemon(config: Config, migrate: bool) -> anyhow::Result<ExitCode> {
         );
     }
     let registry = Registry::builtin(&config);
-    let daemon = Daemon::start(config, registry).await?;
+    let daemon = Daemon::start_notifying(config, registry, notifier.clone()).await?;
+    notifier.ready();
     let shutdown = daemon.shutdown_token();
+    let draining = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Stop requested; draining (send the signal again to exit at once)");
@@ -232,8 +245,37 @@ async fn run_daemon(config: Config, migrate: bool) -> anyhow::Result<ExitCode> {
         tracing::warn!("Second stop signal; exiting without draining");
         std::process::exit(130);
     });
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&daemon, path, &notifier),
+            _ = draining.cancelled() => break,
+        }
+    }
     daemon.wait().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: read the same file (and environment) again and apply it. A file that
+/// does not load is logged and changes nothing; the daemon keeps running.
+fn reload(daemon: &Daemon, path: Option<&std::path::Path>, notifier: &crate::runtime::Notifier) {
+    notifier.reloading();
+    match Config::load(path) {
+        Ok(new) => {
+            let origin = new.origin.clone();
+            let report = daemon.reload(new);
+            tracing::info!(
+                config = origin,
+                applied = report.applied.len(),
+                needs_restart = report.needs_restart.len(),
+                "Config reloaded"
+            );
+        }
+        Err(error) => tracing::error!(
+            error = %crate::error_chain(&error),
+            "Config reload failed; keeping the running config"
+        ),
+    }
+    notifier.ready();
 }
 
 /// SIGTERM or SIGINT, whichever comes first: both mean "stop".

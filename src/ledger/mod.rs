@@ -239,6 +239,13 @@ impl Ledger {
         Ok(())
     }
 
+    /// `SELECT 1` on a pooled connection: does Postgres answer? (The daemon's
+    /// watchdog check.)
+    pub async fn probe(&self) -> Result {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Fails with [`Error::SchemaOutdated`] unless every migration this binary
     /// knows has been applied.
     pub async fn check_schema(&self) -> Result {

@@ -12,6 +12,9 @@
 
 mod acker;
 mod loops;
+pub mod notify;
+mod reload;
+mod watchdog;
 mod worker;
 
 use std::collections::HashMap;
@@ -27,6 +30,8 @@ use crate::config::Config;
 use crate::jobs::Registry;
 use crate::ledger::{self, Ledger, StatusWriter, WriterHandle};
 
+pub use notify::Notifier;
+pub use reload::{Change, ReloadReport};
 pub use worker::backoff;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,10 @@ pub(crate) struct Shared {
     slots: HashMap<String, Arc<Semaphore>>,
     /// Per queue: batches the completion of finished leases.
     ackers: HashMap<String, acker::Acker>,
+    /// Tells systemd about readiness, health and the drain (a no-op outside it).
+    notifier: Notifier,
+    /// Running and finished counts for the systemd status line.
+    stats: Arc<watchdog::Stats>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -73,6 +82,8 @@ pub struct Daemon {
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
     shared: Arc<Shared>,
+    /// Lowers queue concurrency after a reload as running jobs end.
+    resizer: reload::Resizer,
 }
 
 impl Daemon {
@@ -80,11 +91,23 @@ impl Daemon {
     /// Fails (without starting anything) when a service is unreachable or the schema
     /// is not current.
     pub async fn start(config: Config, registry: Registry) -> Result<Daemon> {
+        Daemon::start_notifying(config, registry, Notifier::disabled()).await
+    }
+
+    /// [`Daemon::start`] under systemd: `notifier` hears the status line, the
+    /// watchdog pings and the drain. The caller sends `READY=1` once this returns.
+    pub async fn start_notifying(
+        config: Config,
+        registry: Registry,
+        notifier: Notifier,
+    ) -> Result<Daemon> {
         let ledger = Ledger::connect(&config.database).await?;
         ledger.check_schema().await?;
         ledger.sync_kinds(&config).await?;
         let broker = Broker::connect(&config.redis).await?;
-        Ok(Daemon::start_with(config, registry, ledger, broker))
+        Ok(Daemon::start_parts(
+            config, registry, ledger, broker, notifier,
+        ))
     }
 
     /// Starts on pools the caller already built (the CLI's `demo` and tests).
@@ -93,6 +116,16 @@ impl Daemon {
         registry: Registry,
         ledger: Ledger,
         broker: Broker,
+    ) -> Daemon {
+        Daemon::start_parts(config, registry, ledger, broker, Notifier::disabled())
+    }
+
+    fn start_parts(
+        config: Config,
+        registry: Registry,
+        ledger: Ledger,
+        broker: Broker,
+        notifier: Notifier,
     ) -> Daemon {
         let (writers, writer_handle) = StatusWriter::new(
             ledger.clone(),
@@ -137,6 +170,8 @@ impl Daemon {
             broker,
             registry,
             writer: writer_handle,
+            notifier,
+            stats: Arc::default(),
         });
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(supervise(
@@ -147,6 +182,7 @@ impl Daemon {
         ));
         tracing::info!(queues = ?queues, "Daemon started");
         Daemon {
+            resizer: reload::Resizer::new(shutdown.clone()),
             shutdown,
             done,
             shared,
@@ -168,12 +204,54 @@ impl Daemon {
     }
 
     pub async fn wait(self) {
-        let Daemon { done, shared, .. } = self;
+        let Daemon {
+            done,
+            shared,
+            resizer,
+            ..
+        } = self;
         // The supervisor drops its handles to let the ackers and writer finish.
         drop(shared);
         if let Err(error) = done.await {
             tracing::error!(%error, "Daemon supervisor failed");
         }
+        resizer.wait().await;
+    }
+
+    /// Applies a new config (already validated) to the running daemon and logs one
+    /// line per changed key. Queue concurrency and the log level change here;
+    /// everything read through `Shared::live` changes by publishing the config.
+    /// Changes that need a restart are reported and not applied: the daemon keeps
+    /// running with the old values.
+    pub fn reload(&self, new: Config) -> ReloadReport {
+        let running = self.shared.live();
+        let (report, effective) = reload::plan(&running, &new, crate::telemetry::level_fixed());
+        for (queue, slots) in &self.shared.slots {
+            let (Some(from), Some(to)) = (running.queues.get(queue), effective.queues.get(queue))
+            else {
+                continue;
+            };
+            if from.concurrency != to.concurrency {
+                self.resizer
+                    .resize(queue, slots, from.concurrency, to.concurrency);
+            }
+        }
+        if running.log.level != effective.log.level
+            && let Err(error) = crate::telemetry::set_level(&effective.log.level)
+        {
+            tracing::error!(%error, "Cannot change the log level");
+        }
+        self.shared.live.send_replace(Arc::new(effective));
+        for change in &report.applied {
+            tracing::info!(key = %change.key, from = %change.from, to = %change.to,
+                "Config change applied");
+        }
+        for change in &report.needs_restart {
+            tracing::warn!(key = %change.key, from = %change.from, to = %change.to,
+                reason = change.reason.unwrap_or(""),
+                "Config change needs a restart; keeping the running value");
+        }
+        report
     }
 
     /// Shutdown and wait, for tests and the demo.
@@ -209,36 +287,53 @@ async fn supervise(
     let hard_stop = CancellationToken::new();
     let loops = TaskTracker::new();
 
+    // The loops the daemon cannot work without; the watchdog stops pinging
+    // systemd if one of them ends early. (The subscriber may end on purpose: the
+    // daemon then polls.)
+    let alive = watchdog::Liveness::default();
+    // Ends the status and watchdog task once the drain is over.
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = shared.notifier.is_enabled().then(|| {
+        tokio::spawn(watchdog::run(
+            shared.clone(),
+            shared.notifier.clone(),
+            alive.clone(),
+            shutdown.clone(),
+            watchdog_stop.clone(),
+        ))
+    });
+
     // Before any loop dispatches or fetches: see `loops::initial_epoch`.
     let epoch = loops::initial_epoch(&shared).await;
     loops.spawn(loops::subscriber(shared.clone(), shutdown.clone()));
-    loops.spawn(loops::outbox(shared.clone(), shutdown.clone()));
-    loops.spawn(loops::reaper(shared.clone(), epoch, shutdown.clone()));
-    loops.spawn(loops::orphan_sweep(shared.clone(), shutdown.clone()));
-    loops.spawn(crate::scheduler::run(
+    loops.spawn(alive.watch(loops::outbox(shared.clone(), shutdown.clone())));
+    loops.spawn(alive.watch(loops::reaper(shared.clone(), epoch, shutdown.clone())));
+    loops.spawn(alive.watch(loops::orphan_sweep(shared.clone(), shutdown.clone())));
+    loops.spawn(alive.watch(crate::scheduler::run(
         shared.ledger.clone(),
         shared.live.subscribe(),
         shutdown.clone(),
-    ));
+    )));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
-        loops.spawn(loops::ingest(
+        loops.spawn(alive.watch(loops::ingest(
             shared.clone(),
             queue.clone(),
             shutdown.clone(),
-        ));
-        loops.spawn(loops::fetch(
+        )));
+        loops.spawn(alive.watch(loops::fetch(
             shared.clone(),
             queue.clone(),
             shutdown.clone(),
             hard_stop.clone(),
             workers.clone(),
-        ));
+        )));
     }
     loops.close();
 
     shutdown.cancelled().await;
+    shared.notifier.stopping();
     let drain = shared.config.runtime.drain_timeout;
     tracing::info!(drain_timeout = ?drain, "Draining: fetching stopped, waiting for running jobs");
     loops.wait().await;
@@ -251,6 +346,10 @@ async fn supervise(
 
     // Every worker and loop has ended; dropping the last handles lets the ackers
     // and then the writer finish what is left and stop.
+    watchdog_stop.cancel();
+    if let Some(task) = watchdog {
+        let _ = task.await;
+    }
     drop(shared);
     for task in acker_tasks {
         let _ = task.await;

@@ -52,6 +52,7 @@ pub(super) async fn execute(
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind,
         job.queue = %job.queue, job.attempt = job.attempt);
     async move {
+        let _running = shared.stats.running();
         shared
             .writer
             .send(update(&job, Status::Running, None, None, None))
@@ -79,7 +80,8 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
             ))));
         }
     };
-    let timeout = shared.config.kind(&job.kind).timeout;
+    // Read live: a reload may change a kind's timeout and backoff.
+    let timeout = shared.live().kind(&job.kind).timeout;
     let cancel = hard_stop.child_token();
     let ctx = JobContext {
         id: job.id,
@@ -171,7 +173,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             message,
             retry_after,
         })) if job.attempt < job.max_attempts => {
-            let kind = shared.config.kind(&job.kind);
+            let kind = shared.live().kind(&job.kind);
             let delay = retry_after.unwrap_or_else(|| backoff(&kind.backoff, job.attempt));
             let accepted = persist(|| broker.retry(job, delay)).await;
             if accepted {
@@ -201,6 +203,9 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
         }
     };
     if accepted {
+        if status_update.status.is_final() {
+            shared.stats.job_done();
+        }
         shared.writer.send(status_update).await;
     } else {
         tracing::warn!(

@@ -13,5 +13,8 @@ mod kind_content_generation;
 mod kind_data_extraction;
 mod kind_http;
 mod kind_message;
+mod logs;
 mod protocol;
+mod reload;
 mod run_at;
+mod systemd;

@@ -7,6 +7,7 @@
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
 //! `ledger`, `broker` and `runtime`.
 
+mod control;
 mod demo;
 
 use std::path::PathBuf;
@@ -64,6 +65,10 @@ pub enum Command {
         /// Enqueue through SQL (transactional outbox) or straight into Redis.
         #[arg(long, value_enum, default_value_t = Via::Sql)]
         via: Via,
+        /// While an unfinished job holds this key, print its id instead of adding
+        /// a job (SQL only).
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Show one job.
     Status {
@@ -84,6 +89,12 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print the effective configuration (passwords hidden).
     Config,
+    /// Cancel a job: a waiting job never runs, a running one is told to stop.
+    Cancel(control::CancelArgs),
+    /// Pause a queue on every daemon: nothing new starts, running jobs finish.
+    Pause(control::QueueArgs),
+    /// Resume a paused queue.
+    Resume(control::QueueArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,7 +131,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             delay,
             max_attempts,
             via,
+            unique_key,
         } => {
+            if unique_key.is_some() && via == Via::Redis {
+                bail!(
+                    "--unique-key works only with --via sql: the Redis script has no unique keys"
+                );
+            }
             let job = EnqueueArgs {
                 kind,
                 payload,
@@ -128,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 priority,
                 delay,
                 max_attempts,
+                unique_key,
             }
             .validate(&config)?;
             let id = match via {
@@ -193,6 +211,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cancel(args) => control::cancel(config, args).await,
+        Command::Pause(args) => control::pause(config, args).await,
+        Command::Resume(args) => control::resume(config, args).await,
     }
 }
 
@@ -247,6 +268,7 @@ struct EnqueueArgs {
     priority: i32,
     delay: Option<Duration>,
     max_attempts: Option<i32>,
+    unique_key: Option<String>,
 }
 
 impl EnqueueArgs {
@@ -275,6 +297,9 @@ impl EnqueueArgs {
         if self.max_attempts.is_some_and(|m| m < 1) {
             bail!("--max-attempts must be at least 1");
         }
+        if self.unique_key.as_deref() == Some("") {
+            bail!("--unique-key must not be empty");
+        }
         let queue = self
             .queue
             .or_else(|| config.kinds.get(&self.kind).map(|k| k.queue.clone()))
@@ -293,6 +318,7 @@ impl EnqueueArgs {
             run_at,
             priority: self.priority,
             max_attempts: self.max_attempts,
+            unique_key: self.unique_key,
         })
     }
 }

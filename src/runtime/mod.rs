@@ -11,6 +11,7 @@
 //! nothing here outlives [`Daemon::wait`].
 
 mod acker;
+mod flow;
 mod loops;
 mod worker;
 
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     slots: HashMap<String, Arc<Semaphore>>,
     /// Per queue: batches the completion of finished leases.
     ackers: HashMap<String, acker::Acker>,
+    /// Attempts running in this daemon, so a cancel message can reach them.
+    running: Arc<flow::Running>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -131,6 +134,7 @@ impl Daemon {
                 .map(|(q, c)| (q.clone(), Arc::new(Semaphore::new(c.concurrency))))
                 .collect(),
             outbox_wake: Notify::new(),
+            running: Arc::default(),
             live: watch::Sender::new(Arc::new(config.clone())),
             config,
             ledger,

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod enqueue;
 mod failures;
+mod flow;
 mod harness;
 mod helpers;
 mod kind_command;

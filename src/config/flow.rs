@@ -112,6 +112,44 @@ mod tests {
     }
 
     #[test]
+    fn flow_keys_parse_and_bad_values_name_their_key() {
+        let text = r#"
+            [queues.default]
+            rate_limit = { limit = 10, period = "1s" }
+            [kinds.sms]
+            concurrency = 4
+            on_timeout = "dead"
+            unique_key = "contact:{from}"
+            rate_limit = { limit = 2, period = "500ms", key = "/entry/0/from" }
+        "#;
+        let config = super::super::Config::from_toml(text, "f.toml").unwrap();
+        config.validate().unwrap();
+        let sms = config.kind("sms");
+        assert_eq!(sms.on_timeout, OnTimeout::Dead);
+        assert_eq!(sms.rate_limit.unwrap().period, Duration::from_millis(500));
+        for (bad, key) in [
+            ("[kinds.sms]\nconcurrency = 0", "kinds.sms.concurrency"),
+            ("[kinds.sms]\nunique_key = \"a:{\"", "kinds.sms.unique_key"),
+            (
+                "[kinds.sms]\nrate_limit = { limit = 0, period = \"1s\" }",
+                "kinds.sms.rate_limit.limit",
+            ),
+            (
+                "[queues.default]\nrate_limit = { limit = 1, period = \"0s\" }",
+                "queues.default.rate_limit.period",
+            ),
+        ] {
+            let config = super::super::Config::from_toml(bad, "f.toml").unwrap();
+            let text = config.validate().unwrap_err().to_string();
+            assert!(text.contains(&format!("`{key}`")), "{bad}: {text}");
+        }
+        let err = super::super::Config::from_toml("[kinds.sms]\non_timeout = \"later\"", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("on_timeout"), "{err}");
+    }
+
+    #[test]
     fn a_queue_rate_limit_cannot_be_per_payload_field() {
         let limit = RateLimit {
             limit: 5,

@@ -73,21 +73,26 @@ impl LimitsCache {
 /// never across an await.
 #[derive(Default)]
 pub(crate) struct Running {
-    jobs: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Id → (registration number, token). The number lets an ending attempt
+    /// unregister only itself, not a newer attempt of the same job.
+    jobs: Mutex<HashMap<Uuid, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Running {
     /// Registers an attempt; the guard unregisters it when dropped.
     pub(super) fn register(self: &Arc<Self>, id: Uuid) -> (CancellationToken, RunningGuard) {
         let token = CancellationToken::new();
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.insert(id, token.clone());
+            jobs.insert(id, (number, token.clone()));
         }
         (
             token,
             RunningGuard {
                 running: self.clone(),
                 id,
+                number,
             },
         )
     }
@@ -98,7 +103,7 @@ impl Running {
             .jobs
             .lock()
             .ok()
-            .and_then(|jobs| jobs.get(&id).cloned());
+            .and_then(|jobs| jobs.get(&id).map(|(_, t)| t.clone()));
         match token {
             Some(t) => {
                 t.cancel();
@@ -112,11 +117,14 @@ impl Running {
 pub(super) struct RunningGuard {
     running: Arc<Running>,
     id: Uuid,
+    number: u64,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        if let Ok(mut jobs) = self.running.jobs.lock() {
+        if let Ok(mut jobs) = self.running.jobs.lock()
+            && jobs.get(&self.id).is_some_and(|(n, _)| *n == self.number)
+        {
             jobs.remove(&self.id);
         }
     }
@@ -164,5 +172,16 @@ mod tests {
         assert!(token.is_cancelled());
         drop(guard);
         assert!(!running.cancel(id));
+    }
+
+    #[test]
+    fn an_older_attempt_ending_leaves_a_newer_one_registered() {
+        let running = Arc::new(Running::default());
+        let id = Uuid::now_v7();
+        let (_, old) = running.register(id);
+        let (newer, _guard) = running.register(id);
+        drop(old);
+        assert!(running.cancel(id));
+        assert!(newer.is_cancelled());
     }
 }

@@ -102,9 +102,13 @@ impl Scratch {
         config.runtime.status_batch_max = 1000;
         config.runtime.status_writers = 3;
         config.queues.clear();
-        config
-            .queues
-            .insert("default".into(), QueueConfig { concurrency: 512 });
+        config.queues.insert(
+            "default".into(),
+            QueueConfig {
+                concurrency: 512,
+                ..QueueConfig::default()
+            },
+        );
         config.log.level = "warn".into();
         let dir = std::env::temp_dir().join(format!("jobrunner-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;

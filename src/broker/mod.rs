@@ -5,12 +5,17 @@
 //! `prefix:{q}:ready` (zset by priority, then time), `:delayed` (zset by due ms),
 //! `:leases` (zset by lease deadline), `:fence` (fencing-token counter), `:ingest`
 //! (list of producer-enqueued ids), `:ingesting` (zset of claimed ingest ids),
-//! `:job:<id>` (hash: kind, payload, attempts, max_attempts, token, …) and the
-//! channel `prefix:{q}:wake`. `prefix:epoch` marks a Redis that has been seeded.
+//! `:job:<id>` (hash: kind, payload, attempts, max_attempts, token, run_ms, …) and
+//! the channel `prefix:{q}:wake`. `prefix:epoch` marks a Redis that has been seeded.
+//! Flow control (`flow.rs`) adds `:paused`, `:inflight:<kind>` (set of leases
+//! counted against the kind's concurrency), `:parked:<kind>` (zset of jobs waiting
+//! for a slot), `:parked_kinds`, `:rate` and `:rate:<kind>[:<value>]` (sliding
+//! windows of lease times) and the channel `prefix:{q}:cancel`.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod flow;
 mod scripts;
 
 use std::time::Duration;
@@ -22,6 +27,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use flow::{CancelOutcome, Heartbeat, KindLimits, Limits, Window};
 pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,9 @@ pub struct Leased {
     pub max_attempts: i32,
     /// The fencing token of this attempt.
     pub token: i64,
+    /// When the job became ready to run (Unix ms): its enqueue or `run_at` time,
+    /// or the time its last retry was due. Queue wait is lease time minus this.
+    pub ready_ms: i64,
 }
 
 /// The result of one fetch round trip.
@@ -72,6 +81,9 @@ pub struct Reaped {
     pub id: Uuid,
     /// True when the job had used all its attempts and was dropped as dead.
     pub dead: bool,
+    /// True when the job had been cancelled while leased: it was dropped, and the
+    /// ledger already says `cancelled`.
+    pub cancelled: bool,
     pub attempts: i32,
     pub token: i64,
 }
@@ -124,6 +136,7 @@ struct Scripts {
     heartbeat: Script,
     reap: Script,
     missing: Script,
+    cancel: Script,
 }
 
 /// The shared Redis pool plus the loaded scripts. Cheap to clone.
@@ -205,6 +218,7 @@ impl Broker {
                 heartbeat: script(scripts::HEARTBEAT),
                 reap: script(scripts::REAP),
                 missing: script(scripts::MISSING),
+                cancel: script(scripts::CANCEL),
             }),
         })
     }
@@ -354,8 +368,20 @@ impl Broker {
         })
     }
 
-    /// Leases up to `n` jobs of `queue` for `lease`.
+    /// Leases up to `n` jobs of `queue` for `lease`, with no flow limits.
     pub async fn fetch(&self, queue: &str, n: usize, lease: Duration) -> Result<Fetched> {
+        self.fetch_limited(queue, n, lease, "").await
+    }
+
+    /// Leases up to `n` jobs of `queue` for `lease` within `limits` (the JSON of
+    /// [`Limits::to_arg`], "" for none). A paused queue gives nothing.
+    pub async fn fetch_limited(
+        &self,
+        queue: &str,
+        n: usize,
+        lease: Duration,
+        limits: &str,
+    ) -> Result<Fetched> {
         let reply = self
             .eval(
                 &self.scripts.fetch,
@@ -364,11 +390,13 @@ impl Broker {
                     self.key(queue, "delayed"),
                     self.key(queue, "leases"),
                     self.key(queue, "fence"),
+                    self.key(queue, "paused"),
                 ],
                 vec![
                     n.to_string(),
                     lease.as_millis().to_string(),
                     self.job_prefix(queue),
+                    limits.to_owned(),
                 ],
             )
             .await?;
@@ -384,8 +412,8 @@ impl Broker {
             .ok()
             .filter(|v| *v >= 0.0)
             .map(|v| v as i64);
-        let mut jobs = Vec::with_capacity(rest.len() / 6);
-        for c in rest.chunks_exact(6) {
+        let mut jobs = Vec::with_capacity(rest.len() / 7);
+        for c in rest.chunks_exact(7) {
             let (Ok(id), Ok(token)) = (c[0].parse(), c[5].parse()) else {
                 return Err(Error::Reply {
                     script: "fetch",
@@ -400,6 +428,9 @@ impl Broker {
                 attempt: c[3].parse().unwrap_or(1),
                 max_attempts: c[4].parse().unwrap_or(1),
                 token,
+                ready_ms: c[6]
+                    .parse()
+                    .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis()),
             });
         }
         Ok(Fetched { jobs, next_due_ms })
@@ -452,6 +483,7 @@ impl Broker {
     pub async fn retry(&self, job: &Leased, delay: Duration) -> Result<bool> {
         let mut args = self.lease_args(job);
         args.push(delay.as_millis().to_string());
+        args.push(self.key(&job.queue, ""));
         self.fenced(
             &self.scripts.retry,
             vec![
@@ -466,6 +498,7 @@ impl Broker {
     pub async fn release(&self, job: &Leased) -> Result<bool> {
         let mut args = self.lease_args(job);
         args.push(self.wake_channel(&job.queue));
+        args.push(self.key(&job.queue, ""));
         self.fenced(
             &self.scripts.release,
             vec![
@@ -477,15 +510,10 @@ impl Broker {
         .await
     }
 
+    /// Extends the lease; false when it is no longer this attempt's. See
+    /// [`Broker::heartbeat_checked`] to also learn of a cancellation.
     pub async fn heartbeat(&self, job: &Leased, lease: Duration) -> Result<bool> {
-        let mut args = self.lease_args(job);
-        args.push(lease.as_millis().to_string());
-        self.fenced(
-            &self.scripts.heartbeat,
-            vec![self.key(&job.queue, "leases")],
-            args,
-        )
-        .await
+        Ok(self.heartbeat_checked(job, lease).await? != Heartbeat::Lost)
     }
 
     /// Returns expired leases of `queue` and stale ingest claims.
@@ -513,6 +541,7 @@ impl Broker {
                 Some(Reaped {
                     id: c[0].parse().ok()?,
                     dead: c[1] == "dead",
+                    cancelled: c[1] == "cancelled",
                     attempts: c[2].parse().unwrap_or(0),
                     token: c[3].parse().unwrap_or(0),
                 })

@@ -7,6 +7,7 @@
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
 //! `ledger`, `broker` and `runtime`.
 
+mod control;
 mod cron;
 mod demo;
 
@@ -70,6 +71,10 @@ pub enum Command {
         /// Enqueue through SQL (transactional outbox) or straight into Redis.
         #[arg(long, value_enum, default_value_t = Via::Sql)]
         via: Via,
+        /// While an unfinished job holds this key, print its id instead of adding
+        /// a job (SQL only).
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Show one job.
     Status {
@@ -95,6 +100,12 @@ pub enum Command {
         #[command(subcommand)]
         command: cron::CronCommand,
     },
+    /// Cancel a job: a waiting job never runs, a running one is told to stop.
+    Cancel(control::CancelArgs),
+    /// Pause a queue on every daemon: nothing new starts, running jobs finish.
+    Pause(control::QueueArgs),
+    /// Resume a paused queue.
+    Resume(control::QueueArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,7 +143,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             at,
             max_attempts,
             via,
+            unique_key,
         } => {
+            if unique_key.is_some() && via == Via::Redis {
+                bail!(
+                    "--unique-key works only with --via sql: the Redis script has no unique keys"
+                );
+            }
             let job = EnqueueArgs {
                 kind,
                 payload,
@@ -141,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 delay,
                 at,
                 max_attempts,
+                unique_key,
             }
             .validate(&config)?;
             let id = match via {
@@ -209,6 +227,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cron { command } => cron::run(config, command).await,
+        Command::Cancel(args) => control::cancel(config, args).await,
+        Command::Pause(args) => control::pause(config, args).await,
+        Command::Resume(args) => control::resume(config, args).await,
     }
 }
 
@@ -305,6 +326,7 @@ struct EnqueueArgs {
     delay: Option<Duration>,
     at: Option<chrono::DateTime<chrono::Utc>>,
     max_attempts: Option<i32>,
+    unique_key: Option<String>,
 }
 
 impl EnqueueArgs {
@@ -333,6 +355,9 @@ impl EnqueueArgs {
         if self.max_attempts.is_some_and(|m| m < 1) {
             bail!("--max-attempts must be at least 1");
         }
+        if self.unique_key.as_deref() == Some("") {
+            bail!("--unique-key must not be empty");
+        }
         let queue = self
             .queue
             .or_else(|| config.kinds.get(&self.kind).map(|k| k.queue.clone()))
@@ -353,6 +378,7 @@ impl EnqueueArgs {
             run_at,
             priority: self.priority,
             max_attempts: self.max_attempts,
+            unique_key: self.unique_key,
         })
     }
 }

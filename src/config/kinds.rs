@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::{OnTimeout, RateLimit};
 use super::{DEFAULT_QUEUE, humantime_serde};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -18,6 +19,19 @@ pub struct KindConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub backoff: BackoffConfig,
+    /// What an attempt that runs past `timeout` leads to: another attempt, or dead.
+    pub on_timeout: OnTimeout,
+    /// Most leased jobs of this kind at once, across every daemon (per queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Most leases of this kind per period across every daemon, optionally per
+    /// value of a payload field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Template of the unique key for jobs enqueued without one, e.g.
+    /// `contact:{from}`; copied into `jobrunner.kinds` at start-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
     /// A generic handler that runs this kind without Rust code; absent for kinds
     /// implemented in `jobs`. Its settings are in the table of the same name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +121,10 @@ impl Default for KindConfig {
             max_attempts: 25,
             timeout: Duration::from_secs(300),
             backoff: BackoffConfig::default(),
+            on_timeout: OnTimeout::Retry,
+            concurrency: None,
+            rate_limit: None,
+            unique_key: None,
             handler: None,
             http: None,
             command: None,

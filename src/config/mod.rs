@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 mod builtin_kinds;
 mod cron;
+mod flow;
 mod kinds;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
+pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
@@ -151,6 +153,9 @@ pub enum LogFormat {
 pub struct QueueConfig {
     /// Most jobs of this queue running at once in this daemon.
     pub concurrency: usize,
+    /// Most jobs of this queue leased per period across all daemons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -228,7 +233,10 @@ impl Default for LogConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { concurrency: 32 }
+        QueueConfig {
+            concurrency: 32,
+            rate_limit: None,
+        }
     }
 }
 
@@ -361,6 +369,12 @@ impl Config {
             if queue.concurrency == 0 {
                 return bad(&format!("queues.{name}.concurrency"), "must be at least 1");
             }
+            if let Some(limit) = &queue.rate_limit
+                && let Err((key, reason)) =
+                    flow::validate_rate_limit(&format!("queues.{name}.rate_limit"), limit, false)
+            {
+                return bad(&key, &reason);
+            }
         }
         for (name, kind) in &self.kinds {
             if !valid_name(name) {
@@ -380,6 +394,20 @@ impl Config {
                     &format!("kinds.{name}.backoff.max"),
                     "must not be below backoff.base",
                 );
+            }
+            if kind.concurrency == Some(0) {
+                return bad(&format!("kinds.{name}.concurrency"), "must be at least 1");
+            }
+            if let Some(limit) = &kind.rate_limit
+                && let Err((key, reason)) =
+                    flow::validate_rate_limit(&format!("kinds.{name}.rate_limit"), limit, true)
+            {
+                return bad(&key, &reason);
+            }
+            if let Some(template) = &kind.unique_key
+                && let Err(reason) = flow::validate_unique_key(template)
+            {
+                return bad(&format!("kinds.{name}.unique_key"), &reason);
             }
             if let Err((key, reason)) = kinds::validate_handler(name, kind) {
                 return bad(&key, &reason);

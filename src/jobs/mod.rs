@@ -34,8 +34,11 @@ pub struct JobContext {
     pub attempt: i32,
     pub max_attempts: i32,
     pub payload: Value,
-    /// Fires when the attempt should stop early (shutdown past the drain deadline);
-    /// a handler with long loops should check it.
+    /// Fires when the attempt should stop early: shutdown past the drain deadline,
+    /// or the job was cancelled (`jobrunner cancel`) while it ran. A handler with
+    /// long loops or waits should select on it and return promptly; whatever it
+    /// returns then is not recorded (a cancelled job ends `cancelled`, a drained one
+    /// is handed back). A handler still running 5s after a cancellation is dropped.
     pub cancel: CancellationToken,
     /// The daemon's shared Postgres pool, for kinds that write their own tables.
     pub db: sqlx::PgPool,

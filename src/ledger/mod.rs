@@ -8,6 +8,7 @@
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
 mod cron;
+mod flow;
 mod writer;
 
 use std::str::FromStr;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 use crate::config::{self, DatabaseConfig};
 
 pub use cron::{CronFire, CronJob};
+pub use flow::Cancelled;
 pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
 
 /// How long a waiter treats a missing row as "not ingested yet".
@@ -143,6 +145,9 @@ pub struct NewJob {
     pub run_at: Option<DateTime<Utc>>,
     pub priority: i32,
     pub max_attempts: Option<i32>,
+    /// While an unfinished job holds this key, enqueueing returns that job's id.
+    /// `None` takes the kind's `unique_key` template, if it has one.
+    pub unique_key: Option<String>,
 }
 
 /// A committed job on its way from the outbox into Redis.
@@ -281,41 +286,45 @@ impl Ledger {
     /// Copies per-kind defaults from the config so SQL producers that give only a
     /// kind land on its queue with its attempt limit.
     pub async fn sync_kinds(&self, config: &config::Config) -> Result {
-        let (kinds, queues, attempts): (Vec<String>, Vec<String>, Vec<i32>) = config
-            .kinds
-            .iter()
-            .map(|(k, c)| (k.clone(), c.queue.clone(), c.max_attempts))
-            .fold(Default::default(), |mut acc, (k, q, a)| {
-                acc.0.push(k);
-                acc.1.push(q);
-                acc.2.push(a);
-                acc
-            });
+        let mut kinds = Vec::new();
+        let mut queues = Vec::new();
+        let mut attempts = Vec::new();
+        let mut unique_keys = Vec::new();
+        for (k, c) in &config.kinds {
+            kinds.push(k.clone());
+            queues.push(c.queue.clone());
+            attempts.push(c.max_attempts);
+            unique_keys.push(c.unique_key.clone());
+        }
         sqlx::query(
-            "INSERT INTO jobrunner.kinds (kind, queue, max_attempts)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[])
+            "INSERT INTO jobrunner.kinds (kind, queue, max_attempts, unique_key)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[])
              ON CONFLICT (kind) DO UPDATE
-               SET queue = EXCLUDED.queue, max_attempts = EXCLUDED.max_attempts, updated_at = now()
-             WHERE (jobrunner.kinds.queue, jobrunner.kinds.max_attempts)
-                   IS DISTINCT FROM (EXCLUDED.queue, EXCLUDED.max_attempts)",
+               SET queue = EXCLUDED.queue, max_attempts = EXCLUDED.max_attempts,
+                   unique_key = EXCLUDED.unique_key, updated_at = now()
+             WHERE (jobrunner.kinds.queue, jobrunner.kinds.max_attempts, jobrunner.kinds.unique_key)
+                   IS DISTINCT FROM (EXCLUDED.queue, EXCLUDED.max_attempts, EXCLUDED.unique_key)",
         )
         .bind(kinds)
         .bind(queues)
         .bind(attempts)
+        .bind(unique_keys)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Enqueues through `jobrunner.enqueue`, exactly as a SQL producer would.
+    /// Enqueues through `jobrunner.enqueue`, exactly as a SQL producer would. With a
+    /// unique key held by an unfinished job, returns that job's id.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Uuid> {
-        let id = sqlx::query_scalar("SELECT jobrunner.enqueue($1, $2, $3, $4, $5, $6)")
+        let id = sqlx::query_scalar("SELECT jobrunner.enqueue($1, $2, $3, $4, $5, $6, $7)")
             .bind(&job.kind)
             .bind(&job.payload)
             .bind(&job.queue)
             .bind(job.run_at)
             .bind(job.priority)
             .bind(job.max_attempts)
+            .bind(&job.unique_key)
             .fetch_one(&self.pool)
             .await?;
         Ok(id)

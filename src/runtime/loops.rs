@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{Shared, worker};
+use super::{Shared, flow, worker};
 use crate::broker::Dispatch;
 use crate::error_chain;
 use crate::ledger::{IngestedJob, Status, StatusUpdate};
@@ -45,6 +45,7 @@ pub(super) async fn fetch(
     let (slots, wake) = (slots.clone(), wake.clone());
     let runtime = &shared.config.runtime;
     let mut error_delay = Duration::from_millis(100);
+    let mut limits = flow::LimitsCache::new(&queue);
     loop {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -61,7 +62,12 @@ pub(super) async fn fetch(
             }
         }
         let wanted = permits.len();
-        match shared.broker.fetch(&queue, wanted, runtime.lease).await {
+        let limits = limits.get(shared.live()).to_owned();
+        match shared
+            .broker
+            .fetch_limited(&queue, wanted, runtime.lease, &limits)
+            .await
+        {
             Ok(fetched) => {
                 error_delay = Duration::from_millis(100);
                 let got = fetched.jobs.len();
@@ -76,8 +82,9 @@ pub(super) async fn fetch(
                 }
                 drop(permits);
                 if got < wanted {
-                    // The queue is empty: wait for a wake-up, the next delayed job, or
-                    // the poll interval, whichever comes first.
+                    // The queue is empty (or paused, or at a limit): wait for a
+                    // wake-up, the next delayed job or open rate window, or the poll
+                    // interval, whichever comes first.
                     let mut idle = runtime.poll_interval;
                     if let Some(due) = fetched.next_due_ms {
                         let until = due - Utc::now().timestamp_millis();
@@ -349,7 +356,7 @@ pub(super) async fn reaper(
                     continue;
                 }
             };
-            for r in reaped {
+            for r in reaped.into_iter().filter(|r| !r.cancelled) {
                 let message = format!(
                     "lease expired: the worker running attempt {} stopped responding",
                     r.attempts
@@ -377,6 +384,19 @@ pub(super) async fn reaper(
 }
 
 async fn recover_redis(shared: &Shared, lost: bool) {
+    // Paused queues first, so nothing dispatched below runs on a paused queue.
+    match shared.ledger.paused_queues().await {
+        Ok(queues) => {
+            for queue in queues {
+                if let Err(error) = shared.broker.pause(&queue).await {
+                    tracing::error!(queue, error = %error_chain(&error),
+                        "Cannot restore a queue's pause in Redis");
+                }
+            }
+        }
+        Err(error) => tracing::error!(error = %error_chain(&error),
+            "Cannot read paused queues to restore them in Redis"),
+    }
     match shared.ledger.redispatch_all().await {
         Ok(n) if lost || n > 0 => tracing::warn!(
             jobs = n,
@@ -466,7 +486,12 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
         .config
         .queues
         .keys()
-        .map(|q| shared.broker.wake_channel(q))
+        .flat_map(|q| {
+            [
+                shared.broker.wake_channel(q),
+                shared.broker.cancel_channel(q),
+            ]
+        })
         .collect();
     if let Err(error) = client.subscribe(channels).await {
         tracing::warn!(error = %error_chain(&error), "Subscribing to wake-ups failed; polling only");
@@ -479,6 +504,12 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
         tokio::select! {
             message = messages.recv() => match message {
                 Ok(m) => {
+                    if shared.broker.queue_of_cancel_channel(&m.channel).is_some() {
+                        if let Some(id) = m.value.as_str().and_then(|v| v.parse().ok()) {
+                            shared.running.cancel(id);
+                        }
+                        continue;
+                    }
                     let Some(queue) = shared.broker.queue_of_channel(&m.channel) else { continue };
                     let target = match m.value.as_str().as_deref() {
                         Some("ingest") => &shared.ingest_wake,

@@ -11,6 +11,7 @@
 //! nothing here outlives [`Daemon::wait`].
 
 mod acker;
+mod flow;
 mod loops;
 pub mod notify;
 mod reload;
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     notifier: Notifier,
     /// Running and finished counts for the systemd status line.
     stats: Arc<watchdog::Stats>,
+    /// Attempts running in this daemon, so a cancel message can reach them.
+    running: Arc<flow::Running>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -164,6 +167,7 @@ impl Daemon {
                 .map(|(q, c)| (q.clone(), Arc::new(Semaphore::new(c.concurrency))))
                 .collect(),
             outbox_wake: Notify::new(),
+            running: Arc::default(),
             live: watch::Sender::new(Arc::new(config.clone())),
             config,
             ledger,

@@ -70,7 +70,9 @@ fn restart_reason(path: &[String]) -> Option<&'static str> {
         ["queues", _] => Some("the queues a daemon serves are fixed at start"),
         ["kinds", _] => Some("kinds are registered and copied to jobrunner.kinds at start"),
         ["kinds", _, "handler" | "http" | "command", ..] => Some("handlers are built at start"),
-        ["kinds", _, "queue" | "max_attempts"] => Some("copied to jobrunner.kinds at start"),
+        ["kinds", _, "queue" | "max_attempts" | "unique_key"] => {
+            Some("copied to jobrunner.kinds at start")
+        }
         ["content_generation" | "data_extraction", ..] => {
             Some("the built-in kinds read their settings at start")
         }

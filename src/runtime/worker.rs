@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Shared;
+use crate::broker::Heartbeat;
 use crate::broker::Leased;
-use crate::config::BackoffConfig;
+use crate::config::{BackoffConfig, OnTimeout};
 use crate::jobs::{JobContext, JobError};
 use crate::ledger::{Status, StatusUpdate};
 
@@ -34,8 +35,14 @@ pub fn backoff(config: &BackoffConfig, attempt: i32) -> Duration {
     half + Duration::from_millis(jitter)
 }
 
+/// How long a cancelled handler gets to return on its own before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 /// How an attempt ended, before it is settled.
 enum Outcome {
+    /// The job was cancelled (`jobrunner cancel`) while it ran: it ends here, and
+    /// the ledger already says `cancelled`.
+    Cancelled,
     Done(Result<Value, JobError>),
     /// The drain deadline passed: hand the job back.
     Interrupted,
@@ -80,9 +87,14 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
             ))));
         }
     };
-    // Read live: a reload may change a kind's timeout and backoff.
-    let timeout = shared.live().kind(&job.kind).timeout;
+    let kind = shared.live().kind(&job.kind);
+    let (timeout, on_timeout) = (kind.timeout, kind.on_timeout);
     let cancel = hard_stop.child_token();
+    // Fired by a cancel message for this job (or a heartbeat that saw the mark).
+    let (cancelled, _registered) = shared.running.register(job.id);
+    let grace = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(grace);
+    let mut cancel_seen = false;
     let ctx = JobContext {
         id: job.id,
         queue: job.queue.clone(),
@@ -102,6 +114,9 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
     loop {
         tokio::select! {
             result = &mut run => {
+                if cancel_seen {
+                    return Outcome::Cancelled;
+                }
                 // A handler that noticed the drain deadline and gave up was
                 // interrupted, not failed: its attempt must not count.
                 let failed = !matches!(result, Ok(Ok(Ok(_))));
@@ -109,6 +124,9 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
                     return Outcome::Interrupted;
                 }
                 return Outcome::Done(match result {
+                    Err(_) if on_timeout == OnTimeout::Dead => Err(JobError::permanent(format!(
+                        "timed out after {} (the kind's on_timeout is dead)",
+                        humantime::format_duration(timeout)))),
                     Err(_) => Err(JobError::retryable(format!(
                         "timed out after {}", humantime::format_duration(timeout)))),
                     Ok(Err(panic)) => Err(JobError::retryable(format!(
@@ -116,17 +134,33 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
                     Ok(Ok(result)) => result,
                 });
             }
-            _ = beat.tick() => match shared.broker.heartbeat(job, lease).await {
-                Ok(true) => {}
-                Ok(false) => {
+            _ = beat.tick() => match shared.broker.heartbeat_checked(job, lease).await {
+                Ok(Heartbeat::Held) => {}
+                // The cancel message may have been missed (pub/sub reconnecting).
+                Ok(Heartbeat::Cancelled) => cancelled.cancel(),
+                Ok(Heartbeat::Lost) => {
                     cancel.cancel();
                     return Outcome::LeaseLost;
                 }
                 Err(error) => tracing::warn!(error = %crate::error_chain(&error),
                     "Heartbeat failed; the lease may expire"),
             },
+            _ = cancelled.cancelled(), if !cancel_seen => {
+                tracing::info!("Job cancelled while running; stopping its handler");
+                cancel_seen = true;
+                cancel.cancel();
+                grace.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+            }
+            _ = &mut grace, if cancel_seen => {
+                tracing::warn!(grace = ?CANCEL_GRACE,
+                    "Cancelled handler did not return within its grace; dropping it");
+                return Outcome::Cancelled;
+            }
             _ = hard_stop.cancelled() => {
                 cancel.cancel();
+                if cancel_seen {
+                    return Outcome::Cancelled;
+                }
                 return Outcome::Interrupted;
             }
         }
@@ -150,6 +184,14 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             tracing::warn!(
                 "Lease lost while running; another attempt owns the job, outcome dropped"
             );
+            return;
+        }
+        Outcome::Cancelled => {
+            // The ledger row is `cancelled` already (and final, so no status write
+            // could change it); only the lease and the kind's slot are given back.
+            if complete(shared, job).await {
+                tracing::info!("Job ended cancelled");
+            }
             return;
         }
         Outcome::Interrupted => {

@@ -292,7 +292,10 @@ async fn jobs_queued_when_redis_restarts_empty_all_still_run() {
     let mut app = spawn_app().await;
     app.config.queues.insert(
         "default".into(),
-        jobrunner::config::QueueConfig { concurrency: 2 },
+        jobrunner::config::QueueConfig {
+            concurrency: 2,
+            ..Default::default()
+        },
     );
     let daemon = app.start_daemon().await;
     let mut ids = Vec::new();

@@ -183,7 +183,10 @@ async fn higher_priority_jobs_run_first() {
     let mut app = spawn_app().await;
     app.config.queues.insert(
         "default".into(),
-        jobrunner::config::QueueConfig { concurrency: 1 },
+        jobrunner::config::QueueConfig {
+            concurrency: 1,
+            ..Default::default()
+        },
     );
     app.config.runtime.fetch_batch = 1;
     let mut ids = Vec::new();

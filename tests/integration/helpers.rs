@@ -81,9 +81,13 @@ pub async fn spawn_app() -> TestApp {
     config.runtime.sweep_interval = Duration::from_millis(500);
     config.runtime.poll_interval = Duration::from_millis(200);
     config.runtime.drain_timeout = Duration::from_secs(5);
-    config
-        .queues
-        .insert("default".into(), QueueConfig { concurrency: 8 });
+    config.queues.insert(
+        "default".into(),
+        QueueConfig {
+            concurrency: 8,
+            ..QueueConfig::default()
+        },
+    );
     let mut fail = KindConfig {
         max_attempts: 3,
         ..KindConfig::default()

@@ -6,6 +6,7 @@ mod crash;
 mod cron;
 mod enqueue;
 mod failures;
+mod flow;
 mod harness;
 mod helpers;
 mod kind_command;

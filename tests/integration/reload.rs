@@ -20,9 +20,13 @@ async fn running(app: &TestApp) -> i64 {
 async fn sighup_raises_a_queues_concurrency_and_survives_a_broken_file() {
     let app = spawn_app().await;
     let mut config = app.config.clone();
-    config
-        .queues
-        .insert("default".into(), QueueConfig { concurrency: 1 });
+    config.queues.insert(
+        "default".into(),
+        QueueConfig {
+            concurrency: 1,
+            ..Default::default()
+        },
+    );
     let path = app.write_config(&config);
     let socket = NotifySocket::bind(app.dir.path());
     let mut daemon = spawn_with_env(
@@ -44,9 +48,13 @@ async fn sighup_raises_a_queues_concurrency_and_survives_a_broken_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    config
-        .queues
-        .insert("default".into(), QueueConfig { concurrency: 4 });
+    config.queues.insert(
+        "default".into(),
+        QueueConfig {
+            concurrency: 4,
+            ..Default::default()
+        },
+    );
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     daemon.signal("HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

@@ -1,0 +1,124 @@
+//! `jobrunner cancel`, `pause` and `resume`: flow control from the command line.
+//! The ledger is written first (it is the record), then Redis.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::broker::{Broker, CancelOutcome};
+use crate::config::{self, Config};
+use crate::ledger::{Cancelled, Ledger};
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The job's id.
+    pub id: String,
+    /// Print a JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// The queue's name.
+    pub queue: String,
+    /// Print a JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit 0 when the job is now cancelled; 1 when it is unknown or had ended.
+pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let id: Uuid = args
+        .id
+        .parse()
+        .with_context(|| format!("`{}` is not a job id (a UUID)", args.id))?;
+    let ledger = Ledger::connect(&config.database).await?;
+    let (queue, previous) = match ledger.cancel(id).await {
+        Ok(Cancelled::Now { queue, previous }) => (queue, previous),
+        Ok(Cancelled::AlreadyFinal(status)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "id": id, "cancelled": false, "status": status })
+                );
+            } else {
+                eprintln!("job {id} already {status}; nothing to cancel");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(crate::ledger::Error::NotFound(_)) => {
+            anyhow::bail!("job {id} not found")
+        }
+        Err(e) => return Err(e).context("cancelling the job in the ledger"),
+    };
+    let broker = Broker::connect(&config.redis).await?;
+    let redis = broker
+        .cancel(&queue, id)
+        .await
+        .context("the ledger says cancelled, but removing the job from Redis failed")?;
+    broker.quit().await;
+    if args.json {
+        println!(
+            "{}",
+            json!({ "id": id, "cancelled": true, "previous_status": previous, "queue": queue,
+                    "redis": redis })
+        );
+    } else {
+        let what = match redis {
+            CancelOutcome::Removed => "removed from its queue",
+            CancelOutcome::Signalled => "its daemon was told to stop it",
+            CancelOutcome::Absent => "it was not in Redis",
+        };
+        println!("Cancelled job {id} (was {previous}; {what})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pause(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode> {
+    check_queue(&args.queue)?;
+    let ledger = Ledger::connect(&config.database).await?;
+    ledger.pause_queue(&args.queue).await?;
+    let broker = Broker::connect(&config.redis).await?;
+    broker.pause(&args.queue).await?;
+    broker.quit().await;
+    if args.json {
+        println!("{}", json!({ "queue": args.queue, "paused": true }));
+    } else {
+        println!(
+            "Paused queue {}: no new job starts; running jobs finish",
+            args.queue
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resume(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode> {
+    check_queue(&args.queue)?;
+    let ledger = Ledger::connect(&config.database).await?;
+    let in_ledger = ledger.resume_queue(&args.queue).await?;
+    let broker = Broker::connect(&config.redis).await?;
+    let in_redis = broker.resume(&args.queue).await?;
+    broker.quit().await;
+    let was_paused = in_ledger || in_redis;
+    if args.json {
+        println!(
+            "{}",
+            json!({ "queue": args.queue, "paused": false, "was_paused": was_paused })
+        );
+    } else if was_paused {
+        println!("Resumed queue {}", args.queue);
+    } else {
+        println!("Queue {} was not paused", args.queue);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_queue(queue: &str) -> anyhow::Result<()> {
+    if !config::valid_name(queue) {
+        anyhow::bail!("queue `{queue}`: use 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}

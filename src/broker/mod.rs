@@ -11,6 +11,7 @@
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod admin;
 mod scripts;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use admin::{RedisJobState, WORKER_HEARTBEAT, WORKER_STALE_AFTER, WorkerEntry};
 pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
 
 #[derive(Debug, thiserror::Error)]

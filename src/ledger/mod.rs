@@ -6,6 +6,7 @@
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
+mod admin;
 mod writer;
 
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
 
+pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
 
 /// How long a waiter treats a missing row as "not ingested yet".
@@ -44,6 +46,8 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("job {0} not found")]
     NotFound(Uuid),
+    #[error("job {id} is {status}: only a dead or cancelled job can be retried")]
+    NotRetryable { id: Uuid, status: String },
     #[error("Postgres query failed")]
     Sql(#[from] sqlx::Error),
 }

@@ -12,10 +12,13 @@
 
 mod acker;
 mod loops;
+mod presence;
+mod retention;
 mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, watch};
@@ -66,6 +69,11 @@ pub(crate) struct Shared {
     slots: HashMap<String, Arc<Semaphore>>,
     /// Per queue: batches the completion of finished leases.
     ackers: HashMap<String, acker::Acker>,
+    /// This daemon's id in the worker registry (`jobrunner workers`).
+    daemon_id: uuid::Uuid,
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// Jobs running now, for the worker registry; kept by `worker::execute`.
+    running: AtomicUsize,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -137,6 +145,9 @@ impl Daemon {
             broker,
             registry,
             writer: writer_handle,
+            daemon_id: uuid::Uuid::now_v7(),
+            started_at: chrono::Utc::now(),
+            running: AtomicUsize::new(0),
         });
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(supervise(
@@ -215,6 +226,8 @@ async fn supervise(
     loops.spawn(loops::outbox(shared.clone(), shutdown.clone()));
     loops.spawn(loops::reaper(shared.clone(), epoch, shutdown.clone()));
     loops.spawn(loops::orphan_sweep(shared.clone(), shutdown.clone()));
+    loops.spawn(retention::run(shared.clone(), shutdown.clone()));
+    loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
@@ -242,6 +255,10 @@ async fn supervise(
         tracing::warn!("Drain deadline passed; handing unfinished jobs back");
         hard_stop.cancel();
         workers.wait().await;
+    }
+    // Nothing runs here any more: leave the registry of live daemons.
+    if let Err(error) = shared.broker.remove_workers(&[shared.daemon_id]).await {
+        tracing::warn!(error = %crate::error_chain(&error), "Removing the worker registry entry failed");
     }
 
     // Every worker and loop has ended; dropping the last handles lets the ackers

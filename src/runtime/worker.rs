@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -52,12 +53,14 @@ pub(super) async fn execute(
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind,
         job.queue = %job.queue, job.attempt = job.attempt);
     async move {
+        shared.running.fetch_add(1, Ordering::Relaxed);
         shared
             .writer
             .send(update(&job, Status::Running, None, None, None))
             .await;
         let outcome = attempt(&shared, &job, &hard_stop).await;
         settle(&shared, &job, outcome).await;
+        shared.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     }
     .instrument(span)

@@ -195,7 +195,10 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
     }
     broker.quit().await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "queues": views }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "queues": views }))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let rows = views
@@ -250,7 +253,10 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
     };
     let jobs = ledger.list_jobs(&filter).await.context("listing jobs")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "jobs": jobs }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "jobs": jobs }))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if jobs.is_empty() {
@@ -275,7 +281,15 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         table(
-            &["ID", "QUEUE", "KIND", "STATUS", "ATTEMPTS", "AGE", "LAST ERROR"],
+            &[
+                "ID",
+                "QUEUE",
+                "KIND",
+                "STATUS",
+                "ATTEMPTS",
+                "AGE",
+                "LAST ERROR"
+            ],
             rows
         )
     );
@@ -468,7 +482,10 @@ struct WorkerView {
 
 pub async fn workers(config: Config, args: WorkersArgs) -> anyhow::Result<ExitCode> {
     let broker = Broker::connect(&config.redis).await?;
-    let entries = broker.workers().await.context("reading the worker registry")?;
+    let entries = broker
+        .workers()
+        .await
+        .context("reading the worker registry")?;
     broker.quit().await;
     let now = Utc::now();
     let views: Vec<WorkerView> = entries
@@ -485,7 +502,10 @@ pub async fn workers(config: Config, args: WorkersArgs) -> anyhow::Result<ExitCo
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "workers": views }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "workers": views }))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if views.is_empty() {

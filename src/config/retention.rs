@@ -89,11 +89,14 @@ mod tests {
 
     #[test]
     fn retention_keys_are_optional_and_survive_a_round_trip() {
-        let config = Config::from_toml("[retention]\ndead = \"30d\"\nbatch = 500\n", "r.toml")
-            .unwrap();
+        let config =
+            Config::from_toml("[retention]\ndead = \"30d\"\nbatch = 500\n", "r.toml").unwrap();
         config.validate().unwrap();
         assert_eq!(config.retention.succeeded, None);
-        assert_eq!(config.retention.dead, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            config.retention.dead,
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(config.retention.interval, Duration::from_secs(60));
         let again = Config::from_toml(&toml::to_string(&config).unwrap(), "again").unwrap();
         assert_eq!(again.retention, config.retention);

@@ -135,10 +135,12 @@ impl Ledger {
             let queue: String = row.get("queue");
             let status: String = row.get("status");
             let n: i64 = row.get("n");
-            let entry = by_queue.entry(queue.clone()).or_insert_with(|| QueueCounts {
-                queue,
-                ..QueueCounts::default()
-            });
+            let entry = by_queue
+                .entry(queue.clone())
+                .or_insert_with(|| QueueCounts {
+                    queue,
+                    ..QueueCounts::default()
+                });
             match status.as_str() {
                 "scheduled" => entry.scheduled = n,
                 "queued" => {

@@ -212,7 +212,8 @@ impl Ledger {
             results.push(m.result.as_ref().map(Value::to_string));
             errors.push(m.last_error.clone());
             run_ats.push(m.run_at);
-            histories.push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
+            histories
+                .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
         }
         sqlx::query(
             "UPDATE jobrunner.jobs AS j SET
@@ -296,6 +297,25 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].status, Status::Running);
         assert_eq!(merged[0].token, 9);
+    }
+
+    #[test]
+    fn folding_several_attempts_keeps_each_attempts_error() {
+        let id = Uuid::now_v7();
+        let mut first = update(id, 1, Status::Retrying);
+        first.last_error = Some("boom 1".into());
+        let mut second = update(id, 2, Status::Dead);
+        second.attempts = 2;
+        second.last_error = Some("boom 2".into());
+        let merged = coalesce(vec![first, update(id, 2, Status::Running), second]);
+        assert_eq!(merged.len(), 1);
+        let errors: Vec<(i64, &str)> = merged[0]
+            .errors
+            .iter()
+            .map(|e| (e["attempt"].as_i64().unwrap(), e["error"].as_str().unwrap()))
+            .collect();
+        assert_eq!(errors, [(1, "boom 1"), (2, "boom 2")]);
+        assert_eq!(merged[0].last_error.as_deref(), Some("boom 2"));
     }
 
     #[test]

@@ -48,7 +48,11 @@ async fn prune_round(shared: &Shared, shutdown: &CancellationToken) -> bool {
         let cutoff = Utc::now() - ttl;
         let mut deleted = 0;
         loop {
-            match shared.ledger.delete_final_batch(status, cutoff, batch).await {
+            match shared
+                .ledger
+                .delete_final_batch(status, cutoff, batch)
+                .await
+            {
                 Ok(n) => {
                     deleted += n;
                     if (n as i64) < batch {

@@ -64,6 +64,28 @@ pub struct RedisJobState {
     pub token: Option<i64>,
 }
 
+/// What [`Broker::clear_leftover`] found of a job in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// Redis holds nothing of the job.
+    None,
+    /// Its hash was there but in no queue structure (a finished or cancelled job's
+    /// remains); it has been deleted so a new dispatch is not skipped.
+    Cleared,
+    /// The job is still ready, delayed, leased or being ingested: an attempt may
+    /// still run or settle, so it must not be dispatched again yet.
+    InUse,
+}
+
+/// KEYS: job hash, ready, delayed, leases, ingesting. ARGV: id.
+/// Returns 0 (nothing), 1 (an unplaced hash, deleted) or 2 (in use).
+const CLEAR_LEFTOVER: &str = r#"
+for i = 2, 5 do
+  if redis.call('ZSCORE', KEYS[i], ARGV[1]) then return 2 end
+end
+return redis.call('DEL', KEYS[1])
+"#;
+
 fn from_ms(ms: f64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms as i64).single()
 }
@@ -123,6 +145,33 @@ impl Broker {
             state.place = Some("ingest");
         }
         Ok(state)
+    }
+
+    /// Makes way for a job to be dispatched again (`jobrunner retry`): deletes a
+    /// hash the job left behind, unless the job is still in a queue structure. The
+    /// dispatch script skips a job whose hash exists, so a leftover would leave the
+    /// retried job waiting for ever. Call it while the ledger row is final: no
+    /// dispatch can create the hash meanwhile.
+    pub async fn clear_leftover(&self, queue: &str, id: Uuid) -> Result<Leftover> {
+        let script = fred::types::scripts::Script::from_lua(CLEAR_LEFTOVER);
+        let reply = self
+            .eval(
+                &script,
+                vec![
+                    self.job_key(queue, id),
+                    self.key(queue, "ready"),
+                    self.key(queue, "delayed"),
+                    self.key(queue, "leases"),
+                    self.key(queue, "ingesting"),
+                ],
+                vec![id.to_string()],
+            )
+            .await?;
+        Ok(match reply.as_i64() {
+            Some(0) => Leftover::None,
+            Some(1) => Leftover::Cleared,
+            _ => Leftover::InUse,
+        })
     }
 
     /// Writes (or rewrites) this daemon's registry entry.

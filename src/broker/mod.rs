@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
-pub use admin::{RedisJobState, WORKER_HEARTBEAT, WORKER_STALE_AFTER, WorkerEntry};
+pub use admin::{Leftover, RedisJobState, WORKER_HEARTBEAT, WORKER_STALE_AFTER, WorkerEntry};
 pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,14 +11,14 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::broker::{Broker, RedisJobState, WorkerEntry};
+use crate::broker::{Broker, Leftover, RedisJobState, WorkerEntry};
 use crate::config::Config;
 use crate::ledger::{DeadFilter, JobFilter, Ledger, Status};
 
@@ -406,6 +406,21 @@ pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> 
     let ledger = Ledger::connect(&config.database).await?;
     if let Some(id) = &args.id {
         let id = parse_id(id)?;
+        // A cancelled job may have left its copy in Redis (or still be settling
+        // its last attempt); the dispatch would skip it. Clear it first, while the
+        // row is still final and nothing can dispatch the job.
+        let job = ledger.job_detail(id).await?;
+        if job.status().is_some_and(Status::is_final) {
+            let broker = Broker::connect(&config.redis).await?;
+            let leftover = broker.clear_leftover(&job.queue, id).await;
+            broker.quit().await;
+            if leftover? == Leftover::InUse {
+                bail!(
+                    "job {id} is {} but Redis still holds it in a queue (an attempt may still be settling); try again in a moment",
+                    job.status
+                );
+            }
+        }
         let queue = ledger.retry_job(id).await?;
         if args.json {
             println!("{}", json!({ "retried": 1, "id": id, "queue": queue }));

@@ -106,6 +106,12 @@ pub struct DeadFilter {
 const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, run_at, \
                                created_at, finished_at, last_error";
 
+impl JobDetail {
+    pub fn status(&self) -> Option<Status> {
+        self.status.parse().ok()
+    }
+}
+
 impl Ledger {
     /// Counts per queue for every queue in `configured` and every queue that has
     /// unfinished jobs, sorted by name.

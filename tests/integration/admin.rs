@@ -615,3 +615,55 @@ async fn workers_shows_each_running_daemon_and_drops_one_that_stopped() {
     );
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_a_cancelled_job_clears_the_copy_it_left_in_redis() {
+    use fred::prelude::*;
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let id = app
+        .ledger
+        .enqueue(&NewJob {
+            kind: "noop".into(),
+            payload: json!({"again": true}),
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..NewJob::default()
+        })
+        .await
+        .unwrap();
+    let redis_place = |out: &str| json_of(out)["redis"]["place"].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while redis_place(&app.cli(&["inspect", &id.to_string(), "--json"]).1) != "delayed" {
+        assert!(tokio::time::Instant::now() < deadline, "never dispatched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cancelled in the ledger while its copy still waits in Redis's delayed set.
+    sqlx::query(
+        "UPDATE jobrunner.jobs SET status = 'cancelled', finished_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(app.ledger.pool())
+    .await
+    .unwrap();
+    let (code, out, err) = app.cli(&["retry", &id.to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("Redis still holds it"), "{err}");
+    assert_eq!(app.ledger.job(id).await.unwrap().status, "cancelled");
+
+    // Out of every queue structure, but its hash left behind: retry clears it, so
+    // the dispatch is not skipped and the job runs.
+    let config = fred::types::config::Config::from_url(&app.config.redis.url).unwrap();
+    let client = Builder::from_config(config).build().unwrap();
+    client.init().await.unwrap();
+    let delayed = format!("{}:{{default}}:delayed", app.config.redis.key_prefix);
+    let removed: i64 = client.zrem(delayed, id.to_string()).await.unwrap();
+    assert_eq!(removed, 1);
+    let _ = client.quit().await;
+    let (code, out, err) = app.cli(&["retry", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("Job {id} is queued again on `default`\n"));
+    let job = app.wait_final(id, 10).await;
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.result, Some(json!({"again": true})));
+    daemon.stop().await;
+}

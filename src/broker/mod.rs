@@ -15,6 +15,7 @@
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod admin;
 mod flow;
 mod scripts;
 
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use admin::{Leftover, RedisJobState, WORKER_HEARTBEAT, WORKER_STALE_AFTER, WorkerEntry};
 pub use flow::{CancelOutcome, Heartbeat, KindLimits, Limits, Window};
 pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
 

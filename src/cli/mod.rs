@@ -7,6 +7,7 @@
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
 //! `ledger`, `broker` and `runtime`.
 
+mod admin;
 mod control;
 mod cron;
 mod demo;
@@ -106,6 +107,18 @@ pub enum Command {
     Pause(control::QueueArgs),
     /// Resume a paused queue.
     Resume(control::QueueArgs),
+    /// Per queue: ready, scheduled, running, retrying and dead jobs, pause, oldest wait, last minute's ends.
+    Queues(admin::QueuesArgs),
+    /// List jobs, newest first.
+    Jobs(admin::JobsArgs),
+    /// Show one job in full: every column, each attempt's error, where it is in Redis.
+    Inspect(admin::InspectArgs),
+    /// Run a dead or cancelled job again, or every dead job with --dead.
+    Retry(admin::RetryArgs),
+    /// Delete final jobs that ended before a cutoff, in small batches.
+    Purge(admin::PurgeArgs),
+    /// The daemons running now.
+    Workers(admin::WorkersArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,6 +243,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => control::cancel(config, args).await,
         Command::Pause(args) => control::pause(config, args).await,
         Command::Resume(args) => control::resume(config, args).await,
+        Command::Queues(args) => admin::queues(config, args).await,
+        Command::Jobs(args) => admin::jobs(config, args).await,
+        Command::Inspect(args) => admin::inspect(config, args).await,
+        Command::Retry(args) => admin::retry(config, args).await,
+        Command::Purge(args) => admin::purge(config, args).await,
+        Command::Workers(args) => admin::workers(config, args).await,
     }
 }
 

@@ -15,11 +15,13 @@ mod builtin_kinds;
 mod cron;
 mod flow;
 mod kinds;
+mod retention;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
 pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
+pub use retention::RetentionConfig;
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
@@ -65,6 +67,8 @@ pub struct Config {
     pub data_extraction: DataExtractionConfig,
     /// Cron schedules (`[cron.NAME]`); every daemon runs them, each fire time once.
     pub cron: BTreeMap<String, CronConfig>,
+    /// How long final jobs are kept before the daemon deletes them.
+    pub retention: RetentionConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -172,6 +176,7 @@ impl Default for Config {
             content_generation: ContentGenerationConfig::default(),
             data_extraction: DataExtractionConfig::default(),
             cron: BTreeMap::new(),
+            retention: RetentionConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -455,6 +460,13 @@ impl Config {
             .map_err(|(key, reason)| Error::Invalid {
                 origin: self.origin.clone(),
                 key: format!("data_extraction.{key}"),
+                reason,
+            })?;
+        self.retention
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key: format!("retention.{key}"),
                 reason,
             })?;
         Ok(())

@@ -7,6 +7,7 @@
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
+mod admin;
 mod cron;
 mod flow;
 mod writer;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
 
+pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use cron::{CronFire, CronJob};
 pub use flow::Cancelled;
 pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
@@ -49,6 +51,8 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("job {0} not found")]
     NotFound(Uuid),
+    #[error("job {id} is {status}: only a dead or cancelled job can be retried")]
+    NotRetryable { id: Uuid, status: String },
     #[error("Postgres query failed")]
     Sql(#[from] sqlx::Error),
 }

@@ -126,6 +126,7 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
     for u in updates {
         let started = (u.status == Status::Running).then_some(u.at);
         let finished = u.status.is_final().then_some(u.at);
+        let error = attempt_error(&u);
         match index.get(&u.id) {
             Some(&i) => {
                 let m = &mut out[i];
@@ -143,10 +144,12 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
                 m.result = u.result.or(m.result.take());
                 m.last_error = u.last_error.or(m.last_error.take());
                 m.run_at = u.run_at;
+                m.errors.extend(error);
             }
             None => {
                 index.insert(u.id, out.len());
                 out.push(Merged {
+                    errors: error.into_iter().collect(),
                     id: u.id,
                     token: u.token,
                     status: u.status,
@@ -163,6 +166,14 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
     out
 }
 
+/// The entry a transition that carries an error (retrying, dead, lease expired)
+/// appends to the row's `errors` history. Kept per update, so folding several
+/// attempts of one job into one row loses none of their errors.
+fn attempt_error(u: &StatusUpdate) -> Option<Value> {
+    let error = u.last_error.as_ref()?;
+    Some(serde_json::json!({ "attempt": u.attempts, "error": error, "at": u.at }))
+}
+
 #[derive(Debug)]
 pub(super) struct Merged {
     id: Uuid,
@@ -174,6 +185,8 @@ pub(super) struct Merged {
     result: Option<Value>,
     last_error: Option<String>,
     run_at: Option<DateTime<Utc>>,
+    /// Errors of this batch's attempts, appended to the row's history.
+    errors: Vec<Value>,
 }
 
 impl Ledger {
@@ -188,6 +201,7 @@ impl Ledger {
         let mut results = Vec::with_capacity(n);
         let mut errors = Vec::with_capacity(n);
         let mut run_ats = Vec::with_capacity(n);
+        let mut histories = Vec::with_capacity(n);
         for m in batch {
             ids.push(m.id);
             tokens.push(m.token);
@@ -198,6 +212,8 @@ impl Ledger {
             results.push(m.result.as_ref().map(Value::to_string));
             errors.push(m.last_error.clone());
             run_ats.push(m.run_at);
+            histories
+                .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
         }
         sqlx::query(
             "UPDATE jobrunner.jobs AS j SET
@@ -209,10 +225,13 @@ impl Ledger {
                  result      = COALESCE(u.result::jsonb, j.result),
                  last_error  = COALESCE(u.last_error, j.last_error),
                  run_at      = COALESCE(u.run_at, j.run_at),
+                 errors      = CASE WHEN u.errors IS NULL THEN j.errors
+                                    ELSE j.errors || u.errors::jsonb END,
                  updated_at  = now()
              FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::timestamptz[],
-                         $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[])
-               AS u(id, token, status, attempts, started_at, finished_at, result, last_error, run_at)
+                         $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+               AS u(id, token, status, attempts, started_at, finished_at, result, last_error, run_at,
+                    errors)
              WHERE j.id = u.id
                -- Spelled out so the plan is primary-key lookups; joining on u.id
                -- alone plans a scan of the whole table for every batch.
@@ -229,6 +248,7 @@ impl Ledger {
         .bind(results)
         .bind(errors)
         .bind(run_ats)
+        .bind(histories)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -277,6 +297,25 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].status, Status::Running);
         assert_eq!(merged[0].token, 9);
+    }
+
+    #[test]
+    fn folding_several_attempts_keeps_each_attempts_error() {
+        let id = Uuid::now_v7();
+        let mut first = update(id, 1, Status::Retrying);
+        first.last_error = Some("boom 1".into());
+        let mut second = update(id, 2, Status::Dead);
+        second.attempts = 2;
+        second.last_error = Some("boom 2".into());
+        let merged = coalesce(vec![first, update(id, 2, Status::Running), second]);
+        assert_eq!(merged.len(), 1);
+        let errors: Vec<(i64, &str)> = merged[0]
+            .errors
+            .iter()
+            .map(|e| (e["attempt"].as_i64().unwrap(), e["error"].as_str().unwrap()))
+            .collect();
+        assert_eq!(errors, [(1, "boom 1"), (2, "boom 2")]);
+        assert_eq!(merged[0].last_error.as_deref(), Some("boom 2"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod acker;
 mod flow;
 mod loops;
 pub mod notify;
+mod presence;
 mod reload;
+mod retention;
 mod watchdog;
 mod worker;
 
@@ -78,6 +80,9 @@ pub(crate) struct Shared {
     stats: Arc<watchdog::Stats>,
     /// Attempts running in this daemon, so a cancel message can reach them.
     running: Arc<flow::Running>,
+    /// This daemon's id in the worker registry (`jobrunner workers`).
+    daemon_id: uuid::Uuid,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -176,6 +181,8 @@ impl Daemon {
             writer: writer_handle,
             notifier,
             stats: Arc::default(),
+            daemon_id: uuid::Uuid::now_v7(),
+            started_at: chrono::Utc::now(),
         });
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(supervise(
@@ -318,6 +325,8 @@ async fn supervise(
         shared.live.subscribe(),
         shutdown.clone(),
     )));
+    loops.spawn(alive.watch(retention::run(shared.clone(), shutdown.clone())));
+    loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
@@ -346,6 +355,10 @@ async fn supervise(
         tracing::warn!("Drain deadline passed; handing unfinished jobs back");
         hard_stop.cancel();
         workers.wait().await;
+    }
+    // Nothing runs here any more: leave the registry of live daemons.
+    if let Err(error) = shared.broker.remove_workers(&[shared.daemon_id]).await {
+        tracing::warn!(error = %crate::error_chain(&error), "Removing the worker registry entry failed");
     }
 
     // Every worker and loop has ended; dropping the last handles lets the ackers

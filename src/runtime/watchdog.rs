@@ -36,6 +36,11 @@ impl Stats {
         RunningGuard(self.clone())
     }
 
+    /// Attempts running in this daemon now.
+    pub(crate) fn running_now(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn job_done(&self) {
         self.done.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,6 +1,7 @@
 //! Integration tests against real Redis and Postgres servers that the harness
 //! starts for this test binary. One binary, one module per area.
 
+mod admin;
 mod cli;
 mod crash;
 mod cron;

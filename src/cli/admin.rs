@@ -1,0 +1,664 @@
+//! The admin commands: `queues`, `jobs`, `inspect`, `retry`, `purge`, `workers`.
+//!
+//! Each prints a human table by default and one JSON document with `--json`
+//! (stable field names, for scripts). Exit codes: 0 done, 1 an error (unknown id, a
+//! job that cannot be retried, a service down), 2 a usage error (clap, which also
+//! lists the valid values of `--status`).
+//!
+//! **Invariant:** like the rest of `cli`, this only calls `ledger` and `broker`.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::broker::{Broker, Leftover, RedisJobState, WorkerEntry};
+use crate::config::Config;
+use crate::ledger::{DeadFilter, JobFilter, Ledger, Status};
+
+/// Most rows one bulk retry or purge statement touches.
+const BATCH: i64 = 1000;
+
+#[derive(Debug, Args)]
+pub struct QueuesArgs {
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long, value_enum)]
+    status: Option<StatusArg>,
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only jobs created since: an RFC 3339 time, or a duration such as 1h (now − 1h).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<DateTime<Utc>>,
+    /// Most jobs to show.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    limit: i64,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    id: String,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The dead or cancelled job to run again.
+    #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+    id: Option<String>,
+    /// Retry every dead job (narrowed by --queue and --kind).
+    #[arg(long)]
+    dead: bool,
+    #[arg(long, requires = "dead")]
+    queue: Option<String>,
+    #[arg(long, requires = "dead")]
+    kind: Option<String>,
+    /// Print one JSON document instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Which final jobs to delete.
+    #[arg(long, value_enum)]
+    status: FinalStatusArg,
+    /// Delete those that ended longer ago than this, e.g. 7d or 12h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Duration,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON document instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Scheduled,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl From<StatusArg> for Status {
+    fn from(s: StatusArg) -> Status {
+        match s {
+            StatusArg::Scheduled => Status::Scheduled,
+            StatusArg::Queued => Status::Queued,
+            StatusArg::Running => Status::Running,
+            StatusArg::Retrying => Status::Retrying,
+            StatusArg::Succeeded => Status::Succeeded,
+            StatusArg::Dead => Status::Dead,
+            StatusArg::Cancelled => Status::Cancelled,
+        }
+    }
+}
+
+/// Only final statuses can be purged: an unfinished job is still owed a run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FinalStatusArg {
+    Dead,
+    Succeeded,
+    Cancelled,
+}
+
+impl From<FinalStatusArg> for Status {
+    fn from(s: FinalStatusArg) -> Status {
+        match s {
+            FinalStatusArg::Dead => Status::Dead,
+            FinalStatusArg::Succeeded => Status::Succeeded,
+            FinalStatusArg::Cancelled => Status::Cancelled,
+        }
+    }
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now.
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = humantime::parse_duration(text).map_err(|_| {
+        format!("`{text}` is neither an RFC 3339 time (2026-11-22T14:00:00Z) nor a duration (1h)")
+    })?;
+    let d = chrono::Duration::from_std(d).map_err(|_| format!("`{text}` is too long"))?;
+    Ok(Utc::now() - d)
+}
+
+fn parse_id(id: &str) -> anyhow::Result<Uuid> {
+    id.parse()
+        .with_context(|| format!("`{id}` is not a job id (a UUID)"))
+}
+
+/// One queue's row: the ledger's counts plus what Redis says.
+#[derive(Debug, Serialize)]
+struct QueueView {
+    #[serde(flatten)]
+    counts: crate::ledger::QueueCounts,
+    /// Seconds since the oldest waiting job became due.
+    oldest_waiting_secs: Option<i64>,
+    paused: bool,
+    /// Jobs in the queue's Redis ready set (dispatched, not yet fetched).
+    redis_ready: i64,
+}
+
+pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::connect(&config.database).await?;
+    let broker = Broker::connect(&config.redis).await?;
+    let configured: Vec<String> = config.queues.keys().cloned().collect();
+    let counts = ledger
+        .queue_counts(&configured)
+        .await
+        .context("counting jobs per queue")?;
+    let now = Utc::now();
+    let mut views = Vec::with_capacity(counts.len());
+    for c in counts {
+        let paused = broker.paused(&c.queue).await?;
+        let (redis_ready, ..) = broker.depth(&c.queue).await?;
+        views.push(QueueView {
+            oldest_waiting_secs: c
+                .oldest_waiting_since
+                .map(|t| now.signed_duration_since(t).num_seconds().max(0)),
+            counts: c,
+            paused,
+            redis_ready,
+        });
+    }
+    broker.quit().await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "queues": views }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = views
+        .iter()
+        .map(|v| {
+            let c = &v.counts;
+            vec![
+                c.queue.clone(),
+                c.ready.to_string(),
+                c.scheduled.to_string(),
+                c.running.to_string(),
+                c.retrying.to_string(),
+                c.dead.to_string(),
+                if v.paused { "yes" } else { "no" }.to_owned(),
+                v.oldest_waiting_secs.map_or("-".into(), age),
+                c.succeeded_last_minute.to_string(),
+                c.dead_last_minute.to_string(),
+                v.redis_ready.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "QUEUE",
+                "READY",
+                "SCHEDULED",
+                "RUNNING",
+                "RETRYING",
+                "DEAD",
+                "PAUSED",
+                "OLDEST",
+                "SUCCEEDED/1M",
+                "DEAD/1M",
+                "REDIS-READY",
+            ],
+            rows,
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::connect(&config.database).await?;
+    let filter = JobFilter {
+        queue: args.queue,
+        status: args.status.map(Status::from),
+        kind: args.kind,
+        since: args.since,
+        limit: args.limit,
+    };
+    let jobs = ledger.list_jobs(&filter).await.context("listing jobs")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "jobs": jobs }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.is_empty() {
+        println!("No jobs match");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Utc::now();
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.queue.clone(),
+                j.kind.clone(),
+                j.status.clone(),
+                format!("{}/{}", j.attempts, j.max_attempts),
+                age(now.signed_duration_since(j.created_at).num_seconds()),
+                j.last_error.as_deref().map_or("-".into(), |e| clip(e, 60)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "QUEUE",
+                "KIND",
+                "STATUS",
+                "ATTEMPTS",
+                "AGE",
+                "LAST ERROR"
+            ],
+            rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let ledger = Ledger::connect(&config.database).await?;
+    let job = ledger.job_detail(id).await?;
+    // The ledger is the record; Redis only adds where the job sits now, so a Redis
+    // that cannot be reached is reported, not fatal.
+    let redis: Result<RedisJobState, String> = match Broker::connect(&config.redis).await {
+        Ok(broker) => {
+            let state = broker.job_state(&job.queue, id).await;
+            broker.quit().await;
+            state.map_err(|e| crate::error_chain(&e))
+        }
+        Err(e) => Err(crate::error_chain(&e)),
+    };
+    if args.json {
+        let mut doc = serde_json::to_value(&job)?;
+        doc["redis"] = match &redis {
+            Ok(state) => serde_json::to_value(state)?,
+            Err(error) => json!({ "error": error }),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<DateTime<Utc>>| t.map_or("-".to_owned(), stamp);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", job.id.to_string()),
+        ("kind", job.kind.clone()),
+        ("queue", job.queue.clone()),
+        ("status", job.status.clone()),
+        (
+            "attempts",
+            format!("{} of {}", job.attempts, job.max_attempts),
+        ),
+        ("priority", job.priority.to_string()),
+        ("payload", job.payload.to_string()),
+        (
+            "result",
+            job.result.as_ref().map_or("-".into(), Value::to_string),
+        ),
+        ("last_error", job.last_error.clone().unwrap_or("-".into())),
+        ("unique_key", job.unique_key.clone().unwrap_or("-".into())),
+        (
+            "lease_token",
+            job.lease_token.map_or("-".into(), |t| t.to_string()),
+        ),
+        ("run_at", time(Some(job.run_at))),
+        ("created_at", time(Some(job.created_at))),
+        ("started_at", time(job.started_at)),
+        ("finished_at", time(job.finished_at)),
+        ("updated_at", time(Some(job.updated_at))),
+    ];
+    rows.push((
+        "redis",
+        match &redis {
+            Ok(state) => redis_line(state),
+            Err(error) => format!("unavailable: {error}"),
+        },
+    ));
+    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect();
+    let errors = job.errors.as_array().cloned().unwrap_or_default();
+    if errors.is_empty() {
+        out.push_str("errors       -\n");
+    } else {
+        out.push_str("errors\n");
+        let lines = errors
+            .iter()
+            .map(|e| {
+                vec![
+                    e["attempt"].to_string(),
+                    e["at"]
+                        .as_str()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map_or("-".into(), |t| stamp(t.with_timezone(&Utc))),
+                    e["error"].as_str().unwrap_or("").to_owned(),
+                ]
+            })
+            .collect();
+        for line in table(&["ATTEMPT", "AT", "ERROR"], lines).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn redis_line(state: &RedisJobState) -> String {
+    let Some(place) = state.place else {
+        return if state.present {
+            "held, in no queue structure".into()
+        } else {
+            "not held (finished, or not dispatched yet)".into()
+        };
+    };
+    let mut line = place.to_owned();
+    if let Some(deadline) = state.lease_deadline {
+        let _ = write!(line, ", lease until {}", stamp(deadline));
+    }
+    if let Some(due) = state.due_at {
+        let _ = write!(line, ", due at {}", stamp(due));
+    }
+    if let Some(token) = state.token {
+        let _ = write!(line, ", token {token}");
+    }
+    line
+}
+
+pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::connect(&config.database).await?;
+    if let Some(id) = &args.id {
+        let id = parse_id(id)?;
+        // A cancelled job may have left its copy in Redis (or still be settling
+        // its last attempt); the dispatch would skip it. Clear it first, while the
+        // row is still final and nothing can dispatch the job.
+        let job = ledger.job_detail(id).await?;
+        if job.status().is_some_and(Status::is_final) {
+            let broker = Broker::connect(&config.redis).await?;
+            let leftover = broker.clear_leftover(&job.queue, id).await;
+            broker.quit().await;
+            if leftover? == Leftover::InUse {
+                bail!(
+                    "job {id} is {} but Redis still holds it in a queue (an attempt may still be settling); try again in a moment",
+                    job.status
+                );
+            }
+        }
+        let queue = ledger.retry_job(id).await?;
+        if args.json {
+            println!("{}", json!({ "retried": 1, "id": id, "queue": queue }));
+        } else {
+            println!("Job {id} is queued again on `{queue}`");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let filter = DeadFilter {
+        queue: args.queue,
+        kind: args.kind,
+    };
+    let n = ledger
+        .retry_dead(&filter, BATCH)
+        .await
+        .context("retrying dead jobs")?;
+    if args.json {
+        println!("{}", json!({ "retried": n }));
+    } else {
+        println!("Retried {n} dead {}", plural(n, "job"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn purge(config: Config, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let status = Status::from(args.status);
+    let cutoff = Utc::now()
+        - chrono::Duration::from_std(args.older_than).context("--older-than is too long")?;
+    let ledger = Ledger::connect(&config.database).await?;
+    let n = if args.dry_run {
+        ledger.count_final_before(status, cutoff).await? as u64
+    } else {
+        let mut total = 0;
+        loop {
+            let n = ledger
+                .delete_final_batch(status, cutoff, BATCH)
+                .await
+                .context("deleting jobs")?;
+            total += n;
+            if (n as i64) < BATCH {
+                break total;
+            }
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({ "status": status, "older_than": humantime::format_duration(args.older_than).to_string(),
+                    "dry_run": args.dry_run, "purged": n })
+        );
+    } else if args.dry_run {
+        println!(
+            "Would delete {n} {status} {} that ended before {}",
+            plural(n, "job"),
+            stamp(cutoff)
+        );
+    } else {
+        println!(
+            "Deleted {n} {status} {} that ended before {}",
+            plural(n, "job"),
+            stamp(cutoff)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerView {
+    #[serde(flatten)]
+    entry: WorkerEntry,
+    /// `live`, `draining`, or `gone` (no heartbeat lately: it died without saying).
+    state: &'static str,
+}
+
+pub async fn workers(config: Config, args: WorkersArgs) -> anyhow::Result<ExitCode> {
+    let broker = Broker::connect(&config.redis).await?;
+    let entries = broker
+        .workers()
+        .await
+        .context("reading the worker registry")?;
+    broker.quit().await;
+    let now = Utc::now();
+    let views: Vec<WorkerView> = entries
+        .into_iter()
+        .map(|entry| WorkerView {
+            state: if entry.is_stale(now) {
+                "gone"
+            } else if entry.draining {
+                "draining"
+            } else {
+                "live"
+            },
+            entry,
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "workers": views }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if views.is_empty() {
+        println!("No daemon is registered");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = views
+        .iter()
+        .map(|v| {
+            let e = &v.entry;
+            vec![
+                e.id.to_string(),
+                e.host.clone(),
+                e.pid.to_string(),
+                e.version.clone(),
+                e.queues.join(","),
+                e.running.to_string(),
+                age(now.signed_duration_since(e.started_at).num_seconds()),
+                age(now.signed_duration_since(e.heartbeat_at).num_seconds()),
+                v.state.to_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "HOST",
+                "PID",
+                "VERSION",
+                "QUEUES",
+                "RUNNING",
+                "UP",
+                "HEARTBEAT",
+                "STATE",
+            ],
+            rows,
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Aligned columns, two spaces apart; the last column is not padded.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&headers).chain(rows.iter()) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                let pad = w - cell.chars().count();
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A duration in seconds for people, two units at most: `42s`, `3m12s`, `5h07m`, `2d3h`.
+fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
+}
+
+fn clip(text: &str, max: usize) -> String {
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_people_say_them() {
+        assert_eq!(age(-3), "0s");
+        assert_eq!(age(42), "42s");
+        assert_eq!(age(192), "3m12s");
+        assert_eq!(age(5 * 3600 + 7 * 60 + 9), "5h07m");
+        assert_eq!(age(2 * 86_400 + 3 * 3600), "2d3h");
+    }
+
+    #[test]
+    fn a_table_aligns_every_column_to_its_widest_cell() {
+        let text = table(
+            &["A", "LONG HEADER", "C"],
+            vec![
+                vec!["wide cell".into(), "1".into(), "x".into()],
+                vec!["b".into(), "22".into(), "".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "A          LONG HEADER  C\nwide cell  1            x\nb          22\n"
+        );
+    }
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_back_from_now() {
+        let t = parse_since("2026-11-22T14:00:00Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-22T14:00:00+00:00");
+        let back = Utc::now() - parse_since("1h").unwrap();
+        assert!((3595..=3605).contains(&back.num_seconds()), "{back}");
+        assert!(parse_since("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+}

@@ -1,0 +1,392 @@
+//! The admin commands' statements: per-queue counts, job listings, one job in
+//! full, retry, purge and the retention prune.
+//!
+//! Every read here is shaped for an index so it stays cheap on a large table:
+//! counts of unfinished jobs read `jobs_status_idx` (unfinished rows are few), dead
+//! counts read `jobs_queue_status_idx` per queue, the last minute's throughput reads
+//! `jobs_updated_at_idx`, and listings read one status at a time (see
+//! [`Ledger::list_jobs`]). Deletes and bulk retries go in batches of ids locked
+//! with `SKIP LOCKED`, so they never hold a long lock and several daemons pruning
+//! at once do not wait on each other.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{FromRow, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{Error, Ledger, Result, Status};
+
+/// Every status, in lifecycle order: the order listings and tables use.
+pub const ALL_STATUSES: [Status; 7] = [
+    Status::Scheduled,
+    Status::Queued,
+    Status::Running,
+    Status::Retrying,
+    Status::Succeeded,
+    Status::Dead,
+    Status::Cancelled,
+];
+
+/// One queue as `jobrunner queues` shows it: counts from the ledger.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queue: String,
+    /// Jobs `queued`: due, waiting for a worker.
+    pub ready: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub retrying: i64,
+    pub dead: i64,
+    /// The run time of the oldest `queued` job: how long the queue has kept work waiting.
+    pub oldest_waiting_since: Option<DateTime<Utc>>,
+    pub succeeded_last_minute: i64,
+    pub dead_last_minute: i64,
+}
+
+/// What `jobrunner jobs` filters on. `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub status: Option<Status>,
+    pub kind: Option<String>,
+    /// Only jobs created at or after this.
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// One line of a job listing.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub status: String,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Every column of one job, for `jobrunner inspect`.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct JobDetail {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub status: String,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    /// Each failed attempt's error, oldest first: `[{attempt, error, at}]`.
+    pub errors: Value,
+    /// The fencing token of the attempt the row reflects.
+    pub lease_token: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Which dead jobs `retry --dead` takes.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, run_at, \
+                               created_at, finished_at, last_error";
+
+impl JobDetail {
+    pub fn status(&self) -> Option<Status> {
+        self.status.parse().ok()
+    }
+}
+
+impl Ledger {
+    /// Counts per queue for every queue in `configured` and every queue that has
+    /// unfinished jobs, sorted by name.
+    pub async fn queue_counts(&self, configured: &[String]) -> Result<Vec<QueueCounts>> {
+        let mut by_queue: std::collections::BTreeMap<String, QueueCounts> = configured
+            .iter()
+            .map(|q| {
+                let counts = QueueCounts {
+                    queue: q.clone(),
+                    ..QueueCounts::default()
+                };
+                (q.clone(), counts)
+            })
+            .collect();
+        // Unfinished jobs are few whatever the table's size: a range of the
+        // (status, created_at) index per status.
+        let rows = sqlx::query(
+            "SELECT queue, status, count(*) AS n,
+                    min(run_at) FILTER (WHERE status = 'queued') AS oldest
+             FROM jobrunner.jobs
+             WHERE status IN ('scheduled', 'queued', 'running', 'retrying')
+             GROUP BY queue, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let queue: String = row.get("queue");
+            let status: String = row.get("status");
+            let n: i64 = row.get("n");
+            let entry = by_queue
+                .entry(queue.clone())
+                .or_insert_with(|| QueueCounts {
+                    queue,
+                    ..QueueCounts::default()
+                });
+            match status.as_str() {
+                "scheduled" => entry.scheduled = n,
+                "queued" => {
+                    entry.ready = n;
+                    entry.oldest_waiting_since = row.get("oldest");
+                }
+                "running" => entry.running = n,
+                _ => entry.retrying = n,
+            }
+        }
+        let queues: Vec<String> = by_queue.keys().cloned().collect();
+        // Dead jobs may be many (they are kept for inspection): one index-only
+        // count per queue on (queue, status, created_at). The last minute's ends
+        // come from the updated_at index: a final row's updated_at is its end.
+        let rows = sqlx::query(
+            "SELECT q.queue,
+                    (SELECT count(*) FROM jobrunner.jobs j
+                     WHERE j.queue = q.queue AND j.status = 'dead') AS dead,
+                    coalesce(m.succeeded, 0) AS succeeded_1m,
+                    coalesce(m.dead, 0) AS dead_1m
+             FROM unnest($1::text[]) AS q(queue)
+             LEFT JOIN (
+                 SELECT queue,
+                        count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                        count(*) FILTER (WHERE status = 'dead') AS dead
+                 FROM jobrunner.jobs
+                 WHERE updated_at >= now() - interval '1 minute'
+                   AND finished_at >= now() - interval '1 minute'
+                   AND status IN ('succeeded', 'dead')
+                 GROUP BY queue
+             ) m ON m.queue = q.queue",
+        )
+        .bind(&queues)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let queue: String = row.get("queue");
+            if let Some(entry) = by_queue.get_mut(&queue) {
+                entry.dead = row.get("dead");
+                entry.succeeded_last_minute = row.get("succeeded_1m");
+                entry.dead_last_minute = row.get("dead_1m");
+            }
+        }
+        Ok(by_queue.into_values().collect())
+    }
+
+    /// Jobs matching `filter`, newest first, at most `filter.limit`.
+    ///
+    /// Without a kind, the statement is a `UNION ALL` of one branch per status, each
+    /// reading its own range of `jobs_queue_status_idx` (with a queue) or
+    /// `jobs_status_idx` backwards for at most `limit` rows; the outer sort sees at
+    /// most 7 · limit rows. That serves "newest first" without an index on
+    /// `created_at` alone, which every insert and status write would pay for.
+    /// With a kind, `jobs_kind_created_idx` serves it directly.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>> {
+        let limit = filter.limit.max(0);
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new("");
+        let push_conditions = |q: &mut QueryBuilder<Postgres>, status: Option<Status>| {
+            q.push(" WHERE true");
+            if let Some(status) = status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(queue) = &filter.queue {
+                q.push(" AND queue = ").push_bind(queue.clone());
+            }
+            if let Some(kind) = &filter.kind {
+                q.push(" AND kind = ").push_bind(kind.clone());
+            }
+            if let Some(since) = filter.since {
+                q.push(" AND created_at >= ").push_bind(since);
+            }
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(limit);
+        };
+        if filter.kind.is_some() {
+            q.push(format!("SELECT {SUMMARY_COLUMNS} FROM jobrunner.jobs"));
+            push_conditions(&mut q, filter.status);
+        } else {
+            let statuses: Vec<Status> = match filter.status {
+                Some(s) => vec![s],
+                None => ALL_STATUSES.to_vec(),
+            };
+            q.push(format!("SELECT {SUMMARY_COLUMNS} FROM ("));
+            for (i, status) in statuses.into_iter().enumerate() {
+                if i > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push(format!("(SELECT {SUMMARY_COLUMNS} FROM jobrunner.jobs"));
+                push_conditions(&mut q, Some(status));
+                q.push(")");
+            }
+            q.push(") t ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(limit);
+        }
+        Ok(q.build_query_as::<JobSummary>()
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Every column of one job.
+    pub async fn job_detail(&self, id: Uuid) -> Result<JobDetail> {
+        sqlx::query_as::<_, JobDetail>(
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
+                    unique_key, result, last_error, errors, lease_token, created_at, updated_at,
+                    started_at, finished_at
+             FROM jobrunner.jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound(id))
+    }
+
+    /// Puts a dead or cancelled job back to `queued` with its attempts reset, and in
+    /// the outbox so a daemon dispatches it. Its error history is kept. Returns the
+    /// job's queue. Fails with [`Error::NotRetryable`] for a job that is not final
+    /// or succeeded, and [`Error::NotFound`] for an unknown id.
+    pub async fn retry_job(&self, id: Uuid) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        let queue: Option<String> = sqlx::query_scalar(
+            "UPDATE jobrunner.jobs
+             SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+                 started_at = NULL, result = NULL, updated_at = now()
+             WHERE id = $1 AND status IN ('dead', 'cancelled')
+             RETURNING queue",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(queue) = queue else {
+            drop(tx);
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM jobrunner.jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            return Err(match status {
+                Some(status) => Error::NotRetryable { id, status },
+                None => Error::NotFound(id),
+            });
+        };
+        sqlx::query("INSERT INTO jobrunner.outbox (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::ENQUEUED_CHANNEL)
+            .bind(&queue)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(queue)
+    }
+
+    /// Retries every dead job matching `filter`, `batch` per transaction. Only jobs
+    /// that were dead when this call began: one that is retried, runs and dies again
+    /// meanwhile is not taken twice. Returns how many were retried.
+    pub async fn retry_dead(&self, filter: &DeadFilter, batch: i64) -> Result<u64> {
+        let began: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?;
+        let mut total = 0;
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "WITH retried AS (
+                     UPDATE jobrunner.jobs
+                     SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+                         started_at = NULL, result = NULL, updated_at = now()
+                     WHERE id = ANY(ARRAY(
+                             SELECT id FROM jobrunner.jobs
+                             WHERE status = 'dead' AND updated_at < $1
+                               AND ($2::text IS NULL OR queue = $2)
+                               AND ($3::text IS NULL OR kind = $3)
+                             ORDER BY created_at LIMIT $4
+                             FOR UPDATE SKIP LOCKED))
+                       AND status = 'dead'
+                     RETURNING id, queue),
+                 outboxed AS (
+                     INSERT INTO jobrunner.outbox (id) SELECT id FROM retried
+                     ON CONFLICT DO NOTHING),
+                 notified AS (
+                     SELECT pg_notify($5, queue) FROM (SELECT DISTINCT queue FROM retried) q)
+                 SELECT (SELECT count(*) FROM retried) + 0 * (SELECT count(*) FROM notified)",
+            )
+            .bind(began)
+            .bind(&filter.queue)
+            .bind(&filter.kind)
+            .bind(batch)
+            .bind(super::ENQUEUED_CHANNEL)
+            .fetch_one(&self.pool)
+            .await?;
+            total += n as u64;
+            if n < batch {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// How many final jobs of `status` ended before `cutoff` (a purge's dry run).
+    pub async fn count_final_before(&self, status: Status, cutoff: DateTime<Utc>) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM jobrunner.jobs
+             WHERE status = $1 AND created_at < $2 AND finished_at < $2",
+        )
+        .bind(status.as_str())
+        .bind(cutoff)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Deletes up to `batch` jobs of a final `status` that ended before `cutoff`.
+    /// Returns how many it deleted; fewer than `batch` means none are left (or the
+    /// rest are locked by another pruner, which deletes them).
+    ///
+    /// A job is created before it ends, so `created_at < cutoff` is implied by
+    /// `finished_at < cutoff`; saying it lets `jobs_status_idx` bound the scan.
+    pub async fn delete_final_batch(
+        &self,
+        status: Status,
+        cutoff: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<u64> {
+        if !status.is_final() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM jobrunner.jobs
+             WHERE id = ANY(ARRAY(
+                     SELECT id FROM jobrunner.jobs
+                     WHERE status = $1 AND created_at < $2 AND finished_at < $2
+                     ORDER BY created_at LIMIT $3
+                     FOR UPDATE SKIP LOCKED))
+               AND status = $1",
+        )
+        .bind(status.as_str())
+        .bind(cutoff)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -131,6 +131,10 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
             Some(&i) => {
                 let m = &mut out[i];
                 if u.token < m.token {
+                    // An older attempt's outcome arriving late: its status is
+                    // stale, but the error it reports is still that attempt's.
+                    m.errors.extend(error);
+                    m.last_error = m.last_error.take().or(u.last_error);
                     continue;
                 }
                 if u.token > m.token {
@@ -215,6 +219,7 @@ impl Ledger {
             histories
                 .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
         }
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE jobrunner.jobs AS j SET
                  status      = u.status,
@@ -249,7 +254,51 @@ impl Ledger {
         .bind(errors)
         .bind(run_ats)
         .bind(histories)
-        .execute(&self.pool)
+        .execute(&mut *tx)
+        .await?;
+        self.record_late_errors(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Ledger {
+    /// Records the errors of updates the batch statement refused because a newer
+    /// attempt had already written the row: the reaper's "lease expired" can reach
+    /// the writer after the next attempt's `running` (or even its end). Their
+    /// status is stale; the error still belongs in the job's history.
+    async fn record_late_errors(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[Merged],
+    ) -> super::Result {
+        let late: Vec<&Merged> = batch.iter().filter(|m| !m.errors.is_empty()).collect();
+        if late.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = late.iter().map(|m| m.id).collect();
+        let tokens: Vec<i64> = late.iter().map(|m| m.token).collect();
+        let errors: Vec<Option<String>> = late.iter().map(|m| m.last_error.clone()).collect();
+        let histories: Vec<String> = late
+            .iter()
+            .map(|m| Value::Array(m.errors.clone()).to_string())
+            .collect();
+        sqlx::query(
+            "UPDATE jobrunner.jobs AS j SET
+                 errors     = j.errors || u.errors::jsonb,
+                 last_error = COALESCE(j.last_error, u.last_error)
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+               AS u(id, token, last_error, errors)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               -- Only rows the batch statement refused: a newer attempt owns them.
+               AND j.lease_token > u.token",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .bind(errors)
+        .bind(histories)
+        .execute(tx)
         .await?;
         Ok(())
     }
@@ -316,6 +365,18 @@ mod tests {
             .collect();
         assert_eq!(errors, [(1, "boom 1"), (2, "boom 2")]);
         assert_eq!(merged[0].last_error.as_deref(), Some("boom 2"));
+    }
+
+    #[test]
+    fn a_late_error_of_an_older_attempt_is_kept_in_the_history() {
+        let id = Uuid::now_v7();
+        let mut reaped = update(id, 8, Status::Queued);
+        reaped.last_error = Some("lease expired".into());
+        let merged = coalesce(vec![update(id, 9, Status::Running), reaped]);
+        assert_eq!(merged[0].status, Status::Running);
+        assert_eq!(merged[0].last_error.as_deref(), Some("lease expired"));
+        assert_eq!(merged[0].errors.len(), 1);
+        assert_eq!(merged[0].errors[0]["error"], "lease expired");
     }
 
     #[test]

@@ -142,3 +142,53 @@ async fn sql_enqueue_with_bad_arguments_fails_in_the_producers_transaction() {
     }
     assert_eq!(app.count_jobs().await, 0);
 }
+
+/// The reaper's "lease expired" can reach the status writer after the next
+/// attempt has already started (or ended): its stale status must be ignored,
+/// but the error is still that attempt's and belongs in the job's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt() {
+    use jobrunner::ledger::{Status, StatusUpdate, StatusWriter};
+    let app = spawn_app().await; // no daemon: the writer is driven by hand
+    let id = app.enqueue("noop", json!({})).await;
+    let (writers, handle) = StatusWriter::new(app.ledger.clone(), 100, 1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(stop.clone())))
+        .collect();
+    let at = chrono::Utc::now();
+    let step = |token, status, attempts, error: Option<&str>| StatusUpdate {
+        id,
+        token,
+        status,
+        attempts,
+        at,
+        result: None,
+        last_error: error.map(str::to_string),
+        run_at: None,
+    };
+    handle.send(step(20, Status::Running, 2, None)).await;
+    handle.send(step(20, Status::Succeeded, 2, None)).await;
+    app.wait_until(id, 10, "succeeded", |j| j.status == "succeeded")
+        .await;
+    handle
+        .send(step(
+            10,
+            Status::Queued,
+            1,
+            Some("lease expired: attempt 1"),
+        ))
+        .await;
+    drop(handle);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let job = app.ledger.job_detail(id).await.unwrap();
+    assert_eq!(job.status, "succeeded", "the stale status is ignored");
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.lease_token, Some(20));
+    assert_eq!(job.last_error.as_deref(), Some("lease expired: attempt 1"));
+    assert_eq!(job.errors[0]["error"], "lease expired: attempt 1");
+    assert_eq!(job.errors[0]["attempt"], 1);
+}

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 
 mod builtin_kinds;
 mod kinds;
+mod observe;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
+pub use observe::{AdminConfig, EventsConfig};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
@@ -59,6 +61,10 @@ pub struct Config {
     pub content_generation: ContentGenerationConfig,
     /// Settings of the built-in `data-extraction` kind.
     pub data_extraction: DataExtractionConfig,
+    /// The admin HTTP listener (health, metrics, job lookups, live events).
+    pub admin: AdminConfig,
+    /// Where job status changes are published.
+    pub events: EventsConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -162,6 +168,8 @@ impl Default for Config {
             kinds: BTreeMap::new(),
             content_generation: ContentGenerationConfig::default(),
             data_extraction: DataExtractionConfig::default(),
+            admin: AdminConfig::default(),
+            events: EventsConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -417,6 +425,13 @@ impl Config {
             .map_err(|(key, reason)| Error::Invalid {
                 origin: self.origin.clone(),
                 key: format!("data_extraction.{key}"),
+                reason,
+            })?;
+        self.admin
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key,
                 reason,
             })?;
         Ok(())

@@ -159,7 +159,7 @@ return added
 /// microseconds, so tokens keep growing even if Redis restarts empty.
 /// KEYS: ready, delayed, leases, fence. ARGV: n, lease_ms, job key prefix.
 /// Returns flat: next delayed due ms (or -1), then per job:
-/// id, kind, payload, attempts, max_attempts, token.
+/// id, kind, payload, attempts, max_attempts, token, ready_ms (the hash's run_ms).
 pub const FETCH: &str = r#"
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', s(now), 'LIMIT', 0, 1000)
@@ -182,7 +182,7 @@ local leases = {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local key = ARGV[3] .. id
-  local h = redis.call('HMGET', key, 'kind', 'payload', 'max_attempts', 'attempts')
+  local h = redis.call('HMGET', key, 'kind', 'payload', 'max_attempts', 'attempts', 'run_ms')
   if h[1] then
     token = token + 1
     local attempts = s((tonumber(h[4]) or 0) + 1)
@@ -195,6 +195,7 @@ for i = 1, #popped, 2 do
     out[#out + 1] = attempts
     out[#out + 1] = h[3] or '0'
     out[#out + 1] = s(token)
+    out[#out + 1] = h[5] or '0'
   end
 end
 if #leases > 0 then redis.call('ZADD', KEYS[3], unpack(leases)) end

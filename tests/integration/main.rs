@@ -12,4 +12,5 @@ mod kind_content_generation;
 mod kind_data_extraction;
 mod kind_http;
 mod kind_message;
+mod observability;
 mod protocol;

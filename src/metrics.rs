@@ -84,7 +84,7 @@ pub const DEFS: &[Def] = &[
     def(
         QUEUE_WAIT,
         Type::Histogram,
-        "Time from a job becoming due to its lease by this daemon, by queue.",
+        "Time from a job becoming due to its first attempt's lease by this daemon, by queue.",
     ),
     def(
         RETRIES,

@@ -53,7 +53,9 @@ pub(super) async fn execute(
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind,
         job.queue = %job.queue, job.attempt = job.attempt);
     async move {
-        if job.ready_ms > 0 {
+        // The job hash's run_ms is when the job first became due; a retry's due
+        // time is not kept there, so only first attempts are measured.
+        if job.ready_ms > 0 && job.attempt == 1 {
             let waited = Utc::now().timestamp_millis() - job.ready_ms;
             shared.metrics.observe(
                 metrics::QUEUE_WAIT,

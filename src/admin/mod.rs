@@ -40,6 +40,57 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// SSE keep-alive comment interval.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// How long a new SSE client waits for the relay's Redis subscription.
+const FEED_READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The live events SSE clients read: a bounded broadcast, fed either by this
+/// daemon's publisher or (Redis events on) by the runtime's relay from the Redis
+/// channel. The relay subscribes only while at least one client is connected, so
+/// a daemon nobody watches does not receive every daemon's events.
+#[derive(Clone)]
+pub struct EventFeed {
+    /// Every SSE client subscribes; a slow one lags instead of slowing the sender.
+    pub tx: broadcast::Sender<Arc<Published>>,
+    relay: Option<FeedDemand>,
+}
+
+/// The relay's side of an [`EventFeed`].
+#[derive(Clone)]
+pub struct FeedDemand {
+    /// Poked when a client arrives.
+    pub wanted: Arc<tokio::sync::Notify>,
+    /// True while the relay's Redis subscription is in place.
+    pub ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl EventFeed {
+    /// A feed of `capacity` events; with `relay`, clients wait for its subscription.
+    pub fn new(capacity: usize, relay: Option<FeedDemand>) -> EventFeed {
+        EventFeed {
+            tx: broadcast::channel(capacity).0,
+            relay,
+        }
+    }
+
+    /// A receiver for one client, once every later event will reach it.
+    async fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        let rx = self.tx.subscribe();
+        if let Some(relay) = &self.relay {
+            relay.wanted.notify_one();
+            let mut ready = relay.ready.clone();
+            if tokio::time::timeout(FEED_READY_TIMEOUT, ready.wait_for(|r| *r))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "The /events relay is not subscribed yet; the stream may miss events"
+                );
+            }
+        }
+        rx
+    }
+}
+
 /// An event on its way to SSE clients: parsed once for filtering, with the exact
 /// JSON text that was published.
 #[derive(Debug)]
@@ -56,8 +107,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Queues this daemon serves: the ones the queue gauges cover.
     pub queues: Arc<Vec<String>>,
-    /// Live events; every SSE client subscribes. Bounded: a slow client lags.
-    pub events: broadcast::Sender<Arc<Published>>,
+    /// Live events for SSE clients.
+    pub events: EventFeed,
     /// Cancelled when the daemon starts draining: `/readyz` answers 503 from then on.
     pub draining: CancellationToken,
     /// The last readiness answer and when it was computed (see [`READY_CACHE`]).
@@ -76,7 +127,7 @@ impl AdminState {
         broker: Broker,
         metrics: Arc<Metrics>,
         queues: Vec<String>,
-        events: broadcast::Sender<Arc<Published>>,
+        events: EventFeed,
         draining: CancellationToken,
     ) -> AdminState {
         AdminState {

@@ -76,7 +76,7 @@ pub(super) async fn events(
             return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
         }
     };
-    let stream = updates(state.events.subscribe(), filter, stop)
+    let stream = updates(state.events.subscribe().await, filter, stop)
         .map(|update| Ok::<_, Infallible>(to_sse(update)));
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(keep_alive))

@@ -26,6 +26,8 @@ pub struct EventsConfig {
     /// `/events` endpoint reads that channel, so it shows every daemon's jobs.
     pub redis: bool,
     /// NOTIFY every status change on the Postgres channel `jobrunner_events`.
+    /// Off by default: it adds a few milliseconds to every SQL-enqueued job's
+    /// pickup (measured in docs/PROTOCOL.md); turn it on for LISTEN-based front ends.
     pub postgres: bool,
 }
 
@@ -42,7 +44,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             redis: true,
-            postgres: true,
+            postgres: false,
         }
     }
 }

@@ -9,9 +9,10 @@
 //! no later event of the job can overtake them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Published;
@@ -21,8 +22,12 @@ use crate::error_chain;
 use crate::ledger::{Event, Ledger};
 use crate::metrics::{self, Metrics};
 
-/// Event batches buffered between the status writers and the publisher.
-pub(super) const BUFFER: usize = 1024;
+/// Event batches (up to `status_batch_max` events each) buffered between the
+/// status writers and the publisher; beyond that they are dropped and counted,
+/// rather than growing memory while Redis or Postgres is slow.
+pub(super) const BUFFER: usize = 64;
+/// Most events in one publish (one Redis pipeline, one NOTIFY statement).
+const PUBLISH_MAX: usize = 5000;
 /// Events buffered per SSE client before it lags.
 pub(super) const SSE_BUFFER: usize = 4096;
 
@@ -92,19 +97,33 @@ impl Publisher {
 }
 
 /// Publishes the writers' batches until every writer has dropped its sender.
+/// Whatever accumulated while the last publish was in flight goes out together
+/// (in order, up to [`PUBLISH_MAX`] events per round trip), the way the status
+/// writer group-commits: under load the publisher keeps up with all the writers.
 pub(super) async fn publish_loop(publisher: Publisher, mut rx: mpsc::Receiver<Vec<Event>>) {
-    while let Some(batch) = rx.recv().await {
-        publisher.publish(batch).await;
+    let mut batches = Vec::with_capacity(BUFFER);
+    while rx.recv_many(&mut batches, BUFFER).await > 0 {
+        let mut events: Vec<Event> = Vec::new();
+        for batch in batches.drain(..) {
+            if events.len() + batch.len() > PUBLISH_MAX && !events.is_empty() {
+                publisher.publish(std::mem::take(&mut events)).await;
+            }
+            events.extend(batch);
+        }
+        publisher.publish(events).await;
     }
 }
 
-/// Feeds the SSE broadcast from the Redis events channel, until `stop`. Reports on
-/// `subscribed` once the subscription is in place (or has failed).
+/// Feeds the SSE broadcast from the Redis events channel, until `stop`, but only
+/// while at least one SSE client is connected: a daemon nobody watches does not
+/// receive (and parse) every daemon's events. `ready` says when the subscription
+/// is in place, so a new client can wait for it.
 pub(super) async fn relay(
     broker: Broker,
     local: broadcast::Sender<Arc<Published>>,
+    wanted: Arc<Notify>,
+    ready: watch::Sender<bool>,
     stop: CancellationToken,
-    subscribed: oneshot::Sender<()>,
 ) {
     let client = match broker.subscriber() {
         Ok(c) => c,
@@ -120,30 +139,52 @@ pub(super) async fn relay(
     }
     // Resubscribes after a reconnect.
     let manager = client.manage_subscriptions();
-    if let Err(error) = client.subscribe(broker.events_channel()).await {
-        tracing::warn!(error = %error_chain(&error), "Subscribing to job events failed");
-    }
-    let _ = subscribed.send(());
-    loop {
-        tokio::select! {
-            message = messages.recv() => match message {
-                Ok(m) => {
-                    let Some(json) = m.value.as_string() else { continue };
-                    match serde_json::from_str::<Event>(&json) {
-                        Ok(event) => {
-                            let _ = local.send(Arc::new(Published { event, json }));
+    let channel = broker.events_channel();
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+    'serve: loop {
+        while local.receiver_count() == 0 {
+            tokio::select! {
+                _ = wanted.notified() => {}
+                _ = stop.cancelled() => break 'serve,
+            }
+        }
+        if let Err(error) = client.subscribe(channel.as_str()).await {
+            tracing::warn!(error = %error_chain(&error), "Subscribing to job events failed");
+        }
+        ready.send_replace(true);
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(m) => {
+                        let Some(json) = m.value.as_string() else { continue };
+                        match serde_json::from_str::<Event>(&json) {
+                            Ok(event) => {
+                                let _ = local.send(Arc::new(Published { event, json }));
+                            }
+                            Err(error) => tracing::debug!(%error, "Ignoring a malformed job event"),
                         }
-                        Err(error) => tracing::debug!(%error, "Ignoring a malformed job event"),
                     }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "The /events relay fell behind and missed events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break 'serve,
+                },
+                _ = idle_check.tick() => {}
+                _ = stop.cancelled() => break 'serve,
+            }
+            if local.receiver_count() == 0 {
+                // Say "not ready" before looking again, so a client that arrives
+                // now either keeps the subscription or waits for the next one.
+                ready.send_replace(false);
+                if local.receiver_count() == 0 {
+                    let _ = client.unsubscribe(channel.as_str()).await;
+                    continue 'serve;
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "The /events relay fell behind and missed events");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = stop.cancelled() => break,
+                ready.send_replace(true);
+            }
         }
     }
+    ready.send_replace(false);
     manager.abort();
     let _ = client.quit().await;
 }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, broadcast, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -107,13 +107,7 @@ impl Daemon {
         ledger.sync_kinds(&config).await?;
         let broker = Broker::connect(&config.redis).await?;
         let listener = bind_admin(&config)?;
-        let (daemon, subscribed) = Daemon::launch(config, registry, ledger, broker, listener);
-        // `/events` reads the Redis channel: once this returns, a client that
-        // connects sees every later event.
-        if let Some(subscribed) = subscribed {
-            let _ = tokio::time::timeout(Duration::from_secs(5), subscribed).await;
-        }
-        Ok(daemon)
+        Ok(Daemon::launch(config, registry, ledger, broker, listener))
     }
 
     /// Starts on pools the caller already built (the CLI's `demo` and tests). An
@@ -128,7 +122,7 @@ impl Daemon {
             tracing::error!(error = %crate::error_chain(&error), "Admin listener is off");
             None
         });
-        Daemon::launch(config, registry, ledger, broker, listener).0
+        Daemon::launch(config, registry, ledger, broker, listener)
     }
 
     fn launch(
@@ -137,34 +131,49 @@ impl Daemon {
         ledger: Ledger,
         broker: Broker,
         listener: Option<tokio::net::TcpListener>,
-    ) -> (Daemon, Option<oneshot::Receiver<()>>) {
+    ) -> Daemon {
         let metrics = Arc::new(Metrics::default());
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let sse = listener
-            .is_some()
-            .then(|| broadcast::channel(events::SSE_BUFFER).0);
+        let admin_stop = CancellationToken::new();
+        // With Redis events on, `/events` reads the Redis channel (every daemon's
+        // events) through the relay; otherwise the publisher feeds it directly.
+        let sse = listener.is_some().then(|| {
+            let relay = config.events.redis.then(|| {
+                let (ready_tx, ready) = watch::channel(false);
+                let wanted = Arc::new(Notify::new());
+                (wanted, ready_tx, ready)
+            });
+            let feed = crate::admin::EventFeed::new(
+                events::SSE_BUFFER,
+                relay
+                    .as_ref()
+                    .map(|(wanted, _, ready)| crate::admin::FeedDemand {
+                        wanted: wanted.clone(),
+                        ready: ready.clone(),
+                    }),
+            );
+            if let Some((wanted, ready_tx, _)) = relay {
+                tokio::spawn(events::relay(
+                    broker.clone(),
+                    feed.tx.clone(),
+                    wanted,
+                    ready_tx,
+                    admin_stop.clone(),
+                ));
+            }
+            feed
+        });
         let publisher = events::Publisher {
             broker: broker.clone(),
             ledger: ledger.clone(),
             metrics: metrics.clone(),
             config: config.events.clone(),
-            local: sse.clone(),
+            local: sse
+                .as_ref()
+                .filter(|_| !config.events.redis)
+                .map(|feed| feed.tx.clone()),
         };
-        let admin_stop = CancellationToken::new();
-        let mut subscribed = None;
-        if let Some(local) = &sse
-            && config.events.redis
-        {
-            let (tx, rx) = oneshot::channel();
-            subscribed = Some(rx);
-            tokio::spawn(events::relay(
-                broker.clone(),
-                local.clone(),
-                admin_stop.clone(),
-                tx,
-            ));
-        }
         let (writers, writer_handle) = StatusWriter::new(
             ledger.clone(),
             config.runtime.status_batch_max,
@@ -238,15 +247,12 @@ impl Daemon {
             admin_state,
         ));
         tracing::info!(queues = ?queues, "Daemon started");
-        (
-            Daemon {
-                shutdown,
-                done,
-                shared,
-                admin_addr,
-            },
-            subscribed,
-        )
+        Daemon {
+            shutdown,
+            done,
+            shared,
+            admin_addr,
+        }
     }
 
     /// The admin listener's address (with the real port when `admin.listen` asked

@@ -595,7 +595,11 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
         .await
         .unwrap();
     listener.listen("jobrunner_events").await.unwrap();
-    let daemon = app.start_daemon().await;
+    let mut config = app.config.clone();
+    config.events.postgres = true;
+    let daemon = app
+        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .await;
 
     let id = app.enqueue("fail", json!({"times": 1})).await;
     app.wait_final(id, 10).await;

@@ -752,3 +752,38 @@ fn wait_for_logged_admin_addr(daemon: &crate::helpers::DaemonProcess, secs: u64)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears_nothing() {
+    let app = spawn_app().await;
+    let subscriber = app.broker.subscriber().unwrap();
+    let mut redis_rx = subscriber.message_rx();
+    subscriber.init().await.unwrap();
+    subscriber
+        .subscribe(app.broker.events_channel())
+        .await
+        .unwrap();
+    let mut config = app.config.clone();
+    config.events.redis = false;
+    let daemon = app
+        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .await;
+    let (id, tx) = enqueue_in_tx(&app, "noop", json!({})).await;
+    let mut stream = SseStream::open(&admin(&daemon), &format!("job={id}")).await;
+    tx.commit().await.unwrap();
+    let statuses: Vec<String> = stream
+        .until_final(10)
+        .await
+        .iter()
+        .map(|e| e.data["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "succeeded"]);
+    // Long enough for a wrongly published event to arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        redis_rx.try_recv().is_err(),
+        "nothing was published on the Redis channel"
+    );
+    daemon.stop().await;
+    let _ = subscriber.quit().await;
+}

@@ -110,6 +110,8 @@ impl Scratch {
             },
         );
         config.log.level = "warn".into();
+        // Measured with the admin listener on, as deployed, on a port of its own.
+        config.admin.listen = "127.0.0.1:0".into();
         let dir = std::env::temp_dir().join(format!("jobrunner-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch {

@@ -11,17 +11,21 @@
 //! - [`runtime`]: the daemon's loops, workers and shutdown.
 //! - [`scheduler`]: cron schedules that fire once across all daemons.
 //! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
+//! - [`admin`]: the HTTP listener: health, readiness, metrics, job lookups, SSE events.
+//! - [`metrics`]: the process's counters and histograms, rendered by `admin`.
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`bench`]: the throughput and latency benchmark.
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod ledger;
+pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;

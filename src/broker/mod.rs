@@ -606,6 +606,93 @@ impl Broker {
     }
 }
 
+/// Jobs of one queue in Redis, for the queue gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStats {
+    pub ready: i64,
+    /// Delayed: scheduled for later or waiting to retry.
+    pub scheduled: i64,
+    /// Leased to a worker.
+    pub running: i64,
+    /// When the job at the head of the ready set became ready (Unix ms).
+    pub head_ready_ms: Option<i64>,
+}
+
+/// The Redis pool's state, for the pool gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub clients: usize,
+    pub connected: usize,
+    /// Commands buffered, not yet written to a socket.
+    pub queued: usize,
+    /// Commands re-sent after a connection closed mid-request (since start).
+    pub redeliveries: usize,
+}
+
+/// Offset of the time part of a ready-set score (see `ready_score` in the scripts).
+const READY_EPOCH_MS: i64 = 1_735_689_600_000;
+/// Weight of one priority step in a ready-set score.
+const PRIORITY_WEIGHT: i64 = 2_199_023_255_552;
+
+impl Broker {
+    /// The channel every daemon publishes job events on: `prefix:events`.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// PUBLISHes each event on [`Broker::events_channel`], in order, pipelined in
+    /// one round trip.
+    pub async fn publish_events(&self, events: &[String]) -> Result {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let channel = self.events_channel();
+        let pipeline = self.pool.next().pipeline();
+        for e in events {
+            let _: () = pipeline.publish(&channel, e.as_str()).await?;
+        }
+        let _: Vec<Value> = pipeline.all().await?;
+        Ok(())
+    }
+
+    /// Sizes of a queue's structures and the age of its ready head, in one round
+    /// trip.
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let pipeline = self.pool.next().pipeline();
+        let _: () = pipeline.zcard(self.key(queue, "ready")).await?;
+        let _: () = pipeline.zcard(self.key(queue, "delayed")).await?;
+        let _: () = pipeline.zcard(self.key(queue, "leases")).await?;
+        let _: () = pipeline
+            .zrange(self.key(queue, "ready"), 0, 0, None, false, None, true)
+            .await?;
+        let (ready, scheduled, running, head): (i64, i64, i64, Vec<(String, f64)>) =
+            pipeline.all().await?;
+        Ok(QueueStats {
+            ready,
+            scheduled,
+            running,
+            head_ready_ms: head.first().map(|(_, score)| ready_ms_of_score(*score)),
+        })
+    }
+
+    /// The pool's clients and their buffered commands.
+    pub fn pool_stats(&self) -> PoolStats {
+        use fred::interfaces::MetricsInterface;
+        let clients = self.pool.clients();
+        PoolStats {
+            clients: clients.len(),
+            connected: clients.iter().filter(|c| c.is_connected()).count(),
+            queued: clients.iter().map(|c| c.command_queue_len()).sum(),
+            redeliveries: clients.iter().map(|c| c.read_redelivery_count()).sum(),
+        }
+    }
+}
+
+/// When a job became ready, from its ready-set score `-priority · W + (ms − epoch)`.
+fn ready_ms_of_score(score: f64) -> i64 {
+    (score as i64).rem_euclid(PRIORITY_WEIGHT) + READY_EPOCH_MS
+}
+
 /// Reads a script's flat array reply as strings (numbers included).
 fn strings(reply: Value, script: &'static str) -> Result<Vec<String>> {
     match reply {
@@ -625,5 +712,19 @@ fn strings(reply: Value, script: &'static str) -> Result<Vec<String>> {
             script,
             detail: format!("expected an array, got {other:?}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_time_is_recovered_from_a_score_of_any_priority() {
+        let ms = 1_790_000_000_123;
+        for priority in [-1000_i64, -1, 0, 5, 1000] {
+            let score = (-priority * PRIORITY_WEIGHT + (ms - READY_EPOCH_MS)) as f64;
+            assert_eq!(ready_ms_of_score(score), ms, "priority {priority}");
+        }
     }
 }

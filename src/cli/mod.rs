@@ -434,6 +434,14 @@ pub fn job_table(job: &Job) -> String {
             job.result.as_ref().map_or("-".into(), Value::to_string),
         ),
         ("last_error", job.last_error.clone().unwrap_or("-".into())),
+        (
+            "progress",
+            match (job.progress, &job.progress_message) {
+                (Some(p), Some(m)) => format!("{p}% {m}"),
+                (Some(p), None) => format!("{p}%"),
+                _ => "-".into(),
+            },
+        ),
         ("run_at", time(Some(job.run_at))),
         ("created_at", time(Some(job.created_at))),
         ("started_at", time(job.started_at)),

@@ -15,12 +15,14 @@ mod builtin_kinds;
 mod cron;
 mod flow;
 mod kinds;
+mod observe;
 mod retention;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
 pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
+pub use observe::{AdminConfig, EventsConfig};
 pub use retention::RetentionConfig;
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
@@ -69,6 +71,10 @@ pub struct Config {
     pub cron: BTreeMap<String, CronConfig>,
     /// How long final jobs are kept before the daemon deletes them.
     pub retention: RetentionConfig,
+    /// The admin HTTP listener (health, metrics, job lookups, live events).
+    pub admin: AdminConfig,
+    /// Where job status changes are published.
+    pub events: EventsConfig,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -177,6 +183,8 @@ impl Default for Config {
             data_extraction: DataExtractionConfig::default(),
             cron: BTreeMap::new(),
             retention: RetentionConfig::default(),
+            admin: AdminConfig::default(),
+            events: EventsConfig::default(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -467,6 +475,13 @@ impl Config {
             .map_err(|(key, reason)| Error::Invalid {
                 origin: self.origin.clone(),
                 key: format!("retention.{key}"),
+                reason,
+            })?;
+        self.admin
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key,
                 reason,
             })?;
         Ok(())

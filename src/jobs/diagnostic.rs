@@ -24,16 +24,32 @@ async fn noop(ctx: JobContext) -> JobResult {
 #[serde(deny_unknown_fields)]
 struct SleepPayload {
     ms: u64,
+    /// Report progress at each quarter of the sleep.
+    #[serde(default)]
+    progress: bool,
 }
 
 /// Sleeps `{"ms": N}` milliseconds, waking early if the attempt is cancelled. The
 /// result names the attempt, so tests can tell which attempt's outcome was kept.
+/// With `"progress": true` it reports 25, 50, 75 and 100 percent on the way.
 async fn sleep(ctx: JobContext) -> JobResult {
-    let SleepPayload { ms } = JobError::parse_payload(&ctx.payload)?;
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms, "attempt": ctx.attempt })),
-        _ = ctx.cancel.cancelled() => Err(JobError::retryable("cancelled before the sleep ended")),
+    let SleepPayload { ms, progress } = JobError::parse_payload(&ctx.payload)?;
+    let steps: u64 = if progress { 4 } else { 1 };
+    for step in 1..=steps {
+        let slice = Duration::from_millis(ms * step / steps - ms * (step - 1) / steps);
+        tokio::select! {
+            _ = tokio::time::sleep(slice) => {}
+            _ = ctx.cancel.cancelled() => return Err(JobError::retryable("cancelled before the sleep ended")),
+        }
+        if progress {
+            let done = ms * step / steps;
+            ctx.progress(
+                (step * 100 / steps) as u8,
+                format!("slept {done} of {ms} ms"),
+            );
+        }
     }
+    Ok(json!({ "slept_ms": ms, "attempt": ctx.attempt }))
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +79,8 @@ async fn fail(ctx: JobContext) -> JobResult {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn ctx(payload: serde_json::Value, attempt: i32) -> JobContext {
@@ -75,6 +93,7 @@ mod tests {
             payload,
             cancel: Default::default(),
             db: sqlx::PgPool::connect_lazy("postgres://localhost/unused").unwrap(),
+            progress: Default::default(),
         }
     }
 
@@ -92,6 +111,19 @@ mod tests {
         let err = sleep(ctx(json!({"ms": "soon"}), 1)).await.unwrap_err();
         assert!(matches!(err, JobError::Permanent { .. }), "{err:?}");
         assert!(err.to_string().contains("bad payload"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sleep_with_progress_reports_each_quarter() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut c = ctx(json!({"ms": 4, "progress": true}), 1);
+        let sink = seen.clone();
+        c.progress = crate::jobs::Progress::new(move |p, m| sink.lock().unwrap().push((p, m)));
+        sleep(c).await.unwrap();
+        let seen = seen.lock().unwrap();
+        let percents: Vec<u8> = seen.iter().map(|(p, _)| *p).collect();
+        assert_eq!(percents, vec![25, 50, 75, 100]);
+        assert_eq!(seen[3].1.as_deref(), Some("slept 4 of 4 ms"));
     }
 
     #[tokio::test]

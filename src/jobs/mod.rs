@@ -42,6 +42,47 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The daemon's shared Postgres pool, for kinds that write their own tables.
     pub db: sqlx::PgPool,
+    /// Where [`JobContext::progress`] reports go; [`Progress::default`] drops them.
+    pub progress: Progress,
+}
+
+/// The sink for an attempt's progress reports: the runtime hands them to the
+/// status writer without waiting. Cloning shares the sink.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<ReportFn>>);
+
+/// Takes a percentage and an optional note.
+type ReportFn = dyn Fn(u8, Option<String>) + Send + Sync;
+
+impl Progress {
+    pub fn new(report: impl Fn(u8, Option<String>) + Send + Sync + 'static) -> Progress {
+        Progress(Some(Arc::new(report)))
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress"
+        } else {
+            "Progress(off)"
+        })
+    }
+}
+
+impl JobContext {
+    /// Reports how far the attempt has got: `percent` (capped at 100) and a short
+    /// note (empty for none). It returns at once and never fails: the report is
+    /// written to the job's row (`progress`, `progress_message`) and sent as a
+    /// `progress` event shortly after, or dropped when the status writer is
+    /// behind, since the next report supersedes it. Reports of an attempt that
+    /// lost its lease, or arrive after the job ended, are ignored.
+    pub fn progress(&self, percent: u8, message: impl Into<String>) {
+        if let Some(report) = &self.progress.0 {
+            let message = message.into();
+            report(percent.min(100), (!message.is_empty()).then_some(message));
+        }
+    }
 }
 
 /// How an attempt failed, and so what happens next.

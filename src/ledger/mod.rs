@@ -9,10 +9,12 @@
 
 mod admin;
 mod cron;
+mod events;
 mod flow;
 mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,11 +25,13 @@ use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
+use crate::metrics::{self, Metrics};
 
 pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use cron::{CronFire, CronJob};
+pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
 pub use flow::Cancelled;
-pub use writer::{StatusUpdate, StatusWriter, WriterHandle};
+pub use writer::{EventSender, ProgressReport, StatusUpdate, StatusWriter, WriterHandle};
 
 /// How long a waiter treats a missing row as "not ingested yet".
 pub const INGEST_GRACE: Duration = Duration::from_secs(5);
@@ -132,6 +136,9 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The last progress the job reported (0 to 100), if it ever did.
+    pub progress: Option<i16>,
+    pub progress_message: Option<String>,
 }
 
 impl Job {
@@ -196,6 +203,8 @@ pub struct IngestedJob {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     pool: PgPool,
+    /// Where the status writer and the ingester record batch sizes and pool waits.
+    metrics: Arc<Metrics>,
 }
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -229,11 +238,37 @@ impl Ledger {
             .connect_with(options)
             .await
             .map_err(|source| Error::Connect { url, source })?;
-        Ok(Ledger { pool })
+        Ok(Ledger {
+            pool,
+            metrics: Arc::default(),
+        })
     }
 
     pub fn from_pool(pool: PgPool) -> Ledger {
-        Ledger { pool }
+        Ledger {
+            pool,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The same pool, recording into the daemon's `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Ledger {
+        self.metrics = metrics;
+        self
+    }
+
+    /// (connections open, of which idle) in the pool.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    /// A pooled connection, with the wait recorded in `jobrunner_postgres_acquire_seconds`.
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
+        let start = std::time::Instant::now();
+        let conn = self.pool.acquire().await;
+        self.metrics
+            .observe_duration(metrics::PG_ACQUIRE, &[], start.elapsed());
+        Ok(conn?)
     }
 
     /// The shared pool, for handlers that write their own tables.
@@ -337,7 +372,8 @@ impl Ledger {
     pub async fn job(&self, id: Uuid) -> Result<Job> {
         sqlx::query_as::<_, Job>(
             "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
-                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at
+                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
+                    progress, progress_message
              FROM jobrunner.jobs WHERE id = $1",
         )
         .bind(id)
@@ -437,7 +473,8 @@ impl Ledger {
             cols.push(job);
         }
         let ids = cols.ids.clone();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let inserted = sqlx::query(
             "INSERT INTO jobrunner.jobs
                (id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,

@@ -10,16 +10,37 @@
 //!
 //! **Invariant:** an update carrying an older fencing token than the row's never
 //! applies, and a final row never changes; both are checked in the statement itself.
+//!
+//! After a batch commits, the writer hands one [`Event`] per transition of the rows
+//! it actually changed (the statement's `RETURNING`) to the event publisher, in
+//! order; folding a job's transitions into one row does not fold its events.
+//! Progress reports ride the same channels: they are written (fenced, never onto a
+//! final row, never changing the status) just before the batch's status changes.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::Row;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::events::{Event, EventType, ProgressInfo, cut};
 use super::{Ledger, Status};
+use crate::metrics;
+
+/// Where a writer hands the events of each committed batch; the runtime's
+/// publisher takes them from there.
+pub type EventSender = mpsc::Sender<Vec<Event>>;
+
+/// A progress report of a running attempt (see `JobContext::progress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressReport {
+    /// 0 to 100.
+    pub percent: u8,
+    pub message: Option<String>,
+}
 
 /// One transition of one attempt of a job.
 #[derive(Debug, Clone)]
@@ -35,6 +56,9 @@ pub struct StatusUpdate {
     pub last_error: Option<String>,
     /// The next run time, for `retrying` and `scheduled`.
     pub run_at: Option<DateTime<Utc>>,
+    /// Set on a progress report: only `progress` and `progress_message` change,
+    /// never the status (`status` is then ignored).
+    pub progress: Option<ProgressReport>,
 }
 
 /// The sending side, cloned into every worker.
@@ -53,6 +77,13 @@ impl WriterHandle {
             tracing::error!("Status writer is gone; a status change was not recorded");
         }
     }
+
+    /// Queues an update without waiting; false (the update is dropped) when the
+    /// writer is behind. For progress reports, which the next report replaces.
+    pub fn try_send(&self, update: StatusUpdate) -> bool {
+        let shard = (update.id.as_u128() % self.shards.len() as u128) as usize;
+        self.shards[shard].try_send(update).is_ok()
+    }
 }
 
 /// The task that owns the receiving side.
@@ -60,6 +91,8 @@ pub struct StatusWriter {
     ledger: Ledger,
     rx: mpsc::Receiver<StatusUpdate>,
     batch_max: usize,
+    /// Where the events of committed batches go; `None` publishes none.
+    events: Option<EventSender>,
 }
 
 /// How many updates may wait for one shard before senders wait too.
@@ -79,6 +112,7 @@ impl StatusWriter {
                     ledger: ledger.clone(),
                     rx,
                     batch_max,
+                    events: None,
                 };
                 (writer, tx)
             })
@@ -92,11 +126,23 @@ impl StatusWriter {
     pub async fn run(mut self, give_up: tokio_util::sync::CancellationToken) {
         let mut buf = Vec::with_capacity(self.batch_max);
         while self.rx.recv_many(&mut buf, self.batch_max).await > 0 {
-            let batch = coalesce(std::mem::take(&mut buf));
+            let (progress, updates) = split_progress(std::mem::take(&mut buf));
+            self.write_progress(progress).await;
+            let steps = self.events.is_some().then(|| event_steps(&updates));
+            let batch = coalesce(updates);
+            if batch.is_empty() {
+                // Only progress reports this time.
+                continue;
+            }
             let mut delay = Duration::from_millis(50);
             loop {
                 match self.ledger.write_statuses(&batch).await {
-                    Ok(()) => break,
+                    Ok(changed) => {
+                        if let Some(steps) = steps {
+                            self.emit(status_events(steps, &changed));
+                        }
+                        break;
+                    }
                     Err(error) => {
                         let error = crate::error_chain(&error);
                         if give_up.is_cancelled() {
@@ -116,7 +162,139 @@ impl StatusWriter {
             tracing::trace!(size = batch.len(), "Status batch written");
         }
     }
+
+    /// Publishes the events of every committed batch to `events`.
+    pub fn with_events(mut self, events: EventSender) -> StatusWriter {
+        self.events = Some(events);
+        self
+    }
+
+    /// Hands a batch's events to the publisher without waiting: a slow event
+    /// channel must not slow the ledger, so a full buffer drops them (counted).
+    fn emit(&self, events: Vec<Event>) {
+        let Some(tx) = &self.events else { return };
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        if tx.try_send(events).is_err() {
+            self.ledger
+                .metrics
+                .inc(metrics::EVENTS_DROPPED, &[("channel", "buffer")], n);
+        }
+    }
+
+    /// Writes a batch's progress reports (one attempt, no retry: a lost report is
+    /// replaced by the next) and emits `progress` events for the rows changed.
+    async fn write_progress(&self, reports: Vec<StatusUpdate>) {
+        if reports.is_empty() {
+            return;
+        }
+        match self.ledger.write_progress(&reports).await {
+            Ok(changed) => {
+                if self.events.is_some() {
+                    self.emit(progress_events(&reports, changed));
+                }
+            }
+            Err(error) => tracing::warn!(error = %crate::error_chain(&error),
+                reports = reports.len(), "Writing progress failed; the reports are dropped"),
+        }
+    }
 }
+
+/// Separates progress reports (the last one per job wins) from status changes.
+fn split_progress(updates: Vec<StatusUpdate>) -> (Vec<StatusUpdate>, Vec<StatusUpdate>) {
+    let (progress, statuses): (Vec<_>, Vec<_>) =
+        updates.into_iter().partition(|u| u.progress.is_some());
+    let mut last: HashMap<Uuid, StatusUpdate> = HashMap::with_capacity(progress.len());
+    for p in progress {
+        match last.get(&p.id) {
+            Some(prev) if prev.token > p.token => {}
+            _ => {
+                last.insert(p.id, p);
+            }
+        }
+    }
+    (last.into_values().collect(), statuses)
+}
+
+/// One transition of a job, kept for its event.
+struct Step {
+    status: Status,
+    attempts: i32,
+    at: DateTime<Utc>,
+    error: Option<String>,
+}
+
+/// Per job, its transitions in arrival order (one attempt's `retrying`, then the
+/// next attempt's `running`): the events `coalesce` must not fold away. A late
+/// update of an older attempt than one already seen is left out, as `coalesce`
+/// leaves it out of the row.
+fn event_steps(updates: &[StatusUpdate]) -> HashMap<Uuid, (i64, Vec<Step>)> {
+    let mut steps: HashMap<Uuid, (i64, Vec<Step>)> = HashMap::with_capacity(updates.len());
+    for u in updates {
+        let entry = steps.entry(u.id).or_insert_with(|| (u.token, Vec::new()));
+        if u.token < entry.0 {
+            continue;
+        }
+        entry.0 = u.token;
+        entry.1.push(Step {
+            status: u.status,
+            attempts: u.attempts,
+            at: u.at,
+            error: u.last_error.as_deref().map(cut),
+        });
+    }
+    steps
+}
+
+/// The events of the rows a batch changed, in the batch's order per job.
+fn status_events(
+    mut steps: HashMap<Uuid, (i64, Vec<Step>)>,
+    changed: &[(Uuid, String, String)],
+) -> Vec<Event> {
+    let mut events = Vec::with_capacity(changed.len());
+    for (id, queue, kind) in changed {
+        let Some((_, job_steps)) = steps.remove(id) else {
+            continue;
+        };
+        for step in job_steps {
+            let mut e = Event::status(*id, queue, kind, step.status, step.attempts, step.at, None);
+            e.error = step.error;
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// `progress` events for the reports that were written.
+fn progress_events(reports: &[StatusUpdate], changed: Vec<ChangedRow>) -> Vec<Event> {
+    let by_id: HashMap<Uuid, &StatusUpdate> = reports.iter().map(|r| (r.id, r)).collect();
+    changed
+        .into_iter()
+        .filter_map(|(id, queue, kind, status)| {
+            let report = by_id.get(&id)?;
+            let progress = report.progress.as_ref()?;
+            Some(Event {
+                kind_of_event: EventType::Progress,
+                id,
+                queue,
+                kind,
+                status,
+                attempt: report.attempts,
+                at: report.at,
+                error: None,
+                progress: Some(ProgressInfo {
+                    percent: progress.percent,
+                    message: progress.message.as_deref().map(cut),
+                }),
+            })
+        })
+        .collect()
+}
+
+/// (id, queue, kind, status) of a row a progress write changed.
+type ChangedRow = (Uuid, String, String, String);
 
 /// Folds every update of one job in a batch into one row, in arrival order: the
 /// later status wins, the start time of a `running` step survives its final step.
@@ -194,7 +372,14 @@ pub(super) struct Merged {
 }
 
 impl Ledger {
-    pub(super) async fn write_statuses(&self, batch: &[Merged]) -> super::Result {
+    /// Applies a batch; returns (id, queue, kind) of every row it changed.
+    pub(super) async fn write_statuses(
+        &self,
+        batch: &[Merged],
+    ) -> super::Result<Vec<(Uuid, String, String)>> {
+        let start = std::time::Instant::now();
+        self.metrics
+            .observe(metrics::STATUS_BATCH, &[], batch.len() as f64);
         let n = batch.len();
         let mut ids = Vec::with_capacity(n);
         let mut tokens = Vec::with_capacity(n);
@@ -219,8 +404,9 @@ impl Ledger {
             histories
                 .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
         }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let rows = sqlx::query(
             "UPDATE jobrunner.jobs AS j SET
                  status      = u.status,
                  attempts    = u.attempts,
@@ -242,7 +428,8 @@ impl Ledger {
                -- alone plans a scan of the whole table for every batch.
                AND j.id = ANY($1)
                AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
-               AND (j.lease_token IS NULL OR j.lease_token <= u.token)",
+               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
+             RETURNING j.id, j.queue, j.kind",
         )
         .bind(ids)
         .bind(tokens)
@@ -254,15 +441,18 @@ impl Ledger {
         .bind(errors)
         .bind(run_ats)
         .bind(histories)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         self.record_late_errors(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(())
+        self.metrics
+            .observe_duration(metrics::STATUS_WRITE, &[], start.elapsed());
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
-}
 
-impl Ledger {
     /// Records the errors of updates the batch statement refused because a newer
     /// attempt had already written the row: the reaper's "lease expired" can reach
     /// the writer after the next attempt's `running` (or even its end). Their
@@ -302,6 +492,43 @@ impl Ledger {
         .await?;
         Ok(())
     }
+
+    /// Sets the progress of running attempts: fenced like a status write, never
+    /// onto a final row, and the status is left as it is.
+    async fn write_progress(&self, reports: &[StatusUpdate]) -> super::Result<Vec<ChangedRow>> {
+        let mut ids = Vec::with_capacity(reports.len());
+        let mut tokens = Vec::with_capacity(reports.len());
+        let mut percents = Vec::with_capacity(reports.len());
+        let mut messages = Vec::with_capacity(reports.len());
+        for r in reports {
+            let Some(p) = &r.progress else { continue };
+            ids.push(r.id);
+            tokens.push(r.token);
+            percents.push(i16::from(p.percent.min(100)));
+            messages.push(p.message.clone());
+        }
+        let rows = sqlx::query(
+            "UPDATE jobrunner.jobs AS j SET
+                 progress = u.percent, progress_message = u.message, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::smallint[], $4::text[])
+               AS u(id, token, percent, message)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
+             RETURNING j.id, j.queue, j.kind, j.status",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .bind(percents)
+        .bind(messages)
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +545,7 @@ mod tests {
             result: None,
             last_error: None,
             run_at: None,
+            progress: None,
         }
     }
 
@@ -377,6 +605,61 @@ mod tests {
         assert_eq!(merged[0].last_error.as_deref(), Some("lease expired"));
         assert_eq!(merged[0].errors.len(), 1);
         assert_eq!(merged[0].errors[0]["error"], "lease expired");
+    }
+
+    #[test]
+    fn folded_transitions_still_give_one_event_each_and_stale_ones_none() {
+        let id = Uuid::now_v7();
+        let mut retrying = update(id, 7, Status::Retrying);
+        retrying.last_error = Some("boom".into());
+        let updates = vec![
+            update(id, 7, Status::Running),
+            retrying,
+            update(id, 8, Status::Running),
+            update(id, 7, Status::Dead),
+            update(id, 8, Status::Succeeded),
+        ];
+        let steps = event_steps(&updates);
+        let changed = vec![(id, "default".to_owned(), "noop".to_owned())];
+        let events = status_events(steps, &changed);
+        let seen: Vec<(&str, Option<&str>)> = events
+            .iter()
+            .map(|e| (e.status.as_str(), e.error.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("running", None),
+                ("retrying", Some("boom")),
+                ("running", None),
+                ("succeeded", None)
+            ]
+        );
+        assert!(
+            status_events(event_steps(&updates), &[]).is_empty(),
+            "no row changed, no event"
+        );
+    }
+
+    #[test]
+    fn only_the_last_progress_report_of_a_job_in_a_batch_is_written() {
+        let id = Uuid::now_v7();
+        let report = |percent| {
+            let mut u = update(id, 3, Status::Running);
+            u.progress = Some(ProgressReport {
+                percent,
+                message: None,
+            });
+            u
+        };
+        let (progress, statuses) = split_progress(vec![
+            report(10),
+            update(id, 3, Status::Succeeded),
+            report(20),
+        ]);
+        assert_eq!(progress.len(), 1);
+        assert_eq!(progress[0].progress.as_ref().unwrap().percent, 20);
+        assert_eq!(statuses.len(), 1);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::{Shared, flow, worker};
 use crate::broker::Dispatch;
 use crate::error_chain;
-use crate::ledger::{IngestedJob, Status, StatusUpdate};
+use crate::ledger::{Event, IngestedJob, Status, StatusUpdate};
+use crate::metrics;
 
 /// Most outbox rows or ingest entries moved in one round trip.
 const MOVE_BATCH: usize = 1000;
@@ -189,6 +190,23 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
             tracing::warn!(queue, job.id = %row.id, error = row.refused.as_deref().unwrap_or(""),
                 "Refused a Redis-enqueued job; recorded as dead");
         }
+        // Before the promote script makes them runnable: see `runtime::events`.
+        if shared.publisher.enabled() {
+            let now = Utc::now();
+            let events = rows
+                .iter()
+                .filter(|r| !finished.contains(&r.id))
+                .map(|r| {
+                    let status = match &r.refused {
+                        Some(_) => Status::Dead,
+                        None if r.run_at > now => Status::Scheduled,
+                        None => Status::Queued,
+                    };
+                    Event::status(r.id, &queue, &r.kind, status, 0, now, r.refused.as_deref())
+                })
+                .collect();
+            shared.publisher.publish(events).await;
+        }
         let promote: Vec<(Uuid, i32, bool)> = rows
             .iter()
             .map(|r| {
@@ -275,6 +293,23 @@ async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
         let count = batch.jobs.len();
         if count == 0 {
             return;
+        }
+        // Before the dispatch script makes them runnable: see `runtime::events`.
+        if shared.publisher.enabled() {
+            let now = Utc::now();
+            let events = batch
+                .jobs
+                .iter()
+                .map(|j| {
+                    let status = if j.run_at > now {
+                        Status::Scheduled
+                    } else {
+                        Status::Queued
+                    };
+                    Event::status(j.id, &j.queue, &j.kind, status, j.attempts, now, None)
+                })
+                .collect();
+            shared.publisher.publish(events).await;
         }
         let mut by_queue: BTreeMap<&str, Vec<Dispatch<'_>>> = BTreeMap::new();
         for j in &batch.jobs {
@@ -363,6 +398,9 @@ pub(super) async fn reaper(
                 );
                 tracing::warn!(job.id = %r.id, queue, dead = r.dead, "{message}");
                 shared
+                    .metrics
+                    .inc(metrics::LEASE_EXPIRED, &[("queue", queue)], 1);
+                shared
                     .writer
                     .send(StatusUpdate {
                         id: r.id,
@@ -373,6 +411,7 @@ pub(super) async fn reaper(
                         result: None,
                         last_error: Some(message),
                         run_at: None,
+                        progress: None,
                     })
                     .await;
             }

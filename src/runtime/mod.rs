@@ -11,6 +11,7 @@
 //! nothing here outlives [`Daemon::wait`].
 
 mod acker;
+mod events;
 mod flow;
 mod loops;
 pub mod notify;
@@ -21,6 +22,7 @@ mod watchdog;
 mod worker;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::jobs::Registry;
 use crate::ledger::{self, Ledger, StatusWriter, WriterHandle};
+use crate::metrics::Metrics;
 
 pub use notify::Notifier;
 pub use reload::{Change, ReloadReport};
@@ -43,6 +46,12 @@ pub enum Error {
     Ledger(#[from] ledger::Error),
     #[error(transparent)]
     Broker(#[from] broker::Error),
+    #[error("cannot listen on admin.listen {addr}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
@@ -83,6 +92,17 @@ pub(crate) struct Shared {
     /// This daemon's id in the worker registry (`jobrunner workers`).
     daemon_id: uuid::Uuid,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The daemon's metrics registry (also held by the ledger and the admin listener).
+    metrics: Arc<Metrics>,
+    /// Publishes job events; the outbox and ingester use it inline.
+    publisher: events::Publisher,
+}
+
+/// The admin listener's parts, from start-up to the supervisor.
+struct AdminParts {
+    listener: Option<tokio::net::TcpListener>,
+    /// Ends the listener, its SSE streams and the relay, after the drain.
+    stop: CancellationToken,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -92,6 +112,8 @@ pub struct Daemon {
     shared: Arc<Shared>,
     /// Lowers queue concurrency after a reload as running jobs end.
     resizer: reload::Resizer,
+    /// Where the admin listener listens, if it is on.
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -113,28 +135,84 @@ impl Daemon {
         ledger.check_schema().await?;
         ledger.sync_kinds(&config).await?;
         let broker = Broker::connect(&config.redis).await?;
-        Ok(Daemon::start_parts(
-            config, registry, ledger, broker, notifier,
+        let listener = bind_admin(&config)?;
+        Ok(Daemon::launch(
+            config, registry, ledger, broker, notifier, listener,
         ))
     }
 
-    /// Starts on pools the caller already built (the CLI's `demo` and tests).
+    /// Starts on pools the caller already built (the CLI's `demo` and tests). An
+    /// admin listener that cannot bind is logged and left off.
     pub fn start_with(
         config: Config,
         registry: Registry,
         ledger: Ledger,
         broker: Broker,
     ) -> Daemon {
-        Daemon::start_parts(config, registry, ledger, broker, Notifier::disabled())
+        let listener = bind_admin(&config).unwrap_or_else(|error| {
+            tracing::error!(error = %crate::error_chain(&error), "Admin listener is off");
+            None
+        });
+        Daemon::launch(
+            config,
+            registry,
+            ledger,
+            broker,
+            Notifier::disabled(),
+            listener,
+        )
     }
 
-    fn start_parts(
+    fn launch(
         config: Config,
         registry: Registry,
         ledger: Ledger,
         broker: Broker,
         notifier: Notifier,
+        listener: Option<tokio::net::TcpListener>,
     ) -> Daemon {
+        let metrics = Arc::new(Metrics::default());
+        let ledger = ledger.with_metrics(metrics.clone());
+        let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_stop = CancellationToken::new();
+        // With Redis events on, `/events` reads the Redis channel (every daemon's
+        // events) through the relay; otherwise the publisher feeds it directly.
+        let sse = listener.is_some().then(|| {
+            let relay = config.events.redis.then(|| {
+                let (ready_tx, ready) = watch::channel(false);
+                let wanted = Arc::new(Notify::new());
+                (wanted, ready_tx, ready)
+            });
+            let feed = crate::admin::EventFeed::new(
+                events::SSE_BUFFER,
+                relay
+                    .as_ref()
+                    .map(|(wanted, _, ready)| crate::admin::FeedDemand {
+                        wanted: wanted.clone(),
+                        ready: ready.clone(),
+                    }),
+            );
+            if let Some((wanted, ready_tx, _)) = relay {
+                tokio::spawn(events::relay(
+                    broker.clone(),
+                    feed.tx.clone(),
+                    wanted,
+                    ready_tx,
+                    admin_stop.clone(),
+                ));
+            }
+            feed
+        });
+        let publisher = events::Publisher {
+            broker: broker.clone(),
+            ledger: ledger.clone(),
+            metrics: metrics.clone(),
+            config: config.events.clone(),
+            local: sse
+                .as_ref()
+                .filter(|_| !config.events.redis)
+                .map(|feed| feed.tx.clone()),
+        };
         let (writers, writer_handle) = StatusWriter::new(
             ledger.clone(),
             config.runtime.status_batch_max,
@@ -183,13 +261,34 @@ impl Daemon {
             stats: Arc::default(),
             daemon_id: uuid::Uuid::now_v7(),
             started_at: chrono::Utc::now(),
+            metrics,
+            publisher,
         });
         let shutdown = CancellationToken::new();
+        if let Some(addr) = admin_addr {
+            crate::admin::log_listening(addr);
+        }
+        let admin = AdminParts {
+            listener,
+            stop: admin_stop,
+        };
+        let admin_state = sse.map(|events| {
+            crate::admin::AdminState::new(
+                shared.ledger.clone(),
+                shared.broker.clone(),
+                shared.metrics.clone(),
+                queues.clone(),
+                events,
+                shutdown.clone(),
+            )
+        });
         let done = tokio::spawn(supervise(
             shared.clone(),
             writers,
             acker_tasks,
             shutdown.clone(),
+            admin,
+            admin_state,
         ));
         tracing::info!(queues = ?queues, "Daemon started");
         Daemon {
@@ -197,7 +296,14 @@ impl Daemon {
             shutdown,
             done,
             shared,
+            admin_addr,
         }
+    }
+
+    /// The admin listener's address (with the real port when `admin.listen` asked
+    /// for port 0), or `None` when it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Begins the drain; [`Daemon::wait`] returns once it is complete.
@@ -279,18 +385,59 @@ impl Shared {
     }
 }
 
+/// Binds the admin listener when `[admin]` turns it on.
+fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = config.admin.address() else {
+        return Ok(None);
+    };
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    };
+    bind()
+        .map(Some)
+        .map_err(|source| Error::Admin { addr, source })
+}
+
 /// Runs the loops, then performs the ordered drain once `shutdown` fires.
 async fn supervise(
     shared: Arc<Shared>,
     writers: Vec<StatusWriter>,
     acker_tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
+    admin: AdminParts,
+    admin_state: Option<crate::admin::AdminState>,
 ) {
+    // The admin listener serves through the drain (readiness says 503 then).
+    let admin_task = match (admin.listener, admin_state) {
+        (Some(listener), Some(state)) => Some(tokio::spawn(crate::admin::serve(
+            listener,
+            state,
+            admin.stop.clone(),
+        ))),
+        _ => None,
+    };
+
+    // The writers hand committed batches' events to one publisher task, which ends
+    // after the last writer.
+    let (event_tx, publisher_task) = if shared.publisher.enabled() {
+        let (tx, rx) = tokio::sync::mpsc::channel(events::BUFFER);
+        let task = tokio::spawn(events::publish_loop(shared.publisher.clone(), rx));
+        (Some(tx), Some(task))
+    } else {
+        (None, None)
+    };
     let writer_give_up = CancellationToken::new();
     let writer_tasks: Vec<_> = writers
         .into_iter()
+        .map(|w| match &event_tx {
+            Some(tx) => w.with_events(tx.clone()),
+            None => w,
+        })
         .map(|w| tokio::spawn(w.run(writer_give_up.clone())))
         .collect();
+    drop(event_tx);
 
     // Workers get their own tracker so the drain can wait for them alone.
     let workers = TaskTracker::new();
@@ -381,5 +528,12 @@ async fn supervise(
         }
     }
     flush.abort();
+    if let Some(task) = publisher_task {
+        let _ = task.await;
+    }
+    admin.stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     tracing::info!("Daemon stopped");
 }

@@ -17,8 +17,9 @@ use super::Shared;
 use crate::broker::Heartbeat;
 use crate::broker::Leased;
 use crate::config::{BackoffConfig, OnTimeout};
-use crate::jobs::{JobContext, JobError};
-use crate::ledger::{Status, StatusUpdate};
+use crate::jobs::{JobContext, JobError, Progress};
+use crate::ledger::{ProgressReport, Status, StatusUpdate};
+use crate::metrics;
 
 /// The delay before the attempt after `attempt` (1-based): `base · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" (half fixed, half random) so retries of a
@@ -60,11 +61,29 @@ pub(super) async fn execute(
         job.queue = %job.queue, job.attempt = job.attempt);
     async move {
         let _running = shared.stats.running();
+        // The job hash's run_ms is when the job first became due; a retry's due
+        // time is not kept there, so only first attempts are measured.
+        if job.ready_ms > 0 && job.attempt == 1 {
+            let waited = Utc::now().timestamp_millis() - job.ready_ms;
+            shared.metrics.observe(
+                metrics::QUEUE_WAIT,
+                &[("queue", &job.queue)],
+                waited.max(0) as f64 / 1000.0,
+            );
+        }
         shared
             .writer
             .send(update(&job, Status::Running, None, None, None))
             .await;
+        let started = std::time::Instant::now();
         let outcome = attempt(&shared, &job, &hard_stop).await;
+        if let Outcome::Done(_) = &outcome {
+            shared.metrics.observe_duration(
+                metrics::JOB_DURATION,
+                &[("kind", &job.kind)],
+                started.elapsed(),
+            );
+        }
         settle(&shared, &job, outcome).await;
         drop(permit);
     }
@@ -104,6 +123,7 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
         payload,
         cancel: cancel.clone(),
         db: shared.ledger.pool().clone(),
+        progress: progress_sink(shared, job),
     };
     // A panicking handler ends its attempt like any retryable failure instead of
     // leaving the lease to expire.
@@ -165,6 +185,28 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
             }
         }
     }
+}
+
+/// Progress reports of this attempt go to the status writer, fenced by its token.
+fn progress_sink(shared: &Shared, job: &Leased) -> Progress {
+    let writer = shared.writer.clone();
+    let (id, token, attempts) = (job.id, job.token, job.attempt);
+    Progress::new(move |percent, message| {
+        let sent = writer.try_send(StatusUpdate {
+            id,
+            token,
+            status: Status::Running,
+            attempts,
+            at: Utc::now(),
+            result: None,
+            last_error: None,
+            run_at: None,
+            progress: Some(ProgressReport { percent, message }),
+        });
+        if !sent {
+            tracing::debug!("Status writer is behind; a progress report was dropped");
+        }
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -248,12 +290,35 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
         if status_update.status.is_final() {
             shared.stats.job_done();
         }
+        count_outcome(shared, job, status_update.status);
         shared.writer.send(status_update).await;
     } else {
         tracing::warn!(
             token = job.token,
             "Lease expired before the outcome was recorded; a newer attempt owns the job, outcome dropped"
         );
+    }
+}
+
+/// Counts an accepted outcome in the job counters.
+fn count_outcome(shared: &Shared, job: &Leased, status: Status) {
+    let kind = &[("kind", job.kind.as_str())];
+    match status {
+        Status::Succeeded => shared.metrics.inc(
+            metrics::JOBS_FINISHED,
+            &[("kind", &job.kind), ("state", "succeeded")],
+            1,
+        ),
+        Status::Dead => {
+            shared.metrics.inc(
+                metrics::JOBS_FINISHED,
+                &[("kind", &job.kind), ("state", "dead")],
+                1,
+            );
+            shared.metrics.inc(metrics::DEAD, kind, 1);
+        }
+        Status::Retrying => shared.metrics.inc(metrics::RETRIES, kind, 1),
+        _ => {}
     }
 }
 
@@ -315,6 +380,7 @@ fn update(
         result,
         last_error,
         run_at,
+        progress: None,
     }
 }
 

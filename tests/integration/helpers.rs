@@ -81,6 +81,8 @@ pub async fn spawn_app() -> TestApp {
     config.runtime.sweep_interval = Duration::from_millis(500);
     config.runtime.poll_interval = Duration::from_millis(200);
     config.runtime.drain_timeout = Duration::from_secs(5);
+    // A free port per daemon; tests read it back with `Daemon::admin_addr`.
+    config.admin.listen = "127.0.0.1:0".into();
     config.queues.insert(
         "default".into(),
         QueueConfig {

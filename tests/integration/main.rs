@@ -16,6 +16,7 @@ mod kind_data_extraction;
 mod kind_http;
 mod kind_message;
 mod logs;
+mod observability;
 mod protocol;
 mod reload;
 mod run_at;

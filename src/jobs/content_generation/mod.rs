@@ -117,12 +117,10 @@ impl ContentGeneration {
             .collect();
         let limit = self.config.max_concurrent_drafts;
         let drafts = match which {
-            ContentGenerator::Template => {
-                draft_all(&Template, requests, limit, &ctx.cancel, id).await?
-            }
+            ContentGenerator::Template => draft_all(&Template, requests, limit, ctx, id).await?,
             ContentGenerator::Openai => {
                 let drafter = self.openai.drafter().map_err(|e| prefix(e, id))?;
-                draft_all(&drafter, requests, limit, &ctx.cancel, id).await?
+                draft_all(&drafter, requests, limit, ctx, id).await?
             }
         };
         let inserted = write(&ctx.db, id, ctx.id, &slots, &drafts).await?;
@@ -179,15 +177,19 @@ fn distinct_channels(channels: &[String]) -> Vec<String> {
     seen
 }
 
-/// Drafts every request, at most `limit` at a time, in order. The first failure
-/// stops the rest: one more attempt will redo them all, and that is idempotent.
+/// Drafts every request, at most `limit` at a time, in order, reporting progress
+/// per drafted post. The first failure stops the rest: one more attempt will redo
+/// them all, and that is idempotent.
 async fn draft_all<G: Generator>(
     generator: &G,
     requests: Vec<DraftRequest>,
     limit: usize,
-    cancel: &CancellationToken,
+    ctx: &JobContext,
     campaign_id: Uuid,
 ) -> Result<Vec<Draft>, JobError> {
+    let cancel: &CancellationToken = &ctx.cancel;
+    let total = requests.len().max(1);
+    let mut drafted = 0;
     // Owned requests: a closure over borrowed ones trips the compiler's check that
     // the handler's future is Send for every lifetime.
     let drafting = stream::iter(requests)
@@ -204,6 +206,13 @@ async fn draft_all<G: Generator>(
             })
         })
         .buffered(limit.max(1))
+        .inspect_ok(|_| {
+            drafted += 1;
+            ctx.progress(
+                (drafted * 100 / total) as u8,
+                format!("drafted {drafted} of {total} posts"),
+            );
+        })
         .try_collect::<Vec<Draft>>();
     tokio::select! {
         drafts = drafting => drafts,

@@ -15,6 +15,7 @@ mod guard;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -138,7 +139,18 @@ impl DataExtraction {
         set_status(db, id, ctx.id, "running", None).await?;
         info!(query.id = %id, sources = sources.len(), "Extracting");
 
-        let fetch_all = join_all(sources.iter().map(|s| self.source(s, &topic)));
+        let total = sources.len();
+        let fetched = std::sync::atomic::AtomicUsize::new(0);
+        let fetch_all = join_all(sources.iter().map(|s| {
+            let (ctx, fetched) = (&ctx, &fetched);
+            self.source(s, &topic).inspect(move |_| {
+                let n = fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                ctx.progress(
+                    (n * 100 / total) as u8,
+                    format!("fetched {n} of {total} sources"),
+                );
+            })
+        }));
         let outcomes = tokio::select! {
             outcomes = fetch_all => outcomes,
             _ = ctx.cancel.cancelled() => {

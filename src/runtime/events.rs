@@ -1,0 +1,190 @@
+//! Job events leave the daemon here: the [`Publisher`] sends each batch to the
+//! Redis channel `prefix:events` (pipelined) and the Postgres channel
+//! `jobrunner_events` (one statement), as `[events]` says; the [`relay`] reads the
+//! Redis channel back so `/events` shows the events of every daemon.
+//!
+//! The status writers hand their batches to [`publish_loop`] through a bounded
+//! channel and never wait for it. The outbox and the ingester publish their
+//! `queued` events inline, before the dispatch script makes the job runnable, so
+//! no later event of the job can overtake them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Published;
+use crate::broker::Broker;
+use crate::config::EventsConfig;
+use crate::error_chain;
+use crate::ledger::{Event, Ledger};
+use crate::metrics::{self, Metrics};
+
+/// Event batches (up to `status_batch_max` events each) buffered between the
+/// status writers and the publisher; beyond that they are dropped and counted,
+/// rather than growing memory while Redis or Postgres is slow.
+pub(super) const BUFFER: usize = 64;
+/// Most events in one publish (one Redis pipeline, one NOTIFY statement).
+const PUBLISH_MAX: usize = 5000;
+/// Events buffered per SSE client before it lags.
+pub(super) const SSE_BUFFER: usize = 4096;
+
+/// Sends events where the config says. Cheap to clone; holds no daemon state, so
+/// it can outlive the loops while the writers flush.
+#[derive(Clone)]
+pub(super) struct Publisher {
+    pub(super) broker: Broker,
+    pub(super) ledger: Ledger,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) config: EventsConfig,
+    /// The SSE clients' broadcast, fed here only when Redis events are off (else
+    /// the relay feeds it from the Redis channel). `None` without an admin listener.
+    pub(super) local: Option<broadcast::Sender<Arc<Published>>>,
+}
+
+impl Publisher {
+    /// Whether events go anywhere at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.config.redis || self.config.postgres || self.local.is_some()
+    }
+
+    /// Publishes one batch, in order. Failures are logged and counted; an event is
+    /// a notification, and the ledger row stays the truth.
+    pub(super) async fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() || !self.enabled() {
+            return;
+        }
+        let json: Vec<String> = events.iter().map(Event::to_json).collect();
+        let n = json.len() as u64;
+        if self.config.redis {
+            match self.broker.publish_events(&json).await {
+                Ok(()) => self
+                    .metrics
+                    .inc(metrics::EVENTS_PUBLISHED, &[("channel", "redis")], n),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), events = n,
+                        "Publishing job events to Redis failed");
+                    self.metrics
+                        .inc(metrics::EVENTS_DROPPED, &[("channel", "redis")], n);
+                }
+            }
+        }
+        if self.config.postgres {
+            match self.ledger.notify_events(&json).await {
+                Ok(()) => {
+                    self.metrics
+                        .inc(metrics::EVENTS_PUBLISHED, &[("channel", "postgres")], n)
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), events = n,
+                        "Publishing job events to Postgres failed");
+                    self.metrics
+                        .inc(metrics::EVENTS_DROPPED, &[("channel", "postgres")], n);
+                }
+            }
+        }
+        if !self.config.redis
+            && let Some(local) = &self.local
+        {
+            for (event, json) in events.into_iter().zip(json) {
+                // An error only means no SSE client is listening.
+                let _ = local.send(Arc::new(Published { event, json }));
+            }
+        }
+    }
+}
+
+/// Publishes the writers' batches until every writer has dropped its sender.
+/// Whatever accumulated while the last publish was in flight goes out together
+/// (in order, up to [`PUBLISH_MAX`] events per round trip), the way the status
+/// writer group-commits: under load the publisher keeps up with all the writers.
+pub(super) async fn publish_loop(publisher: Publisher, mut rx: mpsc::Receiver<Vec<Event>>) {
+    let mut batches = Vec::with_capacity(BUFFER);
+    while rx.recv_many(&mut batches, BUFFER).await > 0 {
+        let mut events: Vec<Event> = Vec::new();
+        for batch in batches.drain(..) {
+            if events.len() + batch.len() > PUBLISH_MAX && !events.is_empty() {
+                publisher.publish(std::mem::take(&mut events)).await;
+            }
+            events.extend(batch);
+        }
+        publisher.publish(events).await;
+    }
+}
+
+/// Feeds the SSE broadcast from the Redis events channel, until `stop`, but only
+/// while at least one SSE client is connected: a daemon nobody watches does not
+/// receive (and parse) every daemon's events. `ready` says when the subscription
+/// is in place, so a new client can wait for it.
+pub(super) async fn relay(
+    broker: Broker,
+    local: broadcast::Sender<Arc<Published>>,
+    wanted: Arc<Notify>,
+    ready: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let client = match broker.subscriber() {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "No pub/sub client for /events");
+            return;
+        }
+    };
+    let mut messages = client.message_rx();
+    if let Err(error) = client.init().await {
+        tracing::warn!(error = %error_chain(&error), "Pub/sub connection for /events failed");
+        return;
+    }
+    // Resubscribes after a reconnect.
+    let manager = client.manage_subscriptions();
+    let channel = broker.events_channel();
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+    'serve: loop {
+        while local.receiver_count() == 0 {
+            tokio::select! {
+                _ = wanted.notified() => {}
+                _ = stop.cancelled() => break 'serve,
+            }
+        }
+        if let Err(error) = client.subscribe(channel.as_str()).await {
+            tracing::warn!(error = %error_chain(&error), "Subscribing to job events failed");
+        }
+        ready.send_replace(true);
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(m) => {
+                        let Some(json) = m.value.as_string() else { continue };
+                        match serde_json::from_str::<Event>(&json) {
+                            Ok(event) => {
+                                let _ = local.send(Arc::new(Published { event, json }));
+                            }
+                            Err(error) => tracing::debug!(%error, "Ignoring a malformed job event"),
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "The /events relay fell behind and missed events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break 'serve,
+                },
+                _ = idle_check.tick() => {}
+                _ = stop.cancelled() => break 'serve,
+            }
+            if local.receiver_count() == 0 {
+                // Say "not ready" before looking again, so a client that arrives
+                // now either keeps the subscription or waits for the next one.
+                ready.send_replace(false);
+                if local.receiver_count() == 0 {
+                    let _ = client.unsubscribe(channel.as_str()).await;
+                    continue 'serve;
+                }
+                ready.send_replace(true);
+            }
+        }
+    }
+    ready.send_replace(false);
+    manager.abort();
+    let _ = client.quit().await;
+}

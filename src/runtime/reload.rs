@@ -67,6 +67,8 @@ fn restart_reason(path: &[String]) -> Option<&'static str> {
         ["redis", ..] => Some("the Redis pool is built at start"),
         ["runtime", ..] => Some("the daemon's loops read runtime settings at start"),
         ["log", "format"] => Some("the log format is set at start"),
+        ["admin", ..] => Some("the admin listener is bound at start"),
+        ["events", ..] => Some("the event publisher is built at start"),
         ["queues", _] => Some("the queues a daemon serves are fixed at start"),
         ["kinds", _] => Some("kinds are registered and copied to jobrunner.kinds at start"),
         ["kinds", _, "handler" | "http" | "command", ..] => Some("handlers are built at start"),

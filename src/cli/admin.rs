@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::broker::{Broker, Leftover, RedisJobState, WorkerEntry};
@@ -304,7 +304,7 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
     // that cannot be reached is reported, not fatal.
     let redis: Result<RedisJobState, String> = match Broker::connect(&config.redis).await {
         Ok(broker) => {
-            let state = broker.job_state(&job.queue, id).await;
+            let state = broker.job_state(&job.job.queue, id).await;
             broker.quit().await;
             state.map_err(|e| crate::error_chain(&e))
         }
@@ -319,34 +319,11 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let time = |t: Option<DateTime<Utc>>| t.map_or("-".to_owned(), stamp);
-    let mut rows: Vec<(&str, String)> = vec![
-        ("id", job.id.to_string()),
-        ("kind", job.kind.clone()),
-        ("queue", job.queue.clone()),
-        ("status", job.status.clone()),
-        (
-            "attempts",
-            format!("{} of {}", job.attempts, job.max_attempts),
-        ),
-        ("priority", job.priority.to_string()),
-        ("payload", job.payload.to_string()),
-        (
-            "result",
-            job.result.as_ref().map_or("-".into(), Value::to_string),
-        ),
-        ("last_error", job.last_error.clone().unwrap_or("-".into())),
-        ("unique_key", job.unique_key.clone().unwrap_or("-".into())),
-        (
-            "lease_token",
-            job.lease_token.map_or("-".into(), |t| t.to_string()),
-        ),
-        ("run_at", time(Some(job.run_at))),
-        ("created_at", time(Some(job.created_at))),
-        ("started_at", time(job.started_at)),
-        ("finished_at", time(job.finished_at)),
-        ("updated_at", time(Some(job.updated_at))),
-    ];
+    let mut rows = super::job_rows(&job.job);
+    rows.push((
+        "lease_token",
+        job.lease_token.map_or("-".into(), |t| t.to_string()),
+    ));
     rows.push((
         "redis",
         match &redis {
@@ -354,7 +331,7 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
             Err(error) => format!("unavailable: {error}"),
         },
     ));
-    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect();
+    let mut out = super::key_value_table(&rows);
     let errors = job.errors.as_array().cloned().unwrap_or_default();
     if errors.is_empty() {
         out.push_str("errors       -\n");
@@ -409,7 +386,7 @@ pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> 
         // A cancelled job may have left its copy in Redis (or still be settling
         // its last attempt); the dispatch would skip it. Clear it first, while the
         // row is still final and nothing can dispatch the job.
-        let job = ledger.job_detail(id).await?;
+        let job = ledger.job(id).await?;
         if job.status().is_some_and(Status::is_final) {
             let broker = Broker::connect(&config.redis).await?;
             let leftover = broker.clear_leftover(&job.queue, id).await;

@@ -413,12 +413,17 @@ fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 
 /// One job as a two-column table for people.
 pub fn job_table(job: &Job) -> String {
+    key_value_table(&job_rows(job))
+}
+
+/// The rows `status` and `inspect` show for a job, in order.
+pub fn job_rows(job: &Job) -> Vec<(&'static str, String)> {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or("-".to_owned(), |t| {
             t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
         })
     };
-    let rows: Vec<(&str, String)> = vec![
+    vec![
         ("id", job.id.to_string()),
         ("kind", job.kind.clone()),
         ("queue", job.queue.clone()),
@@ -434,6 +439,7 @@ pub fn job_table(job: &Job) -> String {
             job.result.as_ref().map_or("-".into(), Value::to_string),
         ),
         ("last_error", job.last_error.clone().unwrap_or("-".into())),
+        ("unique_key", job.unique_key.clone().unwrap_or("-".into())),
         (
             "progress",
             match (job.progress, &job.progress_message) {
@@ -447,6 +453,10 @@ pub fn job_table(job: &Job) -> String {
         ("started_at", time(job.started_at)),
         ("finished_at", time(job.finished_at)),
         ("updated_at", time(Some(job.updated_at))),
-    ];
+    ]
+}
+
+/// Rows of `key value`, the keys padded to one column.
+pub fn key_value_table(rows: &[(&str, String)]) -> String {
     rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect()
 }

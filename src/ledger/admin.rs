@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Error, Ledger, Result, Status};
+use super::{Error, Job, Ledger, Result, Status};
 
 /// Every status, in lifecycle order: the order listings and tables use.
 pub const ALL_STATUSES: [Status; 7] = [
@@ -71,29 +71,17 @@ pub struct JobSummary {
     pub last_error: Option<String>,
 }
 
-/// Every column of one job, for `jobrunner inspect`.
+/// Every column of one job, for `jobrunner inspect`: the row front ends see,
+/// plus the attempt history and the fencing token.
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct JobDetail {
-    pub id: Uuid,
-    pub queue: String,
-    pub kind: String,
-    pub payload: Value,
-    pub status: String,
-    pub priority: i32,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub run_at: DateTime<Utc>,
-    pub unique_key: Option<String>,
-    pub result: Option<Value>,
-    pub last_error: Option<String>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub job: Job,
     /// Each failed attempt's error, oldest first: `[{attempt, error, at}]`.
     pub errors: Value,
     /// The fencing token of the attempt the row reflects.
     pub lease_token: Option<i64>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// Which dead jobs `retry --dead` takes.
@@ -105,12 +93,6 @@ pub struct DeadFilter {
 
 const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, run_at, \
                                created_at, finished_at, last_error";
-
-impl JobDetail {
-    pub fn status(&self) -> Option<Status> {
-        self.status.parse().ok()
-    }
-}
 
 impl Ledger {
     /// Counts per queue for every queue in `configured` and every queue that has
@@ -250,8 +232,8 @@ impl Ledger {
     pub async fn job_detail(&self, id: Uuid) -> Result<JobDetail> {
         sqlx::query_as::<_, JobDetail>(
             "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
-                    unique_key, result, last_error, errors, lease_token, created_at, updated_at,
-                    started_at, finished_at
+                    unique_key, result, last_error, created_at, updated_at, started_at,
+                    finished_at, progress, progress_message, errors, lease_token
              FROM jobrunner.jobs WHERE id = $1",
         )
         .bind(id)

@@ -186,10 +186,13 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
         t.await.unwrap();
     }
     let job = app.ledger.job_detail(id).await.unwrap();
-    assert_eq!(job.status, "succeeded", "the stale status is ignored");
-    assert_eq!(job.attempts, 2);
+    assert_eq!(job.job.status, "succeeded", "the stale status is ignored");
+    assert_eq!(job.job.attempts, 2);
     assert_eq!(job.lease_token, Some(20));
-    assert_eq!(job.last_error.as_deref(), Some("lease expired: attempt 1"));
+    assert_eq!(
+        job.job.last_error.as_deref(),
+        Some("lease expired: attempt 1")
+    );
     assert_eq!(job.errors[0]["error"], "lease expired: attempt 1");
     assert_eq!(job.errors[0]["attempt"], 1);
 }

@@ -103,6 +103,8 @@ struct AdminParts {
     listener: Option<tokio::net::TcpListener>,
     /// Ends the listener, its SSE streams and the relay, after the drain.
     stop: CancellationToken,
+    /// The task feeding `/events` from the Redis channel, awaited at the end.
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -175,6 +177,7 @@ impl Daemon {
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let admin_stop = CancellationToken::new();
+        let mut relay_task = None;
         // With Redis events on, `/events` reads the Redis channel (every daemon's
         // events) through the relay; otherwise the publisher feeds it directly.
         let sse = listener.is_some().then(|| {
@@ -193,13 +196,13 @@ impl Daemon {
                     }),
             );
             if let Some((wanted, ready_tx, _)) = relay {
-                tokio::spawn(events::relay(
+                relay_task = Some(tokio::spawn(events::relay(
                     broker.clone(),
                     feed.tx.clone(),
                     wanted,
                     ready_tx,
                     admin_stop.clone(),
-                ));
+                )));
             }
             feed
         });
@@ -271,6 +274,7 @@ impl Daemon {
         let admin = AdminParts {
             listener,
             stop: admin_stop,
+            relay: relay_task,
         };
         let admin_state = sse.map(|events| {
             crate::admin::AdminState::new(
@@ -532,7 +536,7 @@ async fn supervise(
         let _ = task.await;
     }
     admin.stop.cancel();
-    if let Some(task) = admin_task {
+    for task in admin_task.into_iter().chain(admin.relay) {
         let _ = task.await;
     }
     tracing::info!("Daemon stopped");

@@ -499,6 +499,12 @@ end
 return out
 "#;
 
+/// Publishes many messages on one channel, in order. ARGV: channel, messages...
+pub const PUBLISH_MANY: &str = r#"
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"#;
+
 /// The full text of a script: the prelude, the lease check where needed, the body.
 pub fn source(body: &str) -> String {
     let mut text = String::from(PRELUDE);

@@ -1,5 +1,5 @@
 //! Job events leave the daemon here: the [`Publisher`] sends each batch to the
-//! Redis channel `prefix:events` (pipelined) and the Postgres channel
+//! Redis channel `prefix:events` (one script call per batch) and the Postgres channel
 //! `jobrunner_events` (one statement), as `[events]` says; the [`relay`] reads the
 //! Redis channel back so `/events` shows the events of every daemon.
 //!
@@ -26,7 +26,7 @@ use crate::metrics::{self, Metrics};
 /// status writers and the publisher; beyond that they are dropped and counted,
 /// rather than growing memory while Redis or Postgres is slow.
 pub(super) const BUFFER: usize = 64;
-/// Most events in one publish (one Redis pipeline, one NOTIFY statement).
+/// Most events in one publish (one Redis script call, one NOTIFY statement).
 const PUBLISH_MAX: usize = 5000;
 /// Events buffered per SSE client before it lags.
 pub(super) const SSE_BUFFER: usize = 4096;

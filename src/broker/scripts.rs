@@ -344,7 +344,8 @@ end
 
 /// A lease counted against its kind's concurrency (`slot` set by FETCH) gives its
 /// slot back: the oldest parked job of the kind returns to ready. `qp` is the
-/// queue's key prefix `prefix:{q}:`.
+/// queue's key prefix `prefix:{q}:`. `end_lease` is the shared first half of
+/// RETRY and RELEASE.
 const FREE_SLOT: &str = r#"
 local function free_slot(qp, key, id, kind)
   redis.call('HDEL', key, 'slot')
@@ -355,6 +356,19 @@ local function free_slot(qp, key, id, kind)
       redis.call('PUBLISH', qp .. 'wake', 'ready')
     end
   end
+end
+-- Ends a lease that is going back to wait (retry, release): drops the lease,
+-- frees the kind's slot, and, for a job cancelled meanwhile, deletes it instead.
+-- True when the job was cancelled and is gone.
+local function end_lease(leases, qp, key, id)
+  redis.call('ZREM', leases, id)
+  local h = redis.call('HMGET', key, 'slot', 'kind', 'cancel')
+  if h[1] then free_slot(qp, key, id, h[2]) end
+  if h[3] then
+    redis.call('DEL', key)
+    return true
+  end
+  return false
 end
 "#;
 
@@ -385,13 +399,7 @@ return out
 /// ARGV: job key, id, token, delay_ms, queue key prefix.
 pub const RETRY: &str = r#"
 if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[2])
-local h = redis.call('HMGET', ARGV[1], 'slot', 'kind', 'cancel')
-if h[1] then free_slot(ARGV[5], ARGV[1], ARGV[2], h[2]) end
-if h[3] then
-  redis.call('DEL', ARGV[1])
-  return 1
-end
+if end_lease(KEYS[1], ARGV[5], ARGV[1], ARGV[2]) then return 1 end
 local due = s(now_ms() + tonumber(ARGV[4]))
 redis.call('HSET', ARGV[1], 'run_ms', due)
 redis.call('ZADD', KEYS[2], due, ARGV[2])
@@ -403,13 +411,7 @@ return 1
 /// KEYS: leases, ready. ARGV: job key, id, token, wake channel, queue key prefix.
 pub const RELEASE: &str = r#"
 if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[2])
-local h = redis.call('HMGET', ARGV[1], 'slot', 'kind', 'cancel')
-if h[1] then free_slot(ARGV[5], ARGV[1], ARGV[2], h[2]) end
-if h[3] then
-  redis.call('DEL', ARGV[1])
-  return 1
-end
+if end_lease(KEYS[1], ARGV[5], ARGV[1], ARGV[2]) then return 1 end
 redis.call('HINCRBY', ARGV[1], 'attempts', -1)
 local priority = redis.call('HGET', ARGV[1], 'priority')
 redis.call('ZADD', KEYS[2], s(ready_score(priority, now_ms())), ARGV[2])
@@ -511,7 +513,7 @@ pub fn source(body: &str) -> String {
     if body.contains("holds_lease(") {
         text.push_str(HOLDS_LEASE);
     }
-    if body.contains("free_slot(") {
+    if body.contains("free_slot(") || body.contains("end_lease(") {
         text.push_str(FREE_SLOT);
     }
     text.push_str(body);

@@ -36,8 +36,12 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
         .parse()
         .with_context(|| format!("`{}` is not a job id (a UUID)", args.id))?;
     let ledger = Ledger::connect(&config.database).await?;
-    let (queue, previous) = match ledger.cancel(id).await {
-        Ok(Cancelled::Now { queue, previous }) => (queue, previous),
+    let (queue, previous, event) = match ledger.cancel(id).await {
+        Ok(Cancelled::Now {
+            queue,
+            previous,
+            event,
+        }) => (queue, previous, event),
         Ok(Cancelled::AlreadyFinal(status)) => {
             if args.json {
                 println!(
@@ -55,6 +59,20 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
         Err(e) => return Err(e).context("cancelling the job in the ledger"),
     };
     let broker = Broker::connect(&config.redis).await?;
+    // Front ends following the job hear about it like any other status change.
+    let event = [event.to_json()];
+    if config.events.redis
+        && let Err(error) = broker.publish_events(&event).await
+    {
+        eprintln!(
+            "warning: job {id} is cancelled, but publishing its event to Redis failed: {error}"
+        );
+    }
+    if config.events.postgres
+        && let Err(error) = ledger.notify_events(&event).await
+    {
+        eprintln!("warning: job {id} is cancelled, but its NOTIFY failed: {error}");
+    }
     let redis = broker
         .cancel(&queue, id)
         .await

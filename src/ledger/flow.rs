@@ -5,13 +5,21 @@
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Error, Ledger, Result, Status};
+use super::{Error, Event, Ledger, Result, Status};
+
+/// The `last_error` of a job cancelled with `jobrunner cancel`.
+const CANCELLED_BY_REQUEST: &str = "cancelled by request";
 
 /// What [`Ledger::cancel`] found.
 #[derive(Debug, Clone)]
 pub enum Cancelled {
     /// The row is now `cancelled`; it was `previous` (not final) on `queue`.
-    Now { queue: String, previous: Status },
+    /// `event` is the status change, for the caller to publish.
+    Now {
+        queue: String,
+        previous: Status,
+        event: Event,
+    },
     /// The job had ended already; nothing changed.
     AlreadyFinal(Status),
 }
@@ -27,13 +35,16 @@ impl Ledger {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT queue, status FROM jobrunner.jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(Error::NotFound(id))?;
+        let row = sqlx::query(
+            "SELECT queue, status, kind, attempts FROM jobrunner.jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound(id))?;
         let queue: String = row.get(0);
         let status: String = row.get(1);
+        let (kind, attempts): (String, i32) = (row.get(2), row.get(3));
         let previous: Status = status.parse().unwrap_or(Status::Queued);
         if previous.is_final() {
             return Ok(Cancelled::AlreadyFinal(previous));
@@ -41,14 +52,28 @@ impl Ledger {
         sqlx::query(
             "UPDATE jobrunner.jobs
              SET status = 'cancelled', finished_at = now(), updated_at = now(),
-                 last_error = 'cancelled by request'
+                 last_error = $2
              WHERE id = $1",
         )
         .bind(id)
+        .bind(CANCELLED_BY_REQUEST)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Cancelled::Now { queue, previous })
+        let event = Event::status(
+            id,
+            &queue,
+            &kind,
+            Status::Cancelled,
+            attempts,
+            chrono::Utc::now(),
+            Some(CANCELLED_BY_REQUEST),
+        );
+        Ok(Cancelled::Now {
+            queue,
+            previous,
+            event,
+        })
     }
 
     /// Records a queue as paused (kept even if Redis loses its data).

@@ -791,3 +791,37 @@ async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears
     daemon.stop().await;
     let _ = subscriber.quit().await;
 }
+
+/// `jobrunner cancel` is a status change like any other: followers of the job
+/// hear `cancelled` on the event channels without a daemon in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_publishes_a_cancelled_event() {
+    let app = spawn_app().await;
+    let subscriber = app.broker.subscriber().unwrap();
+    let mut redis_rx = subscriber.message_rx();
+    subscriber.init().await.unwrap();
+    subscriber
+        .subscribe(app.broker.events_channel())
+        .await
+        .unwrap();
+    let (code, out, err) = app.cli(&["enqueue", "noop", "--delay", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let id: Uuid = out.trim().parse().unwrap();
+
+    let (code, _, err) = app.cli(&["cancel", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let event = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), redis_rx.recv())
+            .await
+            .expect("a cancelled event on the Redis channel")
+            .unwrap();
+        let e: Event = serde_json::from_str(&m.value.as_string().unwrap()).unwrap();
+        if e.id == id {
+            break e;
+        }
+    };
+    assert_eq!(event.status, "cancelled");
+    assert_eq!(event.kind, "noop");
+    assert_eq!(event.queue, "default");
+    assert_eq!(event.error.as_deref(), Some("cancelled by request"));
+}

@@ -96,6 +96,36 @@ impl Publisher {
     }
 }
 
+/// The feed behind `/events`. With Redis events on it carries the Redis channel
+/// (every daemon's events) through a [`relay`] task, started here and ended by
+/// `stop`; otherwise the [`Publisher`] feeds it directly (set its `local`).
+pub(super) fn sse_feed(
+    events: &EventsConfig,
+    broker: &Broker,
+    stop: &CancellationToken,
+) -> (crate::admin::EventFeed, Option<tokio::task::JoinHandle<()>>) {
+    if !events.redis {
+        return (crate::admin::EventFeed::new(SSE_BUFFER, None), None);
+    }
+    let (ready_tx, ready) = watch::channel(false);
+    let wanted = Arc::new(Notify::new());
+    let feed = crate::admin::EventFeed::new(
+        SSE_BUFFER,
+        Some(crate::admin::FeedDemand {
+            wanted: wanted.clone(),
+            ready,
+        }),
+    );
+    let task = tokio::spawn(relay(
+        broker.clone(),
+        feed.tx.clone(),
+        wanted,
+        ready_tx,
+        stop.clone(),
+    ));
+    (feed, Some(task))
+}
+
 /// Publishes the writers' batches until every writer has dropped its sender.
 /// Whatever accumulated while the last publish was in flight goes out together
 /// (in order, up to [`PUBLISH_MAX`] events per round trip), the way the status

@@ -177,35 +177,13 @@ impl Daemon {
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let admin_stop = CancellationToken::new();
-        let mut relay_task = None;
-        // With Redis events on, `/events` reads the Redis channel (every daemon's
-        // events) through the relay; otherwise the publisher feeds it directly.
-        let sse = listener.is_some().then(|| {
-            let relay = config.events.redis.then(|| {
-                let (ready_tx, ready) = watch::channel(false);
-                let wanted = Arc::new(Notify::new());
-                (wanted, ready_tx, ready)
-            });
-            let feed = crate::admin::EventFeed::new(
-                events::SSE_BUFFER,
-                relay
-                    .as_ref()
-                    .map(|(wanted, _, ready)| crate::admin::FeedDemand {
-                        wanted: wanted.clone(),
-                        ready: ready.clone(),
-                    }),
-            );
-            if let Some((wanted, ready_tx, _)) = relay {
-                relay_task = Some(tokio::spawn(events::relay(
-                    broker.clone(),
-                    feed.tx.clone(),
-                    wanted,
-                    ready_tx,
-                    admin_stop.clone(),
-                )));
+        let (sse, relay_task) = match listener {
+            Some(_) => {
+                let (feed, relay) = events::sse_feed(&config.events, &broker, &admin_stop);
+                (Some(feed), relay)
             }
-            feed
-        });
+            None => (None, None),
+        };
         let publisher = events::Publisher {
             broker: broker.clone(),
             ledger: ledger.clone(),

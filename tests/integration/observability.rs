@@ -584,13 +584,7 @@ async fn sse_streams_one_jobs_status_changes_in_order() {
 #[tokio::test]
 async fn redis_and_postgres_channels_carry_the_same_events() {
     let app = spawn_app().await;
-    let subscriber = app.broker.subscriber().unwrap();
-    let mut redis_rx = subscriber.message_rx();
-    subscriber.init().await.unwrap();
-    subscriber
-        .subscribe(app.broker.events_channel())
-        .await
-        .unwrap();
+    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(app.ledger.pool())
         .await
         .unwrap();
@@ -760,13 +754,7 @@ fn wait_for_logged_admin_addr(daemon: &crate::helpers::DaemonProcess, secs: u64)
 #[tokio::test]
 async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears_nothing() {
     let app = spawn_app().await;
-    let subscriber = app.broker.subscriber().unwrap();
-    let mut redis_rx = subscriber.message_rx();
-    subscriber.init().await.unwrap();
-    subscriber
-        .subscribe(app.broker.events_channel())
-        .await
-        .unwrap();
+    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
     let mut config = app.config.clone();
     config.events.redis = false;
     let daemon = app
@@ -797,13 +785,7 @@ async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_job_publishes_a_cancelled_event() {
     let app = spawn_app().await;
-    let subscriber = app.broker.subscriber().unwrap();
-    let mut redis_rx = subscriber.message_rx();
-    subscriber.init().await.unwrap();
-    subscriber
-        .subscribe(app.broker.events_channel())
-        .await
-        .unwrap();
+    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
     let (code, out, err) = app.cli(&["enqueue", "noop", "--delay", "1h"]);
     assert_eq!(code, 0, "{err}");
     let id: Uuid = out.trim().parse().unwrap();
@@ -824,4 +806,23 @@ async fn cancelling_a_job_publishes_a_cancelled_event() {
     assert_eq!(event.kind, "noop");
     assert_eq!(event.queue, "default");
     assert_eq!(event.error.as_deref(), Some("cancelled by request"));
+    let _ = subscriber.quit().await;
+}
+
+/// A client subscribed to the job events channel, and its message stream. Keep
+/// the client alive for as long as the stream is read.
+async fn subscribe_events(
+    app: &TestApp,
+) -> (
+    fred::clients::SubscriberClient,
+    tokio::sync::broadcast::Receiver<fred::types::Message>,
+) {
+    let subscriber = app.broker.subscriber().unwrap();
+    let rx = subscriber.message_rx();
+    subscriber.init().await.unwrap();
+    subscriber
+        .subscribe(app.broker.events_channel())
+        .await
+        .unwrap();
+    (subscriber, rx)
 }

@@ -136,43 +136,47 @@ return 1
 /// Puts ledger jobs into Redis; a job already there, or ended within the last
 /// minute (its tombstone), is left alone, so a dispatch repeated after a crash or
 /// resent after a reconnect does nothing twice. A key of the job that is not a
-/// job hash fails the call with WRONGTYPE naming it (the caller isolates that job).
-/// Called with no jobs, it checks the queue's keys are what they should be.
+/// job hash fails the call with WRONGTYPE naming it (the caller isolates that job);
+/// every check comes before the first write, so a failed call changes nothing.
+/// Called with no jobs, it only checks the queue's own keys.
 /// KEYS: ready, delayed. ARGV: job key prefix, wake channel, then per job:
 /// id, kind, payload, priority, attempts, max_attempts, run_ms.
 pub const DISPATCH: &str = r#"
 local now = now_ms()
 local qp = string.sub(ARGV[1], 1, -5)
-local added = 0
-local ready, delayed = {}, {}
-if #ARGV == 2 then
-  redis.call('ZCARD', KEYS[1])
-  redis.call('ZCARD', KEYS[2])
-end
+-- Every check before any write: a script that failed halfway would leave job
+-- hashes that no ready or delayed set names, and later dispatches skip them.
+redis.call('ZCARD', KEYS[1])
+redis.call('ZCARD', KEYS[2])
+local todo = {}
 for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
-  if redis.call('EXISTS', key) == 1 then
-    if redis.call('TYPE', key).ok ~= 'hash' then
-      return redis.error_reply('WRONGTYPE jobrunner: ' .. key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not a job hash')
-    end
-  elseif redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then
-    redis.call('HSET', key, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2], 'priority', ARGV[i + 3],
-      'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5], 'run_ms', ARGV[i + 6])
-    if tonumber(ARGV[i + 6]) > now then
-      delayed[#delayed + 1] = ARGV[i + 6]
-      delayed[#delayed + 1] = id
-    else
-      ready[#ready + 1] = s(ready_score(ARGV[i + 3], now))
-      ready[#ready + 1] = id
-    end
-    added = added + 1
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then
+    if redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then todo[#todo + 1] = i end
+  elseif t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE jobrunner: ' .. key .. ' holds a ' .. t .. ', not a job hash')
+  end
+end
+local ready, delayed = {}, {}
+for _, i in ipairs(todo) do
+  local id = ARGV[i]
+  redis.call('HSET', ARGV[1] .. id, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2],
+    'priority', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5],
+    'run_ms', ARGV[i + 6])
+  if tonumber(ARGV[i + 6]) > now then
+    delayed[#delayed + 1] = ARGV[i + 6]
+    delayed[#delayed + 1] = id
+  else
+    ready[#ready + 1] = s(ready_score(ARGV[i + 3], now))
+    ready[#ready + 1] = id
   end
 end
 if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', KEYS[2], unpack(delayed)) end
 wake(KEYS[1], ARGV[2])
-return added
+return #todo
 "#;
 
 /// Promotes due delayed jobs, then leases up to n ready jobs, highest priority first,

@@ -374,7 +374,10 @@ impl Ledger {
 
     pub async fn job(&self, id: Uuid) -> Result<Job> {
         sqlx::query_as::<_, Job>(
-            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
+            // run_at is clamped to what chrono can decode: a row holding
+            // `infinity` must read, not panic the reader.
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
                     unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
                     progress, progress_message
              FROM jobrunner.jobs WHERE id = $1",

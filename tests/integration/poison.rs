@@ -304,3 +304,96 @@ async fn a_job_redis_refuses_alone_ends_dead_and_its_queue_goes_on() {
     let _ = redis.quit().await;
     daemon.stop().await;
 }
+
+/// Repeats "Redis comes back empty under load": SQL producers keep enqueueing
+/// at 10 jobs/s while Redis is killed and restarted empty, over and over. Every
+/// run of every job appends a line to a file (job id, start time), so the test
+/// counts real executions, not what the daemon believes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_job_runs_after_it_ended_however_often_redis_comes_back_empty() {
+    const OUTAGES: usize = 10;
+    let mut app = spawn_app().await;
+    let runs_file = app.dir.path().join("runs.log");
+    app.config.kinds.insert(
+        "mark".into(),
+        sh_kind(&format!(
+            r#"echo "$JOBRUNNER_JOB_ID $(date +%s%N)" >> '{}'"#,
+            runs_file.display()
+        )),
+    );
+    // Timeouts happen during an outage, as in production.
+    app.config.redis.command_timeout = Duration::from_secs(1);
+    let daemon = app.start_daemon().await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let producer = {
+        let (ledger, stop) = (app.ledger.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let job = NewJob {
+                    kind: "mark".into(),
+                    payload: json!({"n": ids.len()}),
+                    ..NewJob::default()
+                };
+                ids.push(ledger.enqueue(&job).await.expect("SQL enqueue"));
+            }
+            ids
+        })
+    };
+    for _ in 0..OUTAGES {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        app.redis.kill();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        app.redis.start_again();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let ids = producer.await.unwrap();
+    assert!(ids.len() >= 300, "only {} jobs enqueued", ids.len());
+
+    let mut jobs = Vec::new();
+    for id in &ids {
+        let job = app.wait_final(*id, 60).await;
+        assert_eq!(job.status, "succeeded", "{job:?}");
+        jobs.push(job);
+    }
+    // A late dispatch would re-run a job seconds after it ended: give it time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let text = std::fs::read_to_string(&runs_file).expect("the runs file");
+    let mut runs: std::collections::HashMap<Uuid, Vec<i64>> = Default::default();
+    for line in text.lines() {
+        let (id, ns) = line.split_once(' ').expect("id and time");
+        runs.entry(id.parse().expect("a job id"))
+            .or_default()
+            .push(ns.parse().expect("nanoseconds"));
+    }
+    let mut repeated = 0;
+    for job in &jobs {
+        let started = runs.get(&job.id).cloned().unwrap_or_default();
+        let finished = job.finished_at.expect("a finished job has finished_at");
+        let finished_ns = finished.timestamp_nanos_opt().expect("a near time");
+        for ns in &started {
+            assert!(
+                *ns <= finished_ns,
+                "job {} ran at {ns} after it succeeded at {finished_ns}: {job:?}",
+                job.id
+            );
+        }
+        assert_eq!(
+            job.attempts as usize,
+            started.len(),
+            "the ledger's attempts must equal the real runs of {}: {job:?}",
+            job.id
+        );
+        repeated += usize::from(started.len() > 1);
+    }
+    eprintln!(
+        "{} jobs over {OUTAGES} Redis outages; {repeated} ran more than once, each run counted",
+        jobs.len()
+    );
+    daemon.stop().await;
+}

@@ -3,9 +3,11 @@
 //! Handler results, error messages and progress messages come from programs,
 //! servers and webhooks. Postgres refuses U+0000 in `text` (`invalid byte sequence
 //! for encoding "UTF8": 0x00`) and the escape `\u0000` in `jsonb` (`unsupported
-//! Unicode escape sequence`); bytes that are not UTF-8 cannot be a Rust `String`
-//! at all. These helpers write both out as visible escapes, so the text reads the
-//! same and one job's output can never fail a status batch.
+//! Unicode escape sequence`), and readers cannot decode JSON nested deeper than
+//! 128 levels. (Bytes that are not UTF-8 never get this far: handlers decode
+//! outside output lossily, with U+FFFD.) These helpers write NUL out as a
+//! visible escape and replace values too deep to read, so one job's output can
+//! never fail a status batch or a later read.
 
 use std::borrow::Cow;
 
@@ -54,21 +56,40 @@ pub fn fix(s: &mut String) {
     }
 }
 
-/// Bytes as text: valid UTF-8 is kept, every other byte is written as `\xNN`,
-/// and U+0000 as `\u0000`.
-pub fn bytes(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for chunk in raw.utf8_chunks() {
-        out.push_str(&text(chunk.valid()));
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
+/// The deepest nesting a stored result may have: readers (serde_json, as in
+/// `jobrunner status` and `/jobs/{id}`) refuse more than 128 levels.
+pub const MAX_DEPTH: usize = 100;
+
+/// Whether `value` nests deeper than `max` levels (counted without recursion).
+fn deeper_than(value: &Value, max: usize) -> bool {
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > max {
+            return true;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
         }
     }
-    out
+    false
 }
 
-/// Makes every string and key in `value` storable in `jsonb`, in place.
+/// Makes `value` storable in `jsonb` and readable again, in place: every string
+/// and key loses its U+0000 (see [`text`]), and a value nested deeper than
+/// [`MAX_DEPTH`] is replaced by a note saying so.
 pub fn json(value: &mut Value) {
+    if deeper_than(value, MAX_DEPTH) {
+        let old = std::mem::replace(
+            value,
+            serde_json::json!({
+                "not_stored": format!("the result was nested deeper than {MAX_DEPTH} levels")
+            }),
+        );
+        drop_deep(old);
+        return;
+    }
     // An explicit stack: a value nested ten thousand deep must not overflow ours.
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {
@@ -84,6 +105,19 @@ pub fn json(value: &mut Value) {
                 }
                 stack.extend(map.values_mut());
             }
+            _ => {}
+        }
+    }
+}
+
+/// Drops a value without recursing: serde_json's own drop recurses once per
+/// level, and a value a handler built may be deep enough to overflow the stack.
+fn drop_deep(value: Value) {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
             _ => {}
         }
     }
@@ -105,14 +139,27 @@ mod tests {
     }
 
     #[test]
-    fn a_nul_becomes_a_visible_escape() {
-        assert_eq!(text("a\0b"), "a\\u0000b");
-        assert!(matches!(text("plain"), Cow::Borrowed("plain")));
+    fn a_result_too_deep_to_read_back_is_replaced_by_a_note() {
+        let mut v = serde_json::json!(1);
+        for _ in 0..5000 {
+            v = Value::Array(vec![v]);
+        }
+        json(&mut v);
+        assert!(
+            v["not_stored"]
+                .as_str()
+                .unwrap()
+                .contains("deeper than 100")
+        );
+        let mut ok = serde_json::json!([[[["fine"]]]]);
+        json(&mut ok);
+        assert_eq!(ok, serde_json::json!([[[["fine"]]]]));
     }
 
     #[test]
-    fn bytes_that_are_not_utf8_are_escaped_and_the_rest_kept() {
-        assert_eq!(bytes(b"ok \xff\xfe \0 \xc3\xa9"), "ok \\xff\\xfe \\u0000 é");
+    fn a_nul_becomes_a_visible_escape() {
+        assert_eq!(text("a\0b"), "a\\u0000b");
+        assert!(matches!(text("plain"), Cow::Borrowed("plain")));
     }
 
     #[test]

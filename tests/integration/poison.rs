@@ -397,3 +397,189 @@ async fn no_job_runs_after_it_ended_however_often_redis_comes_back_empty() {
     );
     daemon.stop().await;
 }
+
+/// One poison item of the property test below.
+#[derive(Debug, Clone)]
+enum Poison {
+    /// The handler returns a string of these code points (NUL among them).
+    Result(Vec<char>),
+    /// The handler fails for good with this text.
+    Error(Vec<char>),
+    /// The handler fails with a text of about this many bytes, NULs inside.
+    Huge(usize),
+    /// The handler returns arrays nested this deep.
+    Deep(usize),
+    /// The handler reports progress with this message, then succeeds.
+    Progress(Vec<char>),
+    /// A producer hands this JSON text to `jobrunner.enqueue` as the payload.
+    Payload(String),
+    /// A row written straight into the table with this `run_at` (Postgres text).
+    RunAt(String),
+}
+
+fn poison_strategy() -> impl proptest::strategy::Strategy<Value = Poison> {
+    use proptest::prelude::*;
+    let chars = proptest::collection::vec(
+        prop_oneof![
+            Just('\0'),
+            any::<char>(),
+            proptest::char::range('\u{d7ff}', '\u{e000}'),
+        ],
+        0..40,
+    );
+    let year = |y: i32| format!("{y:04}-06-15T12:00:00Z");
+    prop_oneof![
+        chars.clone().prop_map(Poison::Result),
+        chars.clone().prop_map(Poison::Error),
+        (1usize..2_000_000).prop_map(Poison::Huge),
+        (1usize..3000).prop_map(Poison::Deep),
+        chars.prop_map(Poison::Progress),
+        prop_oneof![
+            Just(r#"{"s": "\u0000"}"#.to_owned()),
+            Just(r#"{"s": "\ud800"}"#.to_owned()),
+            Just(r#"{"s": "x\udfffy", "\u0000": 1}"#.to_owned()),
+            (1usize..20_000).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+            "\\PC{0,200}".prop_map(|s| serde_json::json!({ "s": s }).to_string()),
+        ]
+        .prop_map(Poison::Payload),
+        prop_oneof![
+            Just("infinity".to_owned()),
+            Just("-infinity".to_owned()),
+            (1i32..1970).prop_map(year),
+            (10_000i32..200_000).prop_map(year),
+            (1970i32..2026).prop_map(year),
+            (2030i32..10_000).prop_map(year),
+        ]
+        .prop_map(Poison::RunAt),
+    ]
+}
+
+/// A handler that does what its payload says, for the property test.
+async fn probe(ctx: jobrunner::jobs::JobContext) -> jobrunner::jobs::JobResult {
+    use jobrunner::jobs::JobError;
+    let p = &ctx.payload;
+    let text = || -> String {
+        p["cp"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_u64().and_then(|c| char::from_u32(c as u32)))
+            .collect()
+    };
+    let n = p["n"].as_u64().unwrap_or(0) as usize;
+    match p["mode"].as_str() {
+        Some("result") => Ok(serde_json::Value::String(text())),
+        Some("error") => Err(JobError::permanent(text())),
+        Some("huge") => Err(JobError::permanent("ab\0".repeat(n / 3 + 1))),
+        Some("deep") => {
+            let mut v = json!("bottom\0");
+            for _ in 0..n {
+                v = serde_json::Value::Array(vec![v]);
+            }
+            Ok(v)
+        }
+        Some("progress") => {
+            ctx.progress(50, text());
+            Ok(json!({}))
+        }
+        _ => Ok(json!({"payload": p.clone()})),
+    }
+}
+
+/// Random poison next to ordinary jobs: whatever the payload, result, error
+/// text, progress message or run_at, ordinary jobs all succeed, every poison
+/// job ends (or is refused at enqueue, or waits for a valid future time), and
+/// the daemon stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_poison_never_holds_up_ordinary_jobs_or_breaks_the_daemon() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config as PropConfig, TestRunner};
+
+    let app = spawn_app().await;
+    let mut registry = jobrunner::jobs::Registry::builtin(&app.config);
+    registry.register("probe", probe);
+    let daemon = app.start_daemon_with(app.config.clone(), registry).await;
+    let addr = daemon.admin_addr().expect("admin listener");
+
+    let mut runner = TestRunner::new(PropConfig::with_cases(12));
+    let strategy = proptest::collection::vec(poison_strategy(), 1..5);
+    for case in 0..12 {
+        let items = strategy
+            .new_tree(&mut runner)
+            .expect("a generated case")
+            .current();
+        let mut waiting = Vec::new(); // (id, the item, whether it must end dead)
+        for item in &items {
+            let cp = |s: &Vec<char>| s.iter().map(|c| *c as u32).collect::<Vec<_>>();
+            let payload = match item {
+                Poison::Result(s) => Some(json!({"mode": "result", "cp": cp(s)})),
+                Poison::Error(s) => Some(json!({"mode": "error", "cp": cp(s)})),
+                Poison::Huge(n) => Some(json!({"mode": "huge", "n": n})),
+                Poison::Deep(n) => Some(json!({"mode": "deep", "n": n})),
+                Poison::Progress(s) => Some(json!({"mode": "progress", "cp": cp(s)})),
+                Poison::Payload(_) | Poison::RunAt(_) => None,
+            };
+            if let Some(payload) = payload {
+                waiting.push((app.enqueue("probe", payload).await, item.clone()));
+                continue;
+            }
+            match item {
+                Poison::Payload(text) => {
+                    let id: Result<Uuid, _> =
+                        sqlx::query_scalar("SELECT jobrunner.enqueue('probe', $1::text::jsonb)")
+                            .bind(text)
+                            .fetch_one(app.ledger.pool())
+                            .await;
+                    // Refused at the door is a fine answer too.
+                    if let Ok(id) = id {
+                        waiting.push((id, item.clone()));
+                    }
+                }
+                Poison::RunAt(at) => {
+                    waiting.push((insert_raw(&app, "default", "probe", at).await, item.clone()))
+                }
+                _ => unreachable!("handled above"),
+            }
+        }
+        let mut ordinary = Vec::new();
+        for i in 0..5 {
+            ordinary.push(app.enqueue("noop", json!({"case": case, "i": i})).await);
+        }
+        for id in ordinary {
+            let job = app.wait_final(id, 10).await;
+            assert_eq!(job.status, "succeeded", "case {items:?}: {job:?}");
+        }
+        for (id, item) in waiting {
+            let year: Option<i32> = match &item {
+                Poison::RunAt(at) => at.split('-').next().and_then(|y| y.parse().ok()),
+                _ => None,
+            };
+            if year.is_some_and(|y| (2030..10_000).contains(&y)) {
+                let job = app.ledger.job(id).await.unwrap();
+                assert_eq!(job.status, "scheduled", "case {items:?}: {job:?}");
+                continue;
+            }
+            let job = app.wait_final(id, 10).await;
+            let in_range = year.is_some_and(|y| (1970..10_000).contains(&y));
+            match &item {
+                Poison::RunAt(_) if !in_range => {
+                    assert_eq!(job.status, "dead", "case {items:?}: {job:?}");
+                    assert!(
+                        job.last_error.as_deref().unwrap_or("").contains("run_at"),
+                        "{job:?}"
+                    );
+                }
+                Poison::Error(_) | Poison::Huge(_) => {
+                    assert_eq!(job.status, "dead", "case {items:?}: {job:?}");
+                }
+                Poison::Result(_) | Poison::Progress(_) => {
+                    assert_eq!(job.status, "succeeded", "case {items:?}: {job:?}");
+                }
+                _ => {} // ended, one way or the other
+            }
+        }
+    }
+    let body = reqwest_get(&format!("http://{addr}/readyz")).await;
+    assert!(body.contains("\"ready\""), "the daemon is whole: {body}");
+    daemon.stop().await;
+}

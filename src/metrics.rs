@@ -67,6 +67,7 @@ pub const PG_CONNECTIONS: &str = "jobrunner_postgres_pool_connections";
 pub const REDIS_CONNECTIONS: &str = "jobrunner_redis_pool_connections";
 pub const REDIS_QUEUED: &str = "jobrunner_redis_commands_queued";
 pub const REDIS_REDELIVERIES: &str = "jobrunner_redis_redeliveries_total";
+pub const QUARANTINED: &str = "jobrunner_quarantined_total";
 pub const UP: &str = "jobrunner_up";
 
 /// Every metric this process exposes, in the order `/metrics` lists them.
@@ -156,6 +157,11 @@ pub const DEFS: &[Def] = &[
         REDIS_REDELIVERIES,
         Type::Counter,
         "Redis commands sent again after a connection closed while waiting for the reply.",
+    ),
+    def(
+        QUARANTINED,
+        Type::Counter,
+        "Items read from outside that could not be recorded as a job and were kept in jobrunner.quarantine, by source.",
     ),
     def(
         UP,

@@ -13,6 +13,7 @@
 mod acker;
 mod events;
 mod flow;
+mod ingest;
 mod loops;
 pub mod notify;
 mod presence;
@@ -459,7 +460,7 @@ async fn supervise(
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
-        loops.spawn(alive.watch(loops::ingest(
+        loops.spawn(alive.watch(ingest::ingest(
             shared.clone(),
             queue.clone(),
             shutdown.clone(),

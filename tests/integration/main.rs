@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod command_orphans;
 mod crash;
 mod cron;
 mod enqueue;

@@ -202,7 +202,11 @@ async fn run(config: &CommandKindConfig, spawner: &Spawner, ctx: JobContext) -> 
 
     if status.success() {
         return Ok(match serde_json::from_slice::<Value>(&out) {
-            Ok(value) if !out_cut => value,
+            Ok(mut value) if !out_cut => {
+                // JSON may spell U+0000 as `\u0000`; the result is `jsonb`.
+                crate::pgtext::safe_json(&mut value);
+                value
+            }
             _ => json!({"stdout": excerpt(&out, RESULT_EXCERPT)}),
         });
     }

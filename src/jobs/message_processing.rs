@@ -624,7 +624,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "field `timestamp`: expected Unix seconds, found \"soon\"",
+                "field `timestamp`: expected Unix seconds in the years 1970-9999, found \"soon\"",
                 "field `from`: expected a string, found a number"
             ]
         );

@@ -18,6 +18,7 @@ mod kind_http;
 mod kind_message;
 mod logs;
 mod observability;
+mod poison_props;
 mod poison_redis;
 mod protocol;
 mod reload;

@@ -59,21 +59,21 @@ local function utf8_ok(t)
   end
   return true
 end
-local function storable(v, depth)
-  if depth > 100 then return 'payload nests deeper than 100 levels' end
-  if type(v) == 'string' and string.find(v, '\0', 1, true) then
-    return 'payload holds the character U+0000, which Postgres cannot store'
+local function too_deep(v, depth)
+  if depth > 100 then return true end
+  for _, x in pairs(v) do
+    if type(x) == 'table' and too_deep(x, depth + 1) then return true end
   end
+  return false
+end
+local function has_nul(v)
+  if type(v) == 'string' then return string.find(v, '\0', 1, true) ~= nil end
   if type(v) == 'table' then
     for k, x in pairs(v) do
-      if type(k) == 'string' and string.find(k, '\0', 1, true) then
-        return 'payload holds the character U+0000, which Postgres cannot store'
-      end
-      local e = storable(x, depth + 1)
-      if e then return e end
+      if has_nul(k) or has_nul(x) then return true end
     end
   end
-  return nil
+  return false
 end
 local function check_job(job_key, ingest_key, id, kind, payload, priority, max_attempts, delay, now)
   local h = '[0-9a-f]'
@@ -94,8 +94,16 @@ local function check_job(job_key, ingest_key, id, kind, payload, priority, max_a
   if not utf8_ok(payload) then return 'payload is not valid UTF-8' end
   local ok, decoded = pcall(cjson.decode, payload)
   if not ok then return 'payload is not valid JSON' end
-  local e = storable(decoded, 1)
-  if e then return e end
+  -- The walks below are skipped when the text shows they cannot find anything:
+  -- U+0000 can only come from a `\u0000` escape, and depth needs brackets.
+  if (string.find(payload, '\\u0000', 1, true) or string.find(payload, '\0', 1, true))
+      and has_nul(decoded) then
+    return 'payload holds the character U+0000, which Postgres cannot store'
+  end
+  local _, opening = string.gsub(payload, '[%[{]', '')
+  if opening > 100 and type(decoded) == 'table' and too_deep(decoded, 1) then
+    return 'payload nests deeper than 100 levels'
+  end
   local p = whole(priority, 0)
   if not p or p < -1000 or p > 1000 then
     return 'priority must be a whole number from -1000 to 1000'

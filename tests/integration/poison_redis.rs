@@ -365,3 +365,65 @@ async fn inspect_shows_a_quarantined_id_that_has_no_row() {
     assert!(out.contains(&id.to_string()), "{out}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_postgres_refuses_are_bisected_out_dead_or_quarantined_and_the_batch_goes_in() {
+    let app = spawn_app().await;
+    // Stands in for anything Postgres refuses that no check foresaw: a data
+    // exception for marked rows, as the job (live) or even as a dead job (always).
+    for statement in [
+        r#"CREATE FUNCTION public.refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.payload::text LIKE '%refuse-always%'
+                OR (NEW.status <> 'dead' AND NEW.payload::text LIKE '%refuse-live%') THEN
+               RAISE EXCEPTION 'this test refuses the row' USING ERRCODE = '22023';
+             END IF;
+             RETURN NEW;
+           END $$"#,
+        "CREATE TRIGGER refuse_marked BEFORE INSERT ON jobrunner.jobs
+           FOR EACH ROW EXECUTE FUNCTION public.refuse_marked()",
+    ] {
+        sqlx::query(statement)
+            .execute(app.ledger.pool())
+            .await
+            .expect("install the trigger");
+    }
+    let marked = |mark: &str| RedisEnqueue {
+        queue: "default".into(),
+        kind: "noop".into(),
+        payload: json!({ "mark": mark }).to_string(),
+        ..RedisEnqueue::default()
+    };
+    let mut good = ordinary(&app, 100).await;
+    let live = app.broker.enqueue(&marked("refuse-live")).await.unwrap();
+    good.extend(ordinary(&app, 100).await);
+    let always = app.broker.enqueue(&marked("refuse-always")).await.unwrap();
+    good.extend(ordinary(&app, 100).await);
+
+    let started = std::time::Instant::now();
+    let daemon = app.start_daemon().await;
+    all_succeed(&app, &good, 10).await;
+    eprintln!(
+        "300 jobs around 2 refused rows: all succeeded {:?} after the daemon started",
+        started.elapsed()
+    );
+    let job = app.wait_final(live, 5).await;
+    assert_eq!(job.status, "dead");
+    let error = job.last_error.unwrap_or_default();
+    assert!(
+        error.contains("the ledger refused this job: this test refuses the row"),
+        "{error}"
+    );
+    let entries = app.ledger.quarantined(Some(always), 10).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].error.contains("recording it dead failed too"),
+        "{entries:?}"
+    );
+    assert!(
+        app.ledger.job(always).await.is_err(),
+        "no row for the quarantined job"
+    );
+    wait_redis_empty(&app, 5).await;
+    daemon.stop().await;
+}

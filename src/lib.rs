@@ -13,6 +13,7 @@
 //! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
 //! - [`admin`]: the HTTP listener: health, readiness, metrics, job lookups, SSE events.
 //! - [`metrics`]: the process's counters and histograms, rendered by `admin`.
+//! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`bench`]: the throughput and latency benchmark.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
@@ -28,6 +29,7 @@ pub mod config;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
+pub mod pgtext;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;

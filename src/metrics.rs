@@ -67,6 +67,7 @@ pub const PG_CONNECTIONS: &str = "jobrunner_postgres_pool_connections";
 pub const REDIS_CONNECTIONS: &str = "jobrunner_redis_pool_connections";
 pub const REDIS_QUEUED: &str = "jobrunner_redis_commands_queued";
 pub const REDIS_REDELIVERIES: &str = "jobrunner_redis_redeliveries_total";
+pub const QUARANTINED: &str = "jobrunner_quarantined_total";
 pub const UP: &str = "jobrunner_up";
 pub const POISON: &str = "jobrunner_batch_poison_total";
 
@@ -162,6 +163,11 @@ pub const DEFS: &[Def] = &[
         POISON,
         Type::Counter,
         "Items a batch could not write for a reason of their own, found by splitting the batch, by path (dispatch, status, events): the job was recorded dead, or the event dropped.",
+    ),
+    def(
+        QUARANTINED,
+        Type::Counter,
+        "Items read from outside that could not be recorded as a job and were kept in jobrunner.quarantine, by source.",
     ),
     def(
         UP,

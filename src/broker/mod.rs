@@ -125,17 +125,38 @@ pub struct Reaped {
     pub token: i64,
 }
 
-/// A producer-enqueued job claimed for ledger insertion.
+/// The hash fields of a producer-enqueued job, in the order [`Ingest::fields`]
+/// holds them.
+pub const INGEST_FIELDS: [&str; 6] = [
+    "kind",
+    "payload",
+    "priority",
+    "max_attempts",
+    "created_ms",
+    "run_ms",
+];
+
+/// A producer-enqueued entry claimed for ledger insertion, exactly as Redis held
+/// it. Nothing here is checked: producers may write the ingest list and the job
+/// hashes by hand, so the runtime validates every byte before it trusts any.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    pub id: Uuid,
-    pub kind: String,
-    pub payload: String,
-    pub priority: i32,
-    /// 0 means "the kind's default".
-    pub max_attempts: i32,
-    pub created_ms: i64,
-    pub run_ms: i64,
+    /// The ingest list entry (meant to be the job id), as bytes.
+    pub entry: Vec<u8>,
+    /// The Redis type of the entry's job key: `hash` normally; `none` for an
+    /// entry that is no canonical id and has no key (it was not claimed).
+    pub key_type: String,
+    /// The fields named in [`INGEST_FIELDS`]; `None` where a field is missing.
+    pub fields: [Option<Vec<u8>>; 6],
+}
+
+/// What one claim took from a queue's ingest list.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub entries: Vec<Ingest>,
+    /// Set when the ingest list key held another type (the value): it was
+    /// renamed to `<key>:bad` so producers can enqueue again.
+    pub bad_list: Option<String>,
 }
 
 /// A job on its way into Redis from the ledger's outbox.
@@ -328,7 +349,21 @@ impl Broker {
         Ok(id)
     }
 
-    pub async fn claim_ingest(&self, queue: &str, n: usize) -> Result<Vec<Ingest>> {
+    /// The name of a queue's ingest list (for messages about it).
+    pub fn ingest_key(&self, queue: &str) -> String {
+        self.key(queue, "ingest")
+    }
+
+    /// The name of a job key made from an ingest entry as read (for messages).
+    pub fn ingest_entry_key(&self, queue: &str, entry: &[u8]) -> String {
+        format!(
+            "{}{}",
+            self.job_prefix(queue),
+            crate::pgtext::escape(entry, 100)
+        )
+    }
+
+    pub async fn claim_ingest(&self, queue: &str, n: usize) -> Result<Claimed> {
         let reply = self
             .eval(
                 &self.scripts.claim_ingest,
@@ -336,47 +371,64 @@ impl Broker {
                 vec![n.to_string(), self.job_prefix(queue)],
             )
             .await?;
-        let flat = strings(reply, "claim_ingest")?;
-        let mut out = Vec::with_capacity(flat.len() / 7);
-        for c in flat.chunks_exact(7) {
-            let Ok(id) = c[0].parse() else {
-                tracing::warn!(queue, id = %c[0], "Dropping an ingest entry that is not a UUID");
-                continue;
-            };
-            out.push(Ingest {
-                id,
-                kind: c[1].clone(),
-                payload: c[2].clone(),
-                priority: c[3].parse().unwrap_or(0),
-                max_attempts: c[4].parse().unwrap_or(0),
-                created_ms: c[5].parse().unwrap_or(0),
-                run_ms: c[6].parse().unwrap_or(0),
+        let bad = |detail: &str| Error::Reply {
+            script: "claim_ingest",
+            detail: detail.to_owned(),
+        };
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Null => return Ok(Claimed::default()),
+            other => return Err(bad(&format!("expected an array, got {other:?}"))),
+        };
+        let mut items = items.into_iter().map(value_bytes);
+        let mut out = Claimed::default();
+        while let Some(entry) = items.next() {
+            let entry = entry.ok_or_else(|| bad("an entry without an id"))?;
+            let key_type = items.next().flatten().ok_or_else(|| bad("no key type"))?;
+            let key_type = String::from_utf8_lossy(&key_type).into_owned();
+            if entry == b"!" {
+                out.bad_list = Some(key_type);
+                break;
+            }
+            let mut fields: [Option<Vec<u8>>; 6] = Default::default();
+            for f in &mut fields {
+                *f = items.next().ok_or_else(|| bad("a short entry"))?;
+            }
+            out.entries.push(Ingest {
+                entry,
+                key_type,
+                fields,
             });
         }
         Ok(out)
     }
 
-    /// `jobs`: (id, resolved max_attempts, refused).
-    pub async fn promote_ingested(&self, queue: &str, jobs: &[(Uuid, i32, bool)]) -> Result {
+    /// `jobs`: (ingest entry as claimed, resolved max_attempts, refused).
+    pub async fn promote_ingested(&self, queue: &str, jobs: &[(&[u8], i32, bool)]) -> Result {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut args = vec![self.job_prefix(queue), self.wake_channel(queue)];
-        for (id, max_attempts, refused) in jobs {
-            args.push(id.to_string());
-            args.push(max_attempts.to_string());
-            args.push(if *refused { "1" } else { "0" }.to_owned());
+        let mut args: Vec<Value> = vec![
+            self.job_prefix(queue).into(),
+            self.wake_channel(queue).into(),
+        ];
+        for (entry, max_attempts, refused) in jobs {
+            args.push(Value::Bytes(entry.to_vec().into()));
+            args.push(max_attempts.to_string().into());
+            args.push(if *refused { "1" } else { "0" }.into());
         }
-        self.eval(
-            &self.scripts.promote_ingested,
-            vec![
-                self.key(queue, "ingesting"),
-                self.key(queue, "ready"),
-                self.key(queue, "delayed"),
-            ],
-            args,
-        )
-        .await?;
+        self.scripts
+            .promote_ingested
+            .evalsha_with_reload::<Value, _, _>(
+                self.pool.next(),
+                vec![
+                    self.key(queue, "ingesting"),
+                    self.key(queue, "ready"),
+                    self.key(queue, "delayed"),
+                ],
+                args,
+            )
+            .await?;
         Ok(())
     }
 
@@ -728,6 +780,18 @@ impl Broker {
 /// When a job became ready, from its ready-set score `-priority · W + (ms − epoch)`.
 fn ready_ms_of_score(score: f64) -> i64 {
     (score as i64).rem_euclid(PRIORITY_WEIGHT) + READY_EPOCH_MS
+}
+
+/// One item of a script's reply as bytes: `None` for nil (a missing field).
+fn value_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Null => None,
+        Value::Bytes(b) => Some(b.to_vec()),
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        Value::Double(d) => Some(d.to_string().into_bytes()),
+        other => Some(format!("{other:?}").into_bytes()),
+    }
 }
 
 /// Reads a script's flat array reply as strings (numbers included).

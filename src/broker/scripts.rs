@@ -30,63 +30,155 @@ local function tombstone(qp, id)
 end
 "#;
 
-/// The producer-facing enqueue, documented in docs/PROTOCOL.md.
+/// The producer-facing enqueue, documented in docs/PROTOCOL.md (which holds a copy
+/// of its full text: a test keeps the two equal). `check_job` is every rule a job
+/// must meet; a batch form of this script must call it for each job.
 /// KEYS: job hash, ingest list. ARGV: id, kind, payload, priority, max_attempts, delay_ms.
 pub const ENQUEUE: &str = r#"
-local id, kind, payload = ARGV[1], ARGV[2], ARGV[3]
-local h = '[0-9a-f]'
-if not string.match(id, '^' .. string.rep(h, 8) .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 4)
-    .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 12) .. '$') then
-  return redis.error_reply('ERR jobrunner: id must be a UUID in its 36-character lowercase form')
+-- Every rule a job must meet before Redis stores it, in one function: the daemon
+-- can carry any job this accepts. Returns the error text, or nil and the numbers
+-- to store (priority, max_attempts, run_ms).
+local MAX_RUN_MS = 253402300799999 -- 9999-12-31T23:59:59.999Z
+local function whole(x, default)
+  if x == nil then return default end
+  if #x > 16 or not string.match(x, '^%-?%d+$') then return nil end
+  return tonumber(x)
 end
-if string.sub(KEYS[1], -#id) ~= id then
-  return redis.error_reply('ERR jobrunner: KEYS[1] must end with the job id')
+local function utf8_ok(t)
+  local i = string.find(t, '[\128-\255]')
+  while i do
+    local c, n, lo, hi = string.byte(t, i), 0, 128, 191
+    if c >= 194 and c <= 223 then n = 1
+    elseif c >= 224 and c <= 239 then
+      n = 2
+      if c == 224 then lo = 160 elseif c == 237 then hi = 159 end
+    elseif c >= 240 and c <= 244 then
+      n = 3
+      if c == 240 then lo = 144 elseif c == 244 then hi = 143 end
+    else return false end
+    for k = 1, n do
+      local b = string.byte(t, i + k)
+      if not b or b < lo or b > hi then return false end
+      lo, hi = 128, 191
+    end
+    i = string.find(t, '[\128-\255]', i + n + 1)
+  end
+  return true
 end
-if #kind == 0 or #kind > 64 or not string.match(kind, '^[%w%._%-]+$') then
-  return redis.error_reply('ERR jobrunner: kind must be 1-64 letters, digits, dots, dashes or underscores')
+local function too_deep(v, depth)
+  if depth > 100 then return true end
+  for _, x in pairs(v) do
+    if type(x) == 'table' and too_deep(x, depth + 1) then return true end
+  end
+  return false
 end
-if not pcall(cjson.decode, payload) then
-  return redis.error_reply('ERR jobrunner: payload is not valid JSON')
+local function has_nul(v)
+  if type(v) == 'string' then return string.find(v, '\0', 1, true) ~= nil end
+  if type(v) == 'table' then
+    for k, x in pairs(v) do
+      if has_nul(k) or has_nul(x) then return true end
+    end
+  end
+  return false
 end
-local priority = tonumber(ARGV[4] or '0')
-if not priority or priority ~= math.floor(priority) or priority < -1000 or priority > 1000 then
-  return redis.error_reply('ERR jobrunner: priority must be a whole number from -1000 to 1000')
+local function check_job(job_key, ingest_key, id, kind, payload, priority, max_attempts, delay, now)
+  local h = '[0-9a-f]'
+  if not string.match(id, '^' .. string.rep(h, 8) .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 4)
+      .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 12) .. '$') then
+    return 'id must be a UUID in its 36-character lowercase form'
+  end
+  local base, queue = string.match(ingest_key, '^(.*:{([%w%._%-]+)}):ingest$')
+  if not base or #queue > 64 or #ingest_key > 256 then
+    return 'KEYS[2] must be <prefix>:{<queue>}:ingest, the queue 1-64 letters, digits, dots, dashes or underscores, at most 256 bytes in all'
+  end
+  if job_key ~= base .. ':job:' .. id then
+    return 'KEYS[1] must be <prefix>:{<queue>}:job:<id>, with the prefix and queue of KEYS[2]'
+  end
+  if #kind == 0 or #kind > 64 or not string.match(kind, '^[%w%._%-]+$') then
+    return 'kind must be 1-64 letters, digits, dots, dashes or underscores'
+  end
+  if not utf8_ok(payload) then return 'payload is not valid UTF-8' end
+  local ok, decoded = pcall(cjson.decode, payload)
+  if not ok then return 'payload is not valid JSON' end
+  -- The walks below are skipped when the text shows they cannot find anything:
+  -- U+0000 can only come from a `\u0000` escape, and depth needs brackets.
+  if (string.find(payload, '\\u0000', 1, true) or string.find(payload, '\0', 1, true))
+      and has_nul(decoded) then
+    return 'payload holds the character U+0000, which Postgres cannot store'
+  end
+  local _, opening = string.gsub(payload, '[%[{]', '')
+  if opening > 100 and type(decoded) == 'table' and too_deep(decoded, 1) then
+    return 'payload nests deeper than 100 levels'
+  end
+  local p = whole(priority, 0)
+  if not p or p < -1000 or p > 1000 then
+    return 'priority must be a whole number from -1000 to 1000'
+  end
+  local m = whole(max_attempts, 0)
+  if not m or m < 0 or m > 2147483647 then
+    return 'max_attempts must be a whole number from 0 (the kind default) to 2147483647'
+  end
+  local d = whole(delay, 0)
+  if not d or d < 0 or now + d > MAX_RUN_MS then
+    return 'delay_ms must be a whole number of milliseconds, 0 or more, that ends before the year 10000'
+  end
+  return nil, p, m, now + d
 end
-local max_attempts = tonumber(ARGV[5] or '0')
-if not max_attempts or max_attempts ~= math.floor(max_attempts) or max_attempts < 0 then
-  return redis.error_reply('ERR jobrunner: max_attempts must be a whole number, 0 for the kind default')
-end
-local delay = tonumber(ARGV[6] or '0')
-if not delay or delay < 0 then
-  return redis.error_reply('ERR jobrunner: delay_ms must be a number of milliseconds, 0 or more')
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'kind', kind, 'payload', payload, 'priority', s(priority),
-  'max_attempts', s(max_attempts), 'attempts', '0', 'created_ms', s(now),
-  'run_ms', s(now + math.floor(delay)))
-if redis.call('RPUSH', KEYS[2], id) == 1 then
+local err, priority, max_attempts, run_ms = check_job(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3],
+  ARGV[4], ARGV[5], ARGV[6], now)
+if err then return redis.error_reply('ERR jobrunner: ' .. err) end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'kind', ARGV[2], 'payload', ARGV[3], 'priority', s(priority),
+  'max_attempts', s(max_attempts), 'attempts', '0', 'created_ms', s(now), 'run_ms', s(run_ms))
+if redis.call('RPUSH', KEYS[2], ARGV[1]) == 1 then
   redis.call('PUBLISH', string.sub(KEYS[2], 1, -8) .. ':wake', 'ingest')
 end
 return 1
 "#;
 
-/// Takes up to n producer-enqueued jobs for ledger insertion; they stay in the
-/// `ingesting` set (scored by claim time) until promoted, so a crash returns them.
+/// Takes up to n producer-enqueued entries for ledger insertion. Nothing read here
+/// is trusted (producers may write these keys by hand, bypassing ENQUEUE), so the
+/// script only reads, with commands that cannot fail on a key of the wrong type,
+/// and the daemon checks what it gets. An entry whose job key exists (of any type)
+/// stays in `ingesting` (scored by claim time) until promoted, so a crash returns
+/// it. An entry with no key is skipped if it is a canonical id (a job cancelled
+/// before ingest) and returned unclaimed otherwise, so garbage is reported, not
+/// lost. An ingest list that is not a list is renamed to `<ingest>:bad`.
 /// KEYS: ingest, ingesting. ARGV: n, job key prefix.
-/// Returns flat: id, kind, payload, priority, max_attempts, created_ms, run_ms per job.
+/// Returns flat, 8 per entry: entry, key type, kind, payload, priority,
+/// max_attempts, created_ms, run_ms (nil where missing); or `{'!', type}` when the
+/// ingest list was of the wrong type and has been moved aside.
 pub const CLAIM_INGEST: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'list' then
+  if t == 'none' then return {} end
+  redis.call('RENAME', KEYS[1], KEYS[1] .. ':bad')
+  return {'!', t}
+end
 local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[1]))
 if not ids then return {} end
 local now = s(now_ms())
+local h = '[0-9a-f]'
+local canonical = '^' .. string.rep(h, 8) .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 4)
+  .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 12) .. '$'
 local out, claimed = {}, {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', ARGV[2] .. id, 'kind', 'payload', 'priority', 'max_attempts', 'created_ms', 'run_ms')
-  if h[1] then
-    claimed[#claimed + 1] = now
-    claimed[#claimed + 1] = id
+  local key = ARGV[2] .. id
+  local kt = redis.call('TYPE', key)['ok']
+  if kt ~= 'none' or not string.match(id, canonical) then
+    if kt ~= 'none' then
+      claimed[#claimed + 1] = now
+      claimed[#claimed + 1] = id
+    end
     out[#out + 1] = id
-    for i = 1, 6 do out[#out + 1] = h[i] or '' end
+    out[#out + 1] = kt
+    local f = {false, false, false, false, false, false}
+    if kt == 'hash' then
+      f = redis.call('HMGET', key, 'kind', 'payload', 'priority', 'max_attempts', 'created_ms', 'run_ms')
+    end
+    for i = 1, 6 do out[#out + 1] = f[i] end
   end
 end
 if #claimed > 0 then redis.call('ZADD', KEYS[2], unpack(claimed)) end
@@ -95,7 +187,8 @@ return out
 
 /// Moves ingested jobs (now in the ledger) to ready or delayed.
 /// KEYS: ingesting, ready, delayed. ARGV: job key prefix, wake channel, then per job:
-/// id, max_attempts, refused ("1": the ledger recorded it dead; drop it).
+/// ingest entry (the id as read), max_attempts, refused ("1": the ledger recorded it
+/// dead or it was quarantined; drop its key, whatever its type).
 pub const PROMOTE_INGESTED: &str = r#"
 local now = now_ms()
 local ids = {}

@@ -299,7 +299,22 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
 pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let id = parse_id(&args.id)?;
     let ledger = Ledger::connect(&config.database).await?;
-    let job = ledger.job_detail(id).await?;
+    let quarantined = ledger.quarantined(Some(id), 20).await?;
+    let job = match ledger.job_detail(id).await {
+        Ok(job) => job,
+        // Quarantined before it got a row: that is all there is to show.
+        Err(crate::ledger::Error::NotFound(_)) if !quarantined.is_empty() => {
+            if args.json {
+                let doc = json!({ "id": id, "quarantine": quarantined });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("job {id} has no row; it was quarantined");
+                print!("{}", super::quarantine::section(&quarantined));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The ledger is the record; Redis only adds where the job sits now, so a Redis
     // that cannot be reached is reported, not fatal.
     let redis: Result<RedisJobState, String> = match Broker::connect(&config.redis).await {
@@ -316,6 +331,7 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
             Ok(state) => serde_json::to_value(state)?,
             Err(error) => json!({ "error": error }),
         };
+        doc["quarantine"] = serde_json::to_value(&quarantined)?;
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -354,6 +370,7 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
             let _ = writeln!(out, "  {line}");
         }
     }
+    out.push_str(&super::quarantine::section(&quarantined));
     print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
@@ -542,7 +559,7 @@ pub async fn workers(config: Config, args: WorkersArgs) -> anyhow::Result<ExitCo
 }
 
 /// Aligned columns, two spaces apart; the last column is not padded.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -580,7 +597,7 @@ fn age(secs: i64) -> String {
     }
 }
 
-fn stamp(t: DateTime<Utc>) -> String {
+pub(super) fn stamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
 }
 

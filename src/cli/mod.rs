@@ -11,6 +11,7 @@ mod admin;
 mod control;
 mod cron;
 mod demo;
+mod quarantine;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,6 +120,8 @@ pub enum Command {
     Purge(admin::PurgeArgs),
     /// The daemons running now.
     Workers(admin::WorkersArgs),
+    /// Items read from Redis that could not be recorded as jobs, newest first.
+    Quarantine(quarantine::QuarantineArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -249,6 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry(args) => admin::retry(config, args).await,
         Command::Purge(args) => admin::purge(config, args).await,
         Command::Workers(args) => admin::workers(config, args).await,
+        Command::Quarantine(args) => quarantine::run(config, args).await,
     }
 }
 

@@ -7,10 +7,12 @@
 //! the database URL), or leave a process behind: the program runs in its own
 //! process group, and the group is killed when the program exits and when the
 //! attempt is dropped (the kind's timeout, shutdown), so grandchildren die too.
+//! On Linux the program also gets SIGKILL when the daemon dies without cleaning up
+//! (SIGKILL, a crash): see [`Spawner`].
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -39,6 +41,7 @@ pub(super) fn register(registry: &mut Registry, name: &str, kind: &KindConfig) {
             name,
             CommandHandler {
                 config: Arc::new(config.clone()),
+                spawner: Arc::default(),
             },
         );
     }
@@ -48,16 +51,97 @@ pub(super) fn register(registry: &mut Registry, name: &str, kind: &KindConfig) {
 #[derive(Clone)]
 pub struct CommandHandler {
     config: Arc<CommandKindConfig>,
+    /// The thread every program of this kind is forked from, started on first use
+    /// (it needs the runtime's handle); see [`Spawner`].
+    spawner: Arc<OnceLock<Result<Spawner, String>>>,
 }
 
 impl Handler for CommandHandler {
     fn run(&self, ctx: JobContext) -> BoxFuture<'static, JobResult> {
         let config = self.config.clone();
-        Box::pin(async move { run(&config, ctx).await })
+        let spawner = self.spawner.clone();
+        Box::pin(async move {
+            let spawner = spawner
+                .get_or_init(|| Spawner::start(tokio::runtime::Handle::current()))
+                .as_ref()
+                .map_err(|e| JobError::retryable(e.clone()))?;
+            run(&config, spawner, ctx).await
+        })
     }
 }
 
-async fn run(config: &CommandKindConfig, ctx: JobContext) -> JobResult {
+type SpawnRequest = (
+    tokio::process::Command,
+    tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>,
+);
+
+/// Forks the programs of one kind from one dedicated, long-lived thread.
+///
+/// Linux's parent-death signal (`PR_SET_PDEATHSIG`, set in the child before it
+/// runs the program) is sent when the *thread* that forked the child exits, not
+/// the process. Forked from a tokio worker or blocking thread, a program would be
+/// killed whenever the runtime retires that thread (idle blocking threads exit
+/// after 10 s). This thread lives as long as the handler, which lives as long as
+/// the daemon, so the signal comes only when the daemon itself is gone. When the
+/// handler is dropped the thread ends too, but by then every attempt has ended and
+/// its program was killed with it.
+struct Spawner {
+    requests: std::sync::mpsc::Sender<SpawnRequest>,
+}
+
+impl Spawner {
+    fn start(runtime: tokio::runtime::Handle) -> Result<Spawner, String> {
+        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("jobrunner-spawn".into())
+            .spawn(move || {
+                // Pipes and the child's exit are registered with this runtime.
+                let _entered = runtime.enter();
+                while let Ok((mut command, reply)) = incoming.recv() {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map_err(|e| format!("cannot start the thread that runs programs: {e}"))?;
+        Ok(Spawner { requests })
+    }
+
+    async fn spawn(
+        &self,
+        mut command: tokio::process::Command,
+    ) -> std::io::Result<tokio::process::Child> {
+        set_parent_death_signal(&mut command);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || std::io::Error::other("the thread that runs programs has stopped");
+        self.requests.send((command, reply)).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Makes the child get SIGKILL when the daemon dies (Linux only; elsewhere the
+/// unit's `KillMode` is the only net).
+#[cfg(target_os = "linux")]
+fn set_parent_death_signal(command: &mut tokio::process::Command) {
+    let daemon = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (prctl, getppid), without allocating: the
+    // error is built from a raw errno.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The daemon may have died between fork and prctl: then the signal
+            // never comes, so give up now rather than run an orphan.
+            if rustix::process::getppid() != Some(daemon) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_parent_death_signal(_command: &mut tokio::process::Command) {}
+
+async fn run(config: &CommandKindConfig, spawner: &Spawner, ctx: JobContext) -> JobResult {
     let program = &config.program;
     let input = serde_json::to_vec(&ctx.payload)
         .map_err(|e| JobError::permanent(format!("cannot serialise the payload: {e}")))?;
@@ -84,7 +168,10 @@ async fn run(config: &CommandKindConfig, ctx: JobContext) -> JobResult {
     if let Some(dir) = &config.working_dir {
         command.current_dir(dir);
     }
-    let mut child = command.spawn().map_err(|e| spawn_error(program, e))?;
+    let mut child = spawner
+        .spawn(command)
+        .await
+        .map_err(|e| spawn_error(program, e))?;
     // Declared after `child`, so it is dropped first: the group dies even if the
     // attempt is dropped while the program runs.
     let mut group = ProcessGroup(child.id());
@@ -115,7 +202,11 @@ async fn run(config: &CommandKindConfig, ctx: JobContext) -> JobResult {
 
     if status.success() {
         return Ok(match serde_json::from_slice::<Value>(&out) {
-            Ok(value) if !out_cut => value,
+            Ok(mut value) if !out_cut => {
+                // JSON may spell U+0000 as `\u0000`; the result is `jsonb`.
+                crate::pgtext::safe_json(&mut value);
+                value
+            }
             _ => json!({"stdout": excerpt(&out, RESULT_EXCERPT)}),
         });
     }

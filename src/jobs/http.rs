@@ -190,7 +190,11 @@ impl Inner {
 
         if status.is_success() {
             return Ok(match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value) if !truncated => value,
+                Ok(mut value) if !truncated => {
+                    // JSON may spell U+0000 as `\u0000`; the result is `jsonb`.
+                    crate::pgtext::safe_json(&mut value);
+                    value
+                }
                 _ => json!({"status": status.as_u16(), "body": excerpt(&bytes, RESULT_EXCERPT)}),
             });
         }
@@ -285,14 +289,11 @@ async fn read_capped(
     Ok((bytes, false))
 }
 
-/// The first `max` bytes as text, cut on a character boundary.
+/// The first `max` bytes as text, cut on a character boundary, safe for Postgres:
+/// invalid UTF-8 and U+0000 (which a body or program output may hold) become U+FFFD.
 pub(super) fn excerpt(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    let text = crate::pgtext::from_bytes(bytes);
+    crate::pgtext::truncate(&text, max).to_owned()
 }
 
 #[cfg(test)]
@@ -333,6 +334,7 @@ mod tests {
     fn an_excerpt_never_cuts_a_character_in_half() {
         assert_eq!(excerpt("héllo".as_bytes(), 2), "h");
         assert_eq!(excerpt(b"abc", 10), "abc");
+        assert_eq!(excerpt(b"a\0b\xff", 10), "a\u{FFFD}b\u{FFFD}");
     }
 
     #[test]

@@ -68,6 +68,14 @@ struct Rejected {
     error: String,
 }
 
+/// The longest provider message id or contact number kept, in bytes. Real ones are
+/// under 100; the limit keeps every value far below the btree entry size.
+const MAX_ID_BYTES: usize = 512;
+/// The longest tenant name, in bytes (it is part of a unique index too).
+const MAX_TENANT_BYTES: usize = 512;
+/// 9999-12-31T23:59:59Z in Unix seconds.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
 /// Receipt statuses the provider sends, with their rank (see [`Receipt::rank`]).
 const RECEIPTS: [(&str, i32); 4] = [("sent", 1), ("delivered", 2), ("read", 3), ("failed", 4)];
 
@@ -76,6 +84,13 @@ async fn run(ctx: JobContext) -> JobResult {
     if tenant.trim().is_empty() {
         return Err(JobError::permanent("bad payload: `tenant` is empty"));
     }
+    if tenant.len() > MAX_TENANT_BYTES {
+        return Err(JobError::permanent(format!(
+            "bad payload: `tenant` is {} bytes long, more than {MAX_TENANT_BYTES}",
+            tenant.len()
+        )));
+    }
+    let tenant = clean(&tenant);
     let webhook = parse_webhook(&webhook).map_err(JobError::permanent)?;
     if webhook.messages.is_empty() && webhook.receipts.is_empty() && !webhook.rejected.is_empty() {
         return Err(JobError::permanent(nothing_usable(&webhook.rejected)));
@@ -218,9 +233,10 @@ async fn apply(
     Ok((inserted, applied))
 }
 
-/// SQLSTATE classes 22 (data exception) and 23 (integrity violation) mean this
-/// input can never be written, so retrying is pointless; anything else (a lost
-/// connection, a pool timeout, a deadlock) may pass on the next attempt.
+/// SQLSTATE classes 22 (data exception), 23 (integrity violation) and 54 (a
+/// program limit such as the index row size) mean this input can never be
+/// written, so retrying is pointless; anything else (a lost connection, a pool
+/// timeout, a deadlock) may pass on the next attempt.
 fn db_error(doing: &str, error: sqlx::Error) -> JobError {
     let message = format!("{doing}: {}", crate::error_chain(&error));
     let class = error
@@ -228,7 +244,7 @@ fn db_error(doing: &str, error: sqlx::Error) -> JobError {
         .and_then(|e| e.code())
         .map(|code| code.chars().take(2).collect::<String>());
     match class.as_deref() {
-        Some("22" | "23") => JobError::permanent(message),
+        Some("22" | "23" | "54") => JobError::permanent(message),
         _ => JobError::retryable(message),
     }
 }
@@ -320,7 +336,7 @@ fn parse_change(change: &Value, path: &str, out: &mut Webhook) -> Result<(), Str
 }
 
 fn parse_contact(contact: &Map<String, Value>, out: &mut Webhook) -> Result<(), String> {
-    let number = string(contact, "wa_id")?;
+    let number = bounded(contact, "wa_id", MAX_ID_BYTES)?;
     let name = match contact.get("profile") {
         None | Some(Value::Null) => None,
         Some(profile) => match object(profile)
@@ -338,14 +354,14 @@ fn parse_contact(contact: &Map<String, Value>, out: &mut Webhook) -> Result<(), 
         },
     };
     if let Some(name) = name {
-        out.names.insert(number.to_owned(), name);
+        out.names.insert(number, name);
     }
     Ok(())
 }
 
 fn parse_message(message: &Map<String, Value>, out: &mut Webhook) -> Result<(), String> {
-    let provider_id = string(message, "id")?.to_owned();
-    let from = string(message, "from")?.to_owned();
+    let provider_id = bounded(message, "id", MAX_ID_BYTES)?;
+    let from = bounded(message, "from", MAX_ID_BYTES)?;
     let sent_at = timestamp(message)?;
     let kind = string(message, "type")?;
     let body = if kind == "text" {
@@ -373,7 +389,7 @@ fn parse_message(message: &Map<String, Value>, out: &mut Webhook) -> Result<(), 
 }
 
 fn parse_status(status: &Map<String, Value>, out: &mut Webhook) -> Result<(), String> {
-    let provider_id = string(status, "id")?.to_owned();
+    let provider_id = bounded(status, "id", MAX_ID_BYTES)?;
     let name = string(status, "status")?;
     let Some(&(status, rank)) = RECEIPTS.iter().find(|(s, _)| *s == name) else {
         return Err(format!(
@@ -429,15 +445,37 @@ fn timestamp(message: &Map<String, Value>) -> Result<DateTime<Utc>, String> {
         Value::Number(n) => n.as_i64(),
         _ => None,
     };
+    // Postgres and chrono disagree on the far ends of time; a message dated outside
+    // the years 1970-9999 is a provider's bug, rejected on its own.
     seconds
+        .filter(|s| (0..=MAX_UNIX_SECONDS).contains(s))
         .and_then(|s| DateTime::from_timestamp(s, 0))
-        .ok_or_else(|| format!("field `timestamp`: expected Unix seconds, found {value}"))
+        .ok_or_else(|| {
+            let shown = crate::pgtext::truncate(&value.to_string(), 64).to_owned();
+            format!(
+                "field `timestamp`: expected Unix seconds in the years 1970-9999, found {shown}"
+            )
+        })
 }
 
 /// Postgres text cannot hold NUL; a NUL in a provider's text is replaced rather
 /// than failing the message.
 fn clean(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
+    crate::pgtext::safe(text).into_owned()
+}
+
+/// A required string field that goes into a unique index: longer than `max` bytes
+/// it could never be stored (a btree entry holds at most about 2,700 bytes), so the
+/// item is rejected instead of failing the whole webhook.
+fn bounded(object: &Map<String, Value>, field: &str, max: usize) -> Result<String, String> {
+    let text = string(object, field)?;
+    if text.len() > max {
+        return Err(format!(
+            "field `{field}`: {} bytes long, more than the {max} an id may have",
+            text.len()
+        ));
+    }
+    Ok(clean(text))
 }
 
 fn object(value: &Value) -> Result<&Map<String, Value>, String> {
@@ -586,7 +624,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "field `timestamp`: expected Unix seconds, found \"soon\"",
+                "field `timestamp`: expected Unix seconds in the years 1970-9999, found \"soon\"",
                 "field `from`: expected a string, found a number"
             ]
         );

@@ -11,6 +11,7 @@ mod admin;
 mod cron;
 mod events;
 mod flow;
+mod quarantine;
 pub mod safe;
 mod writer;
 
@@ -32,6 +33,7 @@ pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, Queu
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
 pub use flow::Cancelled;
+pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
 pub use writer::{EventSender, ProgressReport, StatusUpdate, StatusWriter, WriterHandle};
 
 /// How long a waiter treats a missing row as "not ingested yet".
@@ -200,6 +202,15 @@ pub struct IngestedJob {
     pub created_at: DateTime<Utc>,
     /// Set when the job is refused at ingest (bad payload): it is recorded `dead`.
     pub refused: Option<String>,
+}
+
+/// What [`Ledger::insert_ingested`] did besides inserting.
+#[derive(Debug, Default)]
+pub struct IngestOutcome {
+    /// Ids whose row already existed and is final: a producer re-sent them.
+    pub finished: Vec<Uuid>,
+    /// Ids that Postgres refused even as `dead`: quarantined instead.
+    pub quarantined: Vec<Uuid>,
 }
 
 /// The shared Postgres pool and every query on the ledger.
@@ -453,27 +464,77 @@ impl Ledger {
     /// A row Postgres refuses (bad data the script could not see) does not block the
     /// batch: the batch is retried row by row and each refused row is recorded
     /// `dead` with the reason, so one bad job never stalls a queue.
-    pub async fn insert_ingested(&self, jobs: &mut [IngestedJob]) -> Result<Vec<Uuid>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.insert_ingested_batch(jobs).await {
-            Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {}
-            other => return other,
-        }
-        let mut finished = Vec::new();
-        for job in jobs.iter_mut() {
-            let one = std::slice::from_mut(job);
-            match self.insert_ingested_batch(one).await {
-                Ok(ids) => finished.extend(ids),
+    pub async fn insert_ingested(&self, jobs: &mut [IngestedJob]) -> Result<IngestOutcome> {
+        let mut outcome = IngestOutcome::default();
+        // A data error names no row: halve the batch until the culprits stand alone,
+        // so one poison row costs about 2·log2(n) statements, and the rest go in.
+        // A transient error returns at once; the caller retries the whole batch,
+        // which the `ON CONFLICT DO NOTHING` makes harmless for the parts done.
+        let mut pending = Vec::new();
+        pending.push(0..jobs.len());
+        while let Some(range) = pending.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let part = &mut jobs[range.clone()];
+            match self.insert_ingested_batch(part).await {
+                Ok(ids) => outcome.finished.extend(ids),
                 Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
-                    one[0].refused = Some(format!("the ledger refused this job: {}", e.message()));
-                    self.insert_ingested_batch(one).await?;
+                    if part.len() > 1 {
+                        let mid = range.start + part.len() / 2;
+                        pending.push(mid..range.end);
+                        pending.push(range.start..mid);
+                    } else {
+                        let reason = format!("the ledger refused this job: {}", e.message());
+                        if self.refuse_ingested(&mut part[0], reason).await? {
+                            outcome.quarantined.push(part[0].id);
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(finished)
+        Ok(outcome)
+    }
+
+    /// Records one ingested job Postgres refused as `dead`, with every value it
+    /// carries made as plain as possible; if even that is refused, quarantines it.
+    /// True when it was quarantined.
+    async fn refuse_ingested(&self, job: &mut IngestedJob, reason: String) -> Result<bool> {
+        let now = Utc::now();
+        job.refused = Some(match job.refused.take() {
+            Some(earlier) => format!("{earlier}; {reason}"),
+            None => reason,
+        });
+        job.run_at = now;
+        job.created_at = now;
+        job.priority = job.priority.clamp(-1000, 1000);
+        job.max_attempts = job.max_attempts.max(1);
+        match self.insert_ingested_batch(std::slice::from_mut(job)).await {
+            Ok(_) => Ok(false),
+            Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
+                let raw = serde_json::json!({
+                    "id": job.id, "kind": job.kind, "payload": job.payload,
+                    "priority": job.priority, "max_attempts": job.max_attempts,
+                })
+                .to_string();
+                let error = format!(
+                    "{}; recording it dead failed too: {}",
+                    job.refused.as_deref().unwrap_or_default(),
+                    e.message()
+                );
+                self.quarantine(&NewQuarantine {
+                    source: "ingest",
+                    queue: Some(&job.queue),
+                    job_id: Some(job.id),
+                    raw: &raw,
+                    error: &error,
+                })
+                .await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn insert_ingested_batch(&self, jobs: &[IngestedJob]) -> Result<Vec<Uuid>> {
@@ -723,7 +784,10 @@ impl IngestColumns {
     fn push(&mut self, job: &IngestedJob) {
         let (status, payload) = match &job.refused {
             // A refused payload may not be JSON at all: keep the text as a JSON string.
-            Some(_) => (Status::Dead, Value::String(job.payload.clone()).to_string()),
+            Some(_) => (
+                Status::Dead,
+                Value::String(crate::pgtext::safe(&job.payload).into_owned()).to_string(),
+            ),
             None if job.run_at > Utc::now() => (Status::Scheduled, job.payload.clone()),
             None => (Status::Queued, job.payload.clone()),
         };
@@ -736,6 +800,10 @@ impl IngestColumns {
         self.max_attempts.push(job.max_attempts);
         self.run_ats.push(job.run_at);
         self.created_ats.push(job.created_at);
-        self.errors.push(job.refused.clone());
+        self.errors.push(
+            job.refused
+                .as_deref()
+                .map(|e| crate::pgtext::safe(e).into_owned()),
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,10 +14,10 @@ use uuid::Uuid;
 use super::{Shared, flow, worker};
 use crate::broker::Dispatch;
 use crate::error_chain;
-use crate::ledger::{Event, IngestedJob, Status, StatusUpdate};
+use crate::ledger::{Event, Status, StatusUpdate};
 use crate::metrics;
 
-/// Most outbox rows or ingest entries moved in one round trip.
+/// Most outbox rows moved in one round trip.
 const MOVE_BATCH: usize = 1000;
 /// How often the orphan sweep looks for ledger jobs whose Redis copy is gone.
 const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -88,7 +88,8 @@ pub(super) async fn fetch(
                     // interval, whichever comes first.
                     let mut idle = runtime.poll_interval;
                     if let Some(due) = fetched.next_due_ms {
-                        let until = due - Utc::now().timestamp_millis();
+                        // `due` comes from Redis: no unchecked arithmetic on it.
+                        let until = due.saturating_sub(Utc::now().timestamp_millis());
                         idle = idle.min(Duration::from_millis(until.max(1) as u64));
                     }
                     tokio::select! {
@@ -106,120 +107,6 @@ pub(super) async fn fetch(
                 }
                 error_delay = (error_delay * 2).min(Duration::from_secs(2));
             }
-        }
-    }
-}
-
-/// Records jobs that producers pushed straight into Redis, then makes them ready.
-/// The ledger row is written before the job can run, so every status write finds it.
-pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: CancellationToken) {
-    let Some(wake) = shared.ingest_wake.get(&queue).cloned() else {
-        return;
-    };
-    let mut error_delay = Duration::from_millis(100);
-    loop {
-        let claimed = match shared.broker.claim_ingest(&queue, MOVE_BATCH).await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(queue, error = %error_chain(&error), "Ingest claim failed, retrying");
-                if !pause(error_delay, &shutdown).await {
-                    return;
-                }
-                error_delay = (error_delay * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        error_delay = Duration::from_millis(100);
-        if claimed.is_empty() {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(shared.config.runtime.poll_interval) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            continue;
-        }
-        let mut rows: Vec<IngestedJob> = claimed
-            .into_iter()
-            .map(|c| {
-                let kind = shared.config.kind(&c.kind);
-                let refused = match serde_json::from_str::<serde_json::Value>(&c.payload) {
-                    Err(e) => Some(format!("payload is not valid JSON: {e}")),
-                    Ok(v) if has_nul(&v) => Some(
-                        "payload contains the character U+0000, which Postgres cannot store"
-                            .to_owned(),
-                    ),
-                    Ok(_) => None,
-                };
-                IngestedJob {
-                    id: c.id,
-                    queue: queue.clone(),
-                    max_attempts: if c.max_attempts > 0 {
-                        c.max_attempts
-                    } else {
-                        kind.max_attempts
-                    },
-                    kind: c.kind,
-                    payload: c.payload,
-                    priority: c.priority.clamp(-1000, 1000),
-                    run_at: ms_to_time(c.run_ms),
-                    created_at: ms_to_time(c.created_ms),
-                    refused,
-                }
-            })
-            .collect();
-        // Postgres down: keep retrying. If this daemon dies meanwhile, the claim
-        // times out and the reaper hands the entries to another ingester.
-        let mut delay = Duration::from_millis(100);
-        let finished = loop {
-            match shared.ledger.insert_ingested(&mut rows).await {
-                Ok(finished) => break finished,
-                Err(error) => {
-                    tracing::warn!(queue, error = %error_chain(&error), "Ingest insert failed, retrying");
-                    if !pause(delay, &shutdown).await {
-                        return;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        for id in &finished {
-            tracing::warn!(queue, job.id = %id,
-                "A producer re-sent the id of a finished job; it is not run again");
-        }
-        for row in rows.iter().filter(|r| r.refused.is_some()) {
-            tracing::warn!(queue, job.id = %row.id, error = row.refused.as_deref().unwrap_or(""),
-                "Refused a Redis-enqueued job; recorded as dead");
-        }
-        // Before the promote script makes them runnable: see `runtime::events`.
-        if shared.publisher.enabled() {
-            let now = Utc::now();
-            let events = rows
-                .iter()
-                .filter(|r| !finished.contains(&r.id))
-                .map(|r| {
-                    let status = match &r.refused {
-                        Some(_) => Status::Dead,
-                        None if r.run_at > now => Status::Scheduled,
-                        None => Status::Queued,
-                    };
-                    Event::status(r.id, &queue, &r.kind, status, 0, now, r.refused.as_deref())
-                })
-                .collect();
-            shared.publisher.publish(events).await;
-        }
-        let promote: Vec<(Uuid, i32, bool)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.id,
-                    r.max_attempts,
-                    r.refused.is_some() || finished.contains(&r.id),
-                )
-            })
-            .collect();
-        if let Err(error) = shared.broker.promote_ingested(&queue, &promote).await {
-            tracing::warn!(queue, error = %error_chain(&error),
-                "Promoting ingested jobs failed; the reaper will return them for another try");
         }
     }
 }
@@ -755,22 +642,4 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
     }
     manager.abort();
     let _ = client.quit().await;
-}
-
-/// Whether any string or key in the value holds U+0000 (valid JSON, but not
-/// storable in a Postgres `jsonb`).
-fn has_nul(value: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
-fn ms_to_time(ms: i64) -> chrono::DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_else(Utc::now)
 }

@@ -13,6 +13,7 @@
 mod acker;
 mod events;
 mod flow;
+mod ingest;
 mod loops;
 pub mod notify;
 mod presence;
@@ -473,7 +474,7 @@ async fn supervise(
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
         loops.spawn(alive.watch(
             "ingest",
-            loops::ingest(shared.clone(), queue.clone(), shutdown.clone()),
+            ingest::ingest(shared.clone(), queue.clone(), shutdown.clone()),
         ));
         loops.spawn(alive.watch(
             "fetch",

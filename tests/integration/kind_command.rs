@@ -162,3 +162,24 @@ fn rand_suffix() -> u64 {
         .map(|d| u64::from(d.subsec_nanos() % 1000))
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_with_nul_bytes_is_stored_with_replacement_characters() {
+    let mut app = spawn_app().await;
+    app.config
+        .kinds
+        .insert("nul-json".into(), sh_kind(r#"printf '{"x": "a\\u0000b"}'"#));
+    app.config
+        .kinds
+        .insert("nul-text".into(), sh_kind(r#"printf 'a\000b'"#));
+    let daemon = app.start_daemon().await;
+    let json_id = app.enqueue("nul-json", json!({})).await;
+    let text_id = app.enqueue("nul-text", json!({})).await;
+    let job = app.wait_final(json_id, 10).await;
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.result, Some(json!({"x": "a\u{FFFD}b"})));
+    let job = app.wait_final(text_id, 10).await;
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.result, Some(json!({"stdout": "a\u{FFFD}b"})));
+    daemon.stop().await;
+}

@@ -558,3 +558,43 @@ async fn bad_payloads_and_bad_queries_end_dead_with_a_readable_error() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_too_long_to_store_is_skipped_and_nul_in_text_is_not_a_failure() {
+    let app = app_with(&["127.0.0.1"], 3).await;
+    // Random, so it does not compress below the index entry limit.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..8000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect();
+    let long = format!("/installers/solar-{noise}");
+    let page = format!(
+        "<html><head><title>Solar\0 installers</title></head><body>\
+         <p><a href=\"{long}\">Solar installers, the long way</a></p>\
+         <p><a href=\"/installers/short\">Solar installers\0 nearby</a></p>\
+         </body></html>"
+    );
+    let site = Site::start(vec![("/page", Reply::Html(page))]).await;
+    let query = insert_query(&app, "solar installers", json!([site.url("/page")])).await;
+    let daemon = app.start_daemon().await;
+    let id = app.enqueue(KIND, json!({ "query_id": query })).await;
+    let job = app.wait_final(id, 20).await;
+    assert_eq!(
+        (job.status.as_str(), job.attempts),
+        ("succeeded", 1),
+        "{job:?}"
+    );
+    let rows = results(&app, query).await;
+    assert!(rows.iter().all(|r| r.url.len() <= 2048), "{rows:#?}");
+    let short = find(&rows, &site.url("/installers/short"));
+    assert!(
+        short.title.as_deref().is_some_and(|t| !t.contains('\0')),
+        "{short:?}"
+    );
+    daemon.stop().await;
+}

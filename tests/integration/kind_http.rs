@@ -252,3 +252,57 @@ async fn a_request_over_the_timeout_is_retried() {
     assert_eq!(job.last_error, Some(format!("POST {base}/slow timed out")));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_with_nul_or_invalid_utf8_are_stored_with_replacement_characters() {
+    let router = Router::new()
+        .route(
+            "/json",
+            post(|| async {
+                (
+                    [("content-type", "application/json")],
+                    r#"{"x": "a\u0000b"}"#,
+                )
+            }),
+        )
+        .route("/bytes", post(|| async { Bytes::from_static(b"ok\0\xff") }))
+        .route(
+            "/broken",
+            post(|| async {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Bytes::from_static(b"bad\0\xfe"),
+                )
+            }),
+        );
+    let base = serve(router).await;
+    let mut app = spawn_app().await;
+    for name in ["json", "bytes", "broken"] {
+        app.config.kinds.insert(
+            format!("hook-{name}"),
+            http_kind(format!("{base}/{name}"), Duration::from_secs(5)),
+        );
+    }
+    let daemon = app.start_daemon().await;
+    let json_id = app.enqueue("hook-json", json!({})).await;
+    let bytes_id = app.enqueue("hook-bytes", json!({})).await;
+    let broken_id = app.enqueue("hook-broken", json!({})).await;
+    let job = app.wait_final(json_id, 10).await;
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.result, Some(json!({"x": "a\u{FFFD}b"})));
+    let job = app.wait_final(bytes_id, 10).await;
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(
+        job.result,
+        Some(json!({"status": 200, "body": "ok\u{FFFD}\u{FFFD}"}))
+    );
+    let job = app.wait_final(broken_id, 10).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 1), "{job:?}");
+    assert!(
+        job.last_error.unwrap().ends_with("bad\u{FFFD}\u{FFFD}"),
+        "the error keeps the body, made safe"
+    );
+    let good = app.enqueue("noop", json!({})).await;
+    assert_eq!(app.wait_final(good, 10).await.status, "succeeded");
+    daemon.stop().await;
+}

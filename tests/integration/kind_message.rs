@@ -237,6 +237,80 @@ async fn bad_items_are_reported_and_a_webhook_with_nothing_usable_is_dead() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dated_out_of_range_is_reported_and_its_neighbour_kept() {
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let body = webhook(json!({
+        "messages": [
+            text("wamid.far", "15550001", -1_000_000_000_000, "from the stone age"),
+            text("wamid.future", "15550001", 1_000_000_000_000, "from the far future"),
+            text("wamid.good", "15550001", 1_700_000_000, "hello"),
+        ]
+    }));
+    let (status, result, _) = process(&app, "acme", body).await;
+    assert_eq!(status, "succeeded", "{result}");
+    assert_eq!(result["inserted"], 1, "{result}");
+    let rejected = result["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2, "{result}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["error"].as_str().unwrap().contains("years 1970-9999")),
+        "{result}"
+    );
+    let kept: Vec<String> = sqlx::query_scalar("SELECT provider_message_id FROM public.messages")
+        .fetch_all(app.ledger.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, ["wamid.good"]);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_too_long_for_any_index_is_bad_input_never_retried() {
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let long = format!("wamid.{}", "x".repeat(6000));
+    // Next to a good message: the long one is rejected, the good one kept.
+    let body = webhook(json!({"messages": [
+        text(&long, "15550001", 1_700_000_000, "long id"),
+        text("wamid.ok", "15550001", 1_700_000_001, "fine"),
+    ]}));
+    let (status, result, _) = process(&app, "acme", body).await;
+    assert_eq!(status, "succeeded", "{result}");
+    assert_eq!(result["inserted"], 1, "{result}");
+    // Alone: nothing usable, so dead on the first attempt.
+    let id = app
+        .enqueue(
+            KIND,
+            json!({"tenant": "acme", "webhook": webhook(json!({"messages": [
+                text(&long, "15550001", 1_700_000_000, "long id"),
+            ]}))}),
+        )
+        .await;
+    let job = app.wait_final(id, 15).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 1), "{job:?}");
+    assert!(
+        job.last_error
+            .unwrap()
+            .contains("more than the 512 an id may have"),
+        "the error says what was wrong"
+    );
+    // A tenant that long cannot be stored either: dead at once, not retried.
+    let id = app
+        .enqueue(
+            KIND,
+            json!({"tenant": "t".repeat(6000), "webhook": webhook(json!({"messages": [
+                text("wamid.t", "15550001", 1_700_000_000, "hi"),
+            ]}))}),
+        )
+        .await;
+    let job = app.wait_final(id, 15).await;
+    assert_eq!((job.status.as_str(), job.attempts), ("dead", 1), "{job:?}");
+    daemon.stop().await;
+}
+
 /// The SQL block that follows `marker` in docs/kinds/message-processing.md, so the
 /// query the docs recommend is the one tested.
 fn documented_sql(marker: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod command_orphans;
 mod crash;
 mod cron;
 mod enqueue;
@@ -18,6 +19,8 @@ mod kind_message;
 mod logs;
 mod observability;
 mod poison;
+mod poison_props;
+mod poison_redis;
 mod protocol;
 mod reload;
 mod run_at;

@@ -102,29 +102,18 @@ async fn an_uppercase_or_malformed_id_is_an_error_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payload_postgres_cannot_store_ends_dead_without_blocking_the_others() {
+async fn a_payload_postgres_cannot_store_is_an_error_reply() {
     let app = spawn_app().await;
-    let bad = uuid::Uuid::now_v7().to_string();
-    let good = uuid::Uuid::now_v7().to_string();
-    // Both wait in the ingest list, so one claim takes them together.
-    assert_eq!(
-        enqueue(&app, &bad, "noop", r#"{"name": "a\u0000b"}"#),
-        Reply::Int(1)
-    );
-    assert_eq!(
-        enqueue(&app, &good, "noop", r#"{"name": "ab"}"#),
-        Reply::Int(1)
-    );
-    let daemon = app.start_daemon().await;
-    let job = app.wait_final(good.parse().unwrap(), 10).await;
-    assert_eq!(job.status, "succeeded");
-    let job = app.wait_final(bad.parse().unwrap(), 10).await;
-    assert_eq!((job.status.as_str(), job.attempts), ("dead", 0));
-    assert_eq!(
-        job.last_error.as_deref(),
-        Some("payload contains the character U+0000, which Postgres cannot store")
-    );
-    daemon.stop().await;
+    let id = uuid::Uuid::now_v7().to_string();
+    match enqueue(&app, &id, "noop", r#"{"name": "a\u0000b"}"#) {
+        Reply::Error(e) => assert!(e.contains("U+0000"), "{e}"),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+    match enqueue(&app, &id, "noop", &deep) {
+        Reply::Error(e) => assert!(e.contains("deeper than 100 levels"), "{e}"),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
     assert_eq!(app.broker.depth("default").await.unwrap(), (0, 0, 0, 0));
 }
 

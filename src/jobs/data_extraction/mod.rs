@@ -34,6 +34,9 @@ pub const KIND: &str = "data-extraction";
 /// Results written per statement: big enough to make few round trips, small
 /// enough to keep each statement's parameters modest.
 const UPSERT_BATCH: usize = 500;
+/// The longest record URL stored; `(query_id, url)` is a unique btree index, whose
+/// entries hold at most about 2,700 bytes.
+const MAX_URL_BYTES: usize = 2048;
 
 pub(super) fn register(registry: &mut Registry, config: &DataExtractionConfig) {
     match DataExtraction::new(config) {
@@ -292,6 +295,11 @@ async fn set_status(
     status: &str,
     source_errors: Option<&Value>,
 ) -> Result<(), JobError> {
+    let source_errors = source_errors.map(|v| {
+        let mut v = v.clone();
+        crate::pgtext::safe_json(&mut v);
+        v
+    });
     // No `source_errors` leaves the column alone when a run starts, so the errors
     // of the last run stay readable while this one runs.
     sqlx::query(
@@ -320,8 +328,23 @@ async fn store(
     records: &[Record],
     source_errors: Option<Value>,
 ) -> Result<i32, sqlx::Error> {
+    // Text from fetched pages is made safe for Postgres here, whatever path it took;
+    // a URL too long for the unique index could never be stored and is skipped.
+    let safe = |t: &str| crate::pgtext::safe(t).into_owned();
+    let kept: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.url.len() <= MAX_URL_BYTES)
+        .collect();
+    if kept.len() < records.len() {
+        warn!(query.id = %id, skipped = records.len() - kept.len(),
+            "Skipped records whose URL is longer than {MAX_URL_BYTES} bytes");
+    }
+    let source_errors = source_errors.map(|mut v| {
+        crate::pgtext::safe_json(&mut v);
+        v
+    });
     let mut tx = db.begin().await?;
-    for batch in records.chunks(UPSERT_BATCH) {
+    for batch in kept.chunks(UPSERT_BATCH) {
         let mut sources = Vec::with_capacity(batch.len());
         let mut urls = Vec::with_capacity(batch.len());
         let mut titles = Vec::with_capacity(batch.len());
@@ -329,12 +352,12 @@ async fn store(
         let mut emails = Vec::with_capacity(batch.len());
         let mut phones = Vec::with_capacity(batch.len());
         for r in batch {
-            sources.push(sources_of.get(&r.url).cloned());
-            urls.push(r.url.clone());
-            titles.push(r.title.clone());
-            snippets.push(r.snippet.clone());
-            emails.push(json!(r.emails));
-            phones.push(json!(r.phones));
+            sources.push(sources_of.get(&r.url).map(|s| safe(s)));
+            urls.push(safe(&r.url));
+            titles.push(r.title.as_deref().map(safe));
+            snippets.push(r.snippet.as_deref().map(safe));
+            emails.push(json!(r.emails.iter().map(|e| safe(e)).collect::<Vec<_>>()));
+            phones.push(json!(r.phones.iter().map(|p| safe(p)).collect::<Vec<_>>()));
         }
         // Unchanged rows are left alone, so a re-run keeps their `extracted_at`.
         sqlx::query(
@@ -380,11 +403,22 @@ async fn store(
 }
 
 /// Database trouble is worth a retry: Postgres may be back by then.
+/// SQLSTATE classes 22 (data exception), 23 (integrity) and 54 (a program limit,
+/// such as an index row too large) mean these records can never be written:
+/// permanent. Anything else (connection, timeout, deadlock) may pass on retry.
 fn db_error(id: Uuid, error: &sqlx::Error) -> JobError {
-    JobError::retryable(format!(
+    let message = format!(
         "extraction query {id}: database error: {}",
         crate::error_chain(error)
-    ))
+    );
+    let class = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|code| code.chars().take(2).collect::<String>());
+    match class.as_deref() {
+        Some("22" | "23" | "54") => JobError::permanent(message),
+        _ => JobError::retryable(message),
+    }
 }
 
 #[cfg(test)]

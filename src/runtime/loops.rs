@@ -429,6 +429,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                 attempts: j.attempts,
                 max_attempts: j.max_attempts,
                 run_ms,
+                revive: j.revive,
             });
         }
         let mut requeue: Vec<Uuid> = Vec::new();
@@ -443,8 +444,6 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             // Before the dispatch script makes them runnable: see `runtime::events`.
             if shared.publisher.enabled() {
                 let at = Utc::now();
-                let kinds: HashMap<Uuid, i32> =
-                    batch.jobs.iter().map(|j| (j.id, j.attempts)).collect();
                 let events = jobs
                     .iter()
                     .map(|j| {
@@ -453,8 +452,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                         } else {
                             Status::Queued
                         };
-                        let attempts = kinds.get(&j.id).copied().unwrap_or(0);
-                        Event::status(j.id, queue, j.kind, status, attempts, at, None)
+                        Event::status(j.id, queue, j.kind, status, j.attempts, at, None)
                     })
                     .collect();
                 shared.publisher.publish(events).await;

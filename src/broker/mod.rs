@@ -169,6 +169,8 @@ pub struct Dispatch<'a> {
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_ms: i64,
+    /// The job ended before and was retried: dispatch it despite its tombstone.
+    pub revive: bool,
 }
 
 /// What a Redis-direct producer sends (the same as the documented script takes).
@@ -434,7 +436,7 @@ impl Broker {
 
     /// Puts ledger jobs of one queue into Redis. Returns how many were new there.
     pub async fn dispatch(&self, queue: &str, jobs: &[Dispatch<'_>]) -> Result<i64> {
-        let mut args = Vec::with_capacity(2 + jobs.len() * 7);
+        let mut args = Vec::with_capacity(2 + jobs.len() * 8);
         args.push(self.job_prefix(queue));
         args.push(self.wake_channel(queue));
         for j in jobs {
@@ -445,6 +447,7 @@ impl Broker {
             args.push(j.attempts.to_string());
             args.push(j.max_attempts.to_string());
             args.push(j.run_ms.to_string());
+            args.push(if j.revive { "1" } else { "0" }.to_owned());
         }
         let reply = self
             .eval(

@@ -22,9 +22,13 @@ end
 local function wake(ready_key, channel)
   if redis.call('ZCARD', ready_key) > 0 then redis.call('PUBLISH', channel, 'ready') end
 end
--- A job that ended leaves a tombstone for a minute (`qp` is `prefix:{q}:`), so a
--- late or repeated DISPATCH of it (a resent command, an outbox row read before
--- the ledger recorded the end) does not bring it back.
+"#;
+
+/// A job that ended leaves a tombstone for a minute (`qp` is `prefix:{q}:`), so
+/// a late or repeated DISPATCH of it (a resent command, an outbox row read before
+/// the ledger recorded the end) does not bring it back. Not in the prelude: the
+/// documented ENQUEUE script must not change.
+const TOMBSTONE: &str = r#"
 local function tombstone(qp, id)
   redis.call('SET', qp .. 'ended:' .. id, '1', 'PX', '60000')
 end
@@ -232,8 +236,9 @@ return 1
 /// job hash fails the call with WRONGTYPE naming it (the caller isolates that job);
 /// every check comes before the first write, so a failed call changes nothing.
 /// Called with no jobs, it only checks the queue's own keys.
+/// A retried job (`revive` "1") passes its tombstone, and clears it.
 /// KEYS: ready, delayed. ARGV: job key prefix, wake channel, then per job:
-/// id, kind, payload, priority, attempts, max_attempts, run_ms.
+/// id, kind, payload, priority, attempts, max_attempts, run_ms, revive.
 pub const DISPATCH: &str = r#"
 local now = now_ms()
 local qp = string.sub(ARGV[1], 1, -5)
@@ -242,12 +247,14 @@ local qp = string.sub(ARGV[1], 1, -5)
 redis.call('ZCARD', KEYS[1])
 redis.call('ZCARD', KEYS[2])
 local todo = {}
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
-    if redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then todo[#todo + 1] = i end
+    if ARGV[i + 7] == '1' or redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then
+      todo[#todo + 1] = i
+    end
   elseif t ~= 'hash' then
     return redis.error_reply('WRONGTYPE jobrunner: ' .. key .. ' holds a ' .. t .. ', not a job hash')
   end
@@ -255,6 +262,7 @@ end
 local ready, delayed = {}, {}
 for _, i in ipairs(todo) do
   local id = ARGV[i]
+  if ARGV[i + 7] == '1' then redis.call('DEL', qp .. 'ended:' .. id) end
   redis.call('HSET', ARGV[1] .. id, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2],
     'priority', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5],
     'run_ms', ARGV[i + 6])
@@ -636,6 +644,9 @@ pub fn source(body: &str) -> String {
     let mut text = String::from(PRELUDE);
     if body.contains("holds_lease(") {
         text.push_str(HOLDS_LEASE);
+    }
+    if body.contains("tombstone(") || body.contains("end_lease(") {
+        text.push_str(TOMBSTONE);
     }
     if body.contains("free_slot(") || body.contains("end_lease(") {
         text.push_str(FREE_SLOT);

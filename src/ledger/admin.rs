@@ -275,10 +275,14 @@ impl Ledger {
                 None => Error::NotFound(id),
             });
         };
-        sqlx::query("INSERT INTO jobrunner.outbox (id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // `revive`: the job ended, and Redis keeps a tombstone for it a while.
+        sqlx::query(
+            "INSERT INTO jobrunner.outbox (id, revive) VALUES ($1, true)
+             ON CONFLICT (id) DO UPDATE SET revive = true",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(super::ENQUEUED_CHANNEL)
             .bind(&queue)
@@ -312,8 +316,8 @@ impl Ledger {
                        AND status = 'dead'
                      RETURNING id, queue),
                  outboxed AS (
-                     INSERT INTO jobrunner.outbox (id) SELECT id FROM retried
-                     ON CONFLICT DO NOTHING),
+                     INSERT INTO jobrunner.outbox (id, revive) SELECT id, true FROM retried
+                     ON CONFLICT (id) DO UPDATE SET revive = true),
                  notified AS (
                      SELECT pg_notify($5, queue) FROM (SELECT DISTINCT queue FROM retried) q)
                  SELECT (SELECT count(*) FROM retried) + 0 * (SELECT count(*) FROM notified)",

@@ -179,6 +179,9 @@ pub struct DispatchJob {
     /// daemon cannot carry (`infinity`, or outside the years 1970 to 9999): the
     /// dispatcher ends such a job `dead` instead of decoding the time (which panics).
     pub run_ms: Option<i64>,
+    /// Put back by a retry: the job ended before, and its dispatch passes the
+    /// tombstone Redis keeps for ended jobs.
+    pub revive: bool,
 }
 
 /// Outbox rows taken (deleted, uncommitted) by this daemon until
@@ -438,12 +441,13 @@ impl Ledger {
                  DELETE FROM jobrunner.outbox
                  WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
                                       FOR UPDATE SKIP LOCKED))
-                 RETURNING id)
+                 RETURNING id, revive)
              SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
                     j.max_attempts,
                     -- Compared, not decoded: a time out of range ends the job, not the loop.
                     CASE WHEN j.run_at >= '1970-01-01Z' AND j.run_at < '10000-01-01Z'
-                         THEN (extract(epoch FROM j.run_at) * 1000)::bigint END AS run_ms
+                         THEN (extract(epoch FROM j.run_at) * 1000)::bigint END AS run_ms,
+                    j.id = ANY(ARRAY(SELECT id FROM picked WHERE revive)) AS revive
              FROM jobrunner.jobs j
              -- An array, not a join: a join with the CTE plans a scan of the table.
              WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -683,10 +687,16 @@ impl OutboxBatch {
         if ids.is_empty() {
             return Ok(());
         }
+        let revive: Vec<bool> = ids
+            .iter()
+            .map(|id| self.jobs.iter().any(|j| j.id == *id && j.revive))
+            .collect();
         sqlx::query(
-            "INSERT INTO jobrunner.outbox (id) SELECT * FROM UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO jobrunner.outbox (id, revive)
+             SELECT * FROM UNNEST($1::uuid[], $2::bool[]) ON CONFLICT DO NOTHING",
         )
         .bind(ids)
+        .bind(revive)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -316,6 +316,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                 attempts: j.attempts,
                 max_attempts: j.max_attempts,
                 run_ms,
+                revive: j.revive,
             });
         }
         let mut requeue: Vec<Uuid> = Vec::new();
@@ -330,8 +331,6 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             // Before the dispatch script makes them runnable: see `runtime::events`.
             if shared.publisher.enabled() {
                 let at = Utc::now();
-                let kinds: HashMap<Uuid, i32> =
-                    batch.jobs.iter().map(|j| (j.id, j.attempts)).collect();
                 let events = jobs
                     .iter()
                     .map(|j| {
@@ -340,8 +339,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                         } else {
                             Status::Queued
                         };
-                        let attempts = kinds.get(&j.id).copied().unwrap_or(0);
-                        Event::status(j.id, queue, j.kind, status, attempts, at, None)
+                        Event::status(j.id, queue, j.kind, status, j.attempts, at, None)
                     })
                     .collect();
                 shared.publisher.publish(events).await;

@@ -226,6 +226,7 @@ async fn a_stale_lease_cannot_ack_retry_or_heartbeat_after_it_was_reaped() {
         attempts: job.attempts,
         max_attempts: job.max_attempts,
         run_ms: job.run_ms.expect("an ordinary run_at"),
+        revive: false,
     };
     assert_eq!(
         app.broker.dispatch("default", &[dispatch]).await.unwrap(),

@@ -238,7 +238,7 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
         };
         error_delay = Duration::from_millis(100);
         if let Some(kind) = &claimed.bad_list {
-            let key = shared.broker.ingest_key(&queue);
+            let key = shared.broker.queue_keys(&queue).ingest();
             let error = format!(
                 "the ingest list {key} was a Redis {kind}, not a list; renamed to {key}:bad"
             );

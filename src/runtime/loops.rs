@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::{Shared, flow, worker};
-use crate::broker::Dispatch;
+use crate::broker::{Dispatch, QueueChannel};
 use crate::error_chain;
 use crate::ledger::{Event, Status, StatusUpdate};
 use crate::metrics;
@@ -600,10 +600,8 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
         .queues
         .keys()
         .flat_map(|q| {
-            [
-                shared.broker.wake_channel(q),
-                shared.broker.cancel_channel(q),
-            ]
+            let keys = shared.broker.queue_keys(q);
+            [keys.wake(), keys.cancel()]
         })
         .collect();
     if let Err(error) = client.subscribe(channels).await {
@@ -617,13 +615,13 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
         tokio::select! {
             message = messages.recv() => match message {
                 Ok(m) => {
-                    if shared.broker.queue_of_cancel_channel(&m.channel).is_some() {
+                    let Some((queue, channel)) = shared.broker.keys().queue_of_channel(&m.channel) else { continue };
+                    if channel == QueueChannel::Cancel {
                         if let Some(id) = m.value.as_str().and_then(|v| v.parse().ok()) {
                             shared.running.cancel(id);
                         }
                         continue;
                     }
-                    let Some(queue) = shared.broker.queue_of_channel(&m.channel) else { continue };
                     let target = match m.value.as_str().as_deref() {
                         Some("ingest") => &shared.ingest_wake,
                         _ => &shared.fetch_wake,

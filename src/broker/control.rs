@@ -1,18 +1,17 @@
 //! Flow control on the Redis side: the limits handed to FETCH, pause and resume,
-//! cancellation, and the heartbeat that reports a cancel mark.
+//! and cancellation.
 //!
 //! The limits are enforced inside the FETCH script (see `scripts.rs`), never in a
 //! daemon's memory, so they hold across every daemon sharing the Redis.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use fred::interfaces::PubsubInterface;
 use fred::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Broker, Error, Leased, Result};
+use super::{Broker, Error, Result};
 
 /// The flow limits of one queue as FETCH reads them (short names: the script
 /// decodes this on every call).
@@ -59,17 +58,6 @@ impl Limits {
     }
 }
 
-/// What a heartbeat found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    /// Lease extended.
-    Held,
-    /// Lease extended, but the job was cancelled: stop the handler.
-    Cancelled,
-    /// Another attempt owns the job now.
-    Lost,
-}
-
 /// What [`Broker::cancel`] did in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,54 +71,14 @@ pub enum CancelOutcome {
 }
 
 impl Broker {
-    /// The channel on which a queue's cancellations of running jobs are published
-    /// (the message is the job id).
-    pub fn cancel_channel(&self, queue: &str) -> String {
-        self.key(queue, "cancel")
-    }
-
-    /// The queue named in a cancel channel, if it is one of ours.
-    pub fn queue_of_cancel_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(":{")?
-            .strip_suffix("}:cancel")
-    }
-
-    /// Extends a lease and reports a cancel mark on the job.
-    pub async fn heartbeat_checked(&self, job: &Leased, lease: Duration) -> Result<Heartbeat> {
-        let mut args = self.lease_args(job);
-        args.push(lease.as_millis().to_string());
-        let reply = self
-            .eval(
-                &self.scripts.heartbeat,
-                vec![self.key(&job.queue, "leases")],
-                args,
-            )
-            .await?;
-        Ok(match reply.as_i64() {
-            Some(1) => Heartbeat::Held,
-            Some(2) => Heartbeat::Cancelled,
-            _ => Heartbeat::Lost,
-        })
-    }
-
     /// Takes a job out of Redis, or signals the daemon running it.
     pub async fn cancel(&self, queue: &str, id: Uuid) -> Result<CancelOutcome> {
+        let k = self.queue_keys(queue);
         let reply = self
             .eval(
                 &self.scripts.cancel,
-                vec![
-                    self.key(queue, "ready"),
-                    self.key(queue, "delayed"),
-                    self.key(queue, "leases"),
-                ],
-                vec![
-                    self.job_key(queue, id),
-                    id.to_string(),
-                    self.cancel_channel(queue),
-                    self.key(queue, ""),
-                ],
+                vec![k.ready(), k.delayed(), k.leases()],
+                vec![k.job(id), id.to_string(), k.cancel(), k.base().to_owned()],
             )
             .await?;
         match reply.as_str().as_deref() {
@@ -150,25 +98,22 @@ impl Broker {
         let now = chrono::Utc::now().timestamp_millis().to_string();
         let _: () = self
             .pool
-            .set(self.key(queue, "paused"), now, None, None, false)
+            .set(self.queue_keys(queue).paused(), now, None, None, false)
             .await?;
         Ok(())
     }
 
     /// Resumes a queue and wakes its fetch loops. False if it was not paused.
     pub async fn resume(&self, queue: &str) -> Result<bool> {
-        let removed: i64 = self.pool.del(self.key(queue, "paused")).await?;
-        let _: i64 = self
-            .pool
-            .next()
-            .publish(self.wake_channel(queue), "ready")
-            .await?;
+        let k = self.queue_keys(queue);
+        let removed: i64 = self.pool.del(k.paused()).await?;
+        let _: i64 = self.pool.next().publish(k.wake(), "ready").await?;
         Ok(removed > 0)
     }
 
     /// Whether a queue is paused.
     pub async fn paused(&self, queue: &str) -> Result<bool> {
-        let n: i64 = self.pool.exists(self.key(queue, "paused")).await?;
+        let n: i64 = self.pool.exists(self.queue_keys(queue).paused()).await?;
         Ok(n > 0)
     }
 }

@@ -33,6 +33,7 @@ pub use control::{CancelOutcome, KindLimits, Limits, Window};
 pub use dispatch::{Claimed, Dispatch, INGEST_FIELDS, Ingest, Leftover, RedisEnqueue};
 pub use keys::{Keys, QueueChannel, QueueKeys};
 pub use lease::{Fetched, Heartbeat, Leased, Reaped};
+pub use pubsub::{Received, Subscription};
 pub use registry::{WORKER_HEARTBEAT, WORKER_STALE_AFTER, WorkerEntry};
 pub use scripts::ENQUEUE as ENQUEUE_SCRIPT_BODY;
 pub use stats::{PoolStats, QueueStats, RedisJobState};

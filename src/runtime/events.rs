@@ -11,12 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Published;
-use crate::broker::Broker;
+use crate::broker::{Broker, Received};
 use crate::config::EventsConfig;
 use crate::error_chain;
 use crate::ledger::{Event, Ledger};
@@ -188,20 +187,13 @@ pub(super) async fn relay(
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let client = match broker.subscriber() {
-        Ok(c) => c,
+    let mut subscription = match broker.subscription().await {
+        Ok(s) => s,
         Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "No pub/sub client for /events");
+            tracing::warn!(error = %error_chain(&error), "Pub/sub connection for /events failed");
             return;
         }
     };
-    let mut messages = client.message_rx();
-    if let Err(error) = client.init().await {
-        tracing::warn!(error = %error_chain(&error), "Pub/sub connection for /events failed");
-        return;
-    }
-    // Resubscribes after a reconnect.
-    let manager = client.manage_subscriptions();
     let channel = broker.events_channel();
     let mut idle_check = tokio::time::interval(Duration::from_secs(1));
     'serve: loop {
@@ -211,15 +203,14 @@ pub(super) async fn relay(
                 _ = stop.cancelled() => break 'serve,
             }
         }
-        if let Err(error) = client.subscribe(channel.as_str()).await {
+        if let Err(error) = subscription.subscribe(vec![channel.clone()]).await {
             tracing::warn!(error = %error_chain(&error), "Subscribing to job events failed");
         }
         ready.send_replace(true);
         loop {
             tokio::select! {
-                message = messages.recv() => match message {
-                    Ok(m) => {
-                        let Some(json) = m.value.as_string() else { continue };
+                message = subscription.recv() => match message {
+                    Received::Message { text: json, .. } => {
                         match serde_json::from_str::<Event>(&json) {
                             Ok(event) => {
                                 let _ = local.send(Arc::new(Published { event, json }));
@@ -227,10 +218,10 @@ pub(super) async fn relay(
                             Err(error) => tracing::debug!(%error, "Ignoring a malformed job event"),
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Received::Lagged(n) => {
                         tracing::warn!(missed = n, "The /events relay fell behind and missed events");
                     }
-                    Err(broadcast::error::RecvError::Closed) => break 'serve,
+                    Received::Closed => break 'serve,
                 },
                 _ = idle_check.tick() => {}
                 _ = stop.cancelled() => break 'serve,
@@ -240,7 +231,7 @@ pub(super) async fn relay(
                 // now either keeps the subscription or waits for the next one.
                 ready.send_replace(false);
                 if local.receiver_count() == 0 {
-                    let _ = client.unsubscribe(channel.as_str()).await;
+                    let _ = subscription.unsubscribe(vec![channel.clone()]).await;
                     continue 'serve;
                 }
                 ready.send_replace(true);
@@ -248,6 +239,5 @@ pub(super) async fn relay(
         }
     }
     ready.send_replace(false);
-    manager.abort();
-    let _ = client.quit().await;
+    subscription.close().await;
 }

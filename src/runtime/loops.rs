@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::{Shared, flow, worker};
-use crate::broker::{Dispatch, QueueChannel};
+use crate::broker::{Dispatch, QueueChannel, Received};
 use crate::error_chain;
 use crate::ledger::{Event, Status, StatusUpdate};
 use crate::metrics;
@@ -582,19 +581,13 @@ pub(super) async fn orphan_sweep(shared: Arc<Shared>, shutdown: CancellationToke
 /// Routes wake-up messages from Redis pub/sub to the fetch and ingest loops.
 /// Without it the loops still work, on their poll interval.
 pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let client = match shared.broker.subscriber() {
-        Ok(c) => c,
+    let mut subscription = match shared.broker.subscription().await {
+        Ok(s) => s,
         Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "No pub/sub client; polling only");
+            tracing::warn!(error = %error_chain(&error), "Pub/sub connection failed; polling only");
             return;
         }
     };
-    let mut messages = client.message_rx();
-    if let Err(error) = client.init().await {
-        tracing::warn!(error = %error_chain(&error), "Pub/sub connection failed; polling only");
-        return;
-    }
-    let manager = client.manage_subscriptions();
     let channels: Vec<String> = shared
         .config
         .queues
@@ -604,7 +597,7 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
             [keys.wake(), keys.cancel()]
         })
         .collect();
-    if let Err(error) = client.subscribe(channels).await {
+    if let Err(error) = subscription.subscribe(channels).await {
         tracing::warn!(error = %error_chain(&error), "Subscribing to wake-ups failed; polling only");
     }
     let wake_all = || {
@@ -613,29 +606,28 @@ pub(super) async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken)
     };
     loop {
         tokio::select! {
-            message = messages.recv() => match message {
-                Ok(m) => {
-                    let Some((queue, channel)) = shared.broker.keys().queue_of_channel(&m.channel) else { continue };
+            message = subscription.recv() => match message {
+                Received::Message { channel, text } => {
+                    let Some((queue, channel)) = shared.broker.keys().queue_of_channel(&channel) else { continue };
                     if channel == QueueChannel::Cancel {
-                        if let Some(id) = m.value.as_str().and_then(|v| v.parse().ok()) {
+                        if let Ok(id) = text.parse() {
                             shared.running.cancel(id);
                         }
                         continue;
                     }
-                    let target = match m.value.as_str().as_deref() {
-                        Some("ingest") => &shared.ingest_wake,
+                    let target = match text.as_str() {
+                        "ingest" => &shared.ingest_wake,
                         _ => &shared.fetch_wake,
                     };
                     if let Some(n) = target.get(queue) {
                         n.notify_one();
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => wake_all(),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Received::Lagged(_) => wake_all(),
+                Received::Closed => break,
             },
             _ = shutdown.cancelled() => break,
         }
     }
-    manager.abort();
-    let _ = client.quit().await;
+    subscription.close().await;
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use jobrunner::broker::{Received, Subscription};
 use jobrunner::config::QueueConfig;
 use jobrunner::ledger::Event;
 use jobrunner::runtime::Daemon;
@@ -584,7 +584,7 @@ async fn sse_streams_one_jobs_status_changes_in_order() {
 #[tokio::test]
 async fn redis_and_postgres_channels_carry_the_same_events() {
     let app = spawn_app().await;
-    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
+    let mut redis_rx = subscribe_events(&app).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(app.ledger.pool())
         .await
         .unwrap();
@@ -601,11 +601,7 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
     let expected = ["queued", "running", "retrying", "running", "succeeded"];
     let mut from_redis = Vec::new();
     while from_redis.len() < expected.len() {
-        let m = tokio::time::timeout(Duration::from_secs(5), redis_rx.recv())
-            .await
-            .expect("a Redis event")
-            .unwrap();
-        let text = m.value.as_string().unwrap();
+        let text = next_text(&mut redis_rx).await;
         let e: Event = serde_json::from_str(&text).unwrap();
         if e.id == id {
             from_redis.push(text);
@@ -641,7 +637,7 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
     );
     assert_eq!(retrying["attempt"], 1);
     daemon.stop().await;
-    let _ = subscriber.quit().await;
+    redis_rx.close().await;
 }
 
 #[tokio::test]
@@ -754,7 +750,7 @@ fn wait_for_logged_admin_addr(daemon: &crate::helpers::DaemonProcess, secs: u64)
 #[tokio::test]
 async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears_nothing() {
     let app = spawn_app().await;
-    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
+    let mut redis_rx = subscribe_events(&app).await;
     let mut config = app.config.clone();
     config.events.redis = false;
     let daemon = app
@@ -773,11 +769,13 @@ async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears
     // Long enough for a wrongly published event to arrive.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        redis_rx.try_recv().is_err(),
+        tokio::time::timeout(Duration::from_millis(100), redis_rx.recv())
+            .await
+            .is_err(),
         "nothing was published on the Redis channel"
     );
     daemon.stop().await;
-    let _ = subscriber.quit().await;
+    redis_rx.close().await;
 }
 
 /// `jobrunner cancel` is a status change like any other: followers of the job
@@ -785,7 +783,7 @@ async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_job_publishes_a_cancelled_event() {
     let app = spawn_app().await;
-    let (subscriber, mut redis_rx) = subscribe_events(&app).await;
+    let mut redis_rx = subscribe_events(&app).await;
     let (code, out, err) = app.cli(&["enqueue", "noop", "--delay", "1h"]);
     assert_eq!(code, 0, "{err}");
     let id: Uuid = out.trim().parse().unwrap();
@@ -793,11 +791,7 @@ async fn cancelling_a_job_publishes_a_cancelled_event() {
     let (code, _, err) = app.cli(&["cancel", &id.to_string()]);
     assert_eq!(code, 0, "{err}");
     let event = loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), redis_rx.recv())
-            .await
-            .expect("a cancelled event on the Redis channel")
-            .unwrap();
-        let e: Event = serde_json::from_str(&m.value.as_string().unwrap()).unwrap();
+        let e: Event = serde_json::from_str(&next_text(&mut redis_rx).await).unwrap();
         if e.id == id {
             break e;
         }
@@ -806,23 +800,26 @@ async fn cancelling_a_job_publishes_a_cancelled_event() {
     assert_eq!(event.kind, "noop");
     assert_eq!(event.queue, "default");
     assert_eq!(event.error.as_deref(), Some("cancelled by request"));
-    let _ = subscriber.quit().await;
+    redis_rx.close().await;
 }
 
-/// A client subscribed to the job events channel, and its message stream. Keep
-/// the client alive for as long as the stream is read.
-async fn subscribe_events(
-    app: &TestApp,
-) -> (
-    fred::clients::SubscriberClient,
-    tokio::sync::broadcast::Receiver<fred::types::Message>,
-) {
-    let subscriber = app.broker.subscriber().unwrap();
-    let rx = subscriber.message_rx();
-    subscriber.init().await.unwrap();
-    subscriber
-        .subscribe(app.broker.events_channel())
+/// A subscription to the job events channel.
+async fn subscribe_events(app: &TestApp) -> Subscription {
+    let subscription = app.broker.subscription().await.unwrap();
+    subscription
+        .subscribe(vec![app.broker.events_channel()])
         .await
         .unwrap();
-    (subscriber, rx)
+    subscription
+}
+
+/// The text of the next message on `subscription`, within five seconds.
+async fn next_text(subscription: &mut Subscription) -> String {
+    match tokio::time::timeout(Duration::from_secs(5), subscription.recv())
+        .await
+        .expect("a Redis event")
+    {
+        Received::Message { text, .. } => text,
+        other => panic!("expected a message, got {other:?}"),
+    }
 }

@@ -210,17 +210,9 @@ fn raw_text(entry: &Ingest) -> String {
     text
 }
 
-/// Sleeps for `d` unless shutdown comes first; false means "stop now".
-async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}
-
 /// Records jobs that producers pushed straight into Redis, then makes them ready.
 pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: CancellationToken) {
-    let Some(wake) = shared.ingest_wake.get(&queue).cloned() else {
+    let Some(wake) = shared.producers.get(&queue).map(|p| &p.ingest_wake) else {
         return;
     };
     let mut error_delay = Duration::from_millis(100);
@@ -229,7 +221,7 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(queue, error = %error_chain(&error), "Ingest claim failed, retrying");
-                if !pause(error_delay, &shutdown).await {
+                if !super::pause(error_delay, &shutdown).await {
                     return;
                 }
                 error_delay = (error_delay * 2).min(Duration::from_secs(2));
@@ -299,7 +291,7 @@ async fn settle(
             Ok(outcome) => break outcome,
             Err(error) => {
                 tracing::warn!(queue, error = %error_chain(&error), "Ingest insert failed, retrying");
-                if !pause(delay, shutdown).await {
+                if !super::pause(delay, shutdown).await {
                     return false;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -11,14 +11,19 @@
 //! nothing here outlives [`Daemon::wait`].
 
 mod acker;
+mod cancel;
 mod events;
-mod flow;
 mod ingest;
-mod loops;
 pub mod notify;
+mod outbox;
 mod presence;
+mod producer;
+mod recovery;
 mod reload;
 mod retention;
+mod stats;
+mod supervise;
+mod wakeup;
 mod watchdog;
 mod worker;
 
@@ -27,9 +32,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker};
 use crate::config::Config;
@@ -57,10 +61,6 @@ pub enum Error {
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
-/// How long the status writer keeps retrying after the workers are done, when
-/// Postgres is unreachable at shutdown.
-const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// State every loop and worker of one daemon shares.
 pub(crate) struct Shared {
     /// The config the daemon started with. Settings that need a restart to change
@@ -74,22 +74,16 @@ pub(crate) struct Shared {
     broker: Broker,
     registry: Registry,
     writer: WriterHandle,
-    /// Per queue: woken when its ready set gains jobs (Redis pub/sub).
-    fetch_wake: HashMap<String, Arc<Notify>>,
-    /// Per queue: woken when producers push to its ingest list.
-    ingest_wake: HashMap<String, Arc<Notify>>,
+    /// The queues this daemon serves, each with its slots, wake-ups and acker.
+    producers: HashMap<String, producer::Producer>,
     /// Wakes the outbox dispatcher outside its NOTIFY (after a Redis recovery).
     outbox_wake: Notify,
-    /// Per queue: the concurrency limit of this daemon.
-    slots: HashMap<String, Arc<Semaphore>>,
-    /// Per queue: batches the completion of finished leases.
-    ackers: HashMap<String, acker::Acker>,
     /// Tells systemd about readiness, health and the drain (a no-op outside it).
     notifier: Notifier,
     /// Running and finished counts for the systemd status line.
-    stats: Arc<watchdog::Stats>,
+    stats: Arc<stats::Stats>,
     /// Attempts running in this daemon, so a cancel message can reach them.
-    running: Arc<flow::Running>,
+    running: Arc<cancel::Running>,
     /// This daemon's id in the worker registry (`jobrunner workers`).
     daemon_id: uuid::Uuid,
     started_at: chrono::DateTime<chrono::Utc>,
@@ -97,15 +91,6 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Publishes job events; the outbox and ingester use it inline.
     publisher: events::Publisher,
-}
-
-/// The admin listener's parts, from start-up to the supervisor.
-struct AdminParts {
-    listener: Option<tokio::net::TcpListener>,
-    /// Ends the listener, its SSE streams and the relay, after the drain.
-    stop: CancellationToken,
-    /// The task feeding `/events` from the Redis channel, awaited at the end.
-    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -207,30 +192,18 @@ impl Daemon {
                     "Kind is configured for a queue this daemon does not serve; another daemon must serve it");
             }
         }
-        let notifies = || {
-            queues
-                .iter()
-                .map(|q| (q.clone(), Arc::new(Notify::new())))
-                .collect::<HashMap<_, _>>()
-        };
         let mut acker_tasks = Vec::new();
-        let ackers = queues
+        let producers = config
+            .queues
             .iter()
-            .map(|q| {
-                let (acker, task) = acker::Acker::spawn(broker.clone(), q.clone());
+            .map(|(q, c)| {
+                let (producer, task) = producer::Producer::spawn(&broker, q, c.concurrency);
                 acker_tasks.push(task);
-                (q.clone(), acker)
+                (q.clone(), producer)
             })
             .collect();
         let shared = Arc::new(Shared {
-            ackers,
-            fetch_wake: notifies(),
-            ingest_wake: notifies(),
-            slots: config
-                .queues
-                .iter()
-                .map(|(q, c)| (q.clone(), Arc::new(Semaphore::new(c.concurrency))))
-                .collect(),
+            producers,
             outbox_wake: Notify::new(),
             running: Arc::default(),
             live: watch::Sender::new(Arc::new(config.clone())),
@@ -250,7 +223,7 @@ impl Daemon {
         if let Some(addr) = admin_addr {
             crate::admin::log_listening(addr);
         }
-        let admin = AdminParts {
+        let admin = supervise::AdminParts {
             listener,
             stop: admin_stop,
             relay: relay_task,
@@ -265,7 +238,7 @@ impl Daemon {
                 shutdown.clone(),
             )
         });
-        let done = tokio::spawn(supervise(
+        let done = tokio::spawn(supervise::supervise(
             shared.clone(),
             writers,
             acker_tasks,
@@ -326,14 +299,14 @@ impl Daemon {
     pub fn reload(&self, new: Config) -> ReloadReport {
         let running = self.shared.live();
         let (report, effective) = reload::plan(&running, &new, crate::telemetry::level_fixed());
-        for (queue, slots) in &self.shared.slots {
+        for (queue, producer) in &self.shared.producers {
             let (Some(from), Some(to)) = (running.queues.get(queue), effective.queues.get(queue))
             else {
                 continue;
             };
             if from.concurrency != to.concurrency {
                 self.resizer
-                    .resize(queue, slots, from.concurrency, to.concurrency);
+                    .resize(queue, &producer.slots, from.concurrency, to.concurrency);
             }
         }
         if running.log.level != effective.log.level
@@ -368,6 +341,14 @@ impl Shared {
     }
 }
 
+/// Sleeps for `d` unless shutdown comes first; false means "stop now".
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
 /// Binds the admin listener when `[admin]` turns it on.
 fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
     let Some(addr) = config.admin.address() else {
@@ -381,156 +362,4 @@ fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
     bind()
         .map(Some)
         .map_err(|source| Error::Admin { addr, source })
-}
-
-/// Runs the loops, then performs the ordered drain once `shutdown` fires.
-async fn supervise(
-    shared: Arc<Shared>,
-    writers: Vec<StatusWriter>,
-    acker_tasks: Vec<tokio::task::JoinHandle<()>>,
-    shutdown: CancellationToken,
-    admin: AdminParts,
-    admin_state: Option<crate::admin::AdminState>,
-) {
-    // The loops the daemon cannot work without; the watchdog stops pinging
-    // systemd, and `/readyz` fails, if one of them ends early. (The subscriber
-    // may end on purpose: the daemon then polls.)
-    let alive = watchdog::Liveness::new(shutdown.clone());
-    // The admin listener serves through the drain (readiness says 503 then).
-    let admin_task = match (admin.listener, admin_state) {
-        (Some(listener), Some(state)) => Some(tokio::spawn(crate::admin::serve(
-            listener,
-            state.with_broken(alive.ended_early()),
-            admin.stop.clone(),
-        ))),
-        _ => None,
-    };
-
-    // The writers hand committed batches' events to one publisher task, which ends
-    // after the last writer.
-    let (event_tx, publisher_task) = if shared.publisher.enabled() {
-        let (tx, rx) = tokio::sync::mpsc::channel(events::BUFFER);
-        let task = tokio::spawn(events::publish_loop(shared.publisher.clone(), rx));
-        (Some(tx), Some(task))
-    } else {
-        (None, None)
-    };
-    let writer_give_up = CancellationToken::new();
-    let writer_tasks: Vec<_> = writers
-        .into_iter()
-        .map(|w| match &event_tx {
-            Some(tx) => w.with_events(tx.clone()),
-            None => w,
-        })
-        .map(|w| tokio::spawn(w.run(writer_give_up.clone())))
-        .collect();
-    drop(event_tx);
-
-    // Workers get their own tracker so the drain can wait for them alone.
-    let workers = TaskTracker::new();
-    // Cancelled when the drain deadline passes: unfinished jobs are handed back.
-    let hard_stop = CancellationToken::new();
-    let loops = TaskTracker::new();
-
-    // Ends the status and watchdog task once the drain is over.
-    let watchdog_stop = CancellationToken::new();
-    let watchdog = shared.notifier.is_enabled().then(|| {
-        tokio::spawn(watchdog::run(
-            shared.clone(),
-            shared.notifier.clone(),
-            alive.clone(),
-            shutdown.clone(),
-            watchdog_stop.clone(),
-        ))
-    });
-
-    // Before any loop dispatches or fetches: see `loops::initial_epoch`.
-    let epoch = loops::initial_epoch(&shared).await;
-    loops.spawn(loops::subscriber(shared.clone(), shutdown.clone()));
-    loops.spawn(alive.watch("outbox", loops::outbox(shared.clone(), shutdown.clone())));
-    loops.spawn(alive.watch(
-        "reaper",
-        loops::reaper(shared.clone(), epoch, shutdown.clone()),
-    ));
-    loops.spawn(alive.watch(
-        "orphan_sweep",
-        loops::orphan_sweep(shared.clone(), shutdown.clone()),
-    ));
-    loops.spawn(alive.watch(
-        "scheduler",
-        crate::scheduler::run(
-            shared.ledger.clone(),
-            shared.live.subscribe(),
-            shutdown.clone(),
-        ),
-    ));
-    loops.spawn(alive.watch(
-        "retention",
-        retention::run(shared.clone(), shutdown.clone()),
-    ));
-    loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
-    for queue in shared.config.queues.keys() {
-        // One ingester per queue: a second one was measured to starve the status
-        // writers of Postgres time (ledger lag went from ~70ms to seconds).
-        loops.spawn(alive.watch(
-            "ingest",
-            ingest::ingest(shared.clone(), queue.clone(), shutdown.clone()),
-        ));
-        loops.spawn(alive.watch(
-            "fetch",
-            loops::fetch(
-                shared.clone(),
-                queue.clone(),
-                shutdown.clone(),
-                hard_stop.clone(),
-                workers.clone(),
-            ),
-        ));
-    }
-    loops.close();
-
-    shutdown.cancelled().await;
-    shared.notifier.stopping();
-    let drain = shared.config.runtime.drain_timeout;
-    tracing::info!(drain_timeout = ?drain, "Draining: fetching stopped, waiting for running jobs");
-    loops.wait().await;
-    workers.close();
-    if tokio::time::timeout(drain, workers.wait()).await.is_err() {
-        tracing::warn!("Drain deadline passed; handing unfinished jobs back");
-        hard_stop.cancel();
-        workers.wait().await;
-    }
-    // Nothing runs here any more: leave the registry of live daemons.
-    if let Err(error) = shared.broker.remove_workers(&[shared.daemon_id]).await {
-        tracing::warn!(error = %crate::error_chain(&error), "Removing the worker registry entry failed");
-    }
-
-    // Every worker and loop has ended; dropping the last handles lets the ackers
-    // and then the writer finish what is left and stop.
-    watchdog_stop.cancel();
-    if let Some(task) = watchdog {
-        let _ = task.await;
-    }
-    drop(shared);
-    for task in acker_tasks {
-        let _ = task.await;
-    }
-    let flush = tokio::spawn(async move {
-        tokio::time::sleep(WRITER_FLUSH_TIMEOUT).await;
-        writer_give_up.cancel();
-    });
-    for task in writer_tasks {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "Status writer failed");
-        }
-    }
-    flush.abort();
-    if let Some(task) = publisher_task {
-        let _ = task.await;
-    }
-    admin.stop.cancel();
-    for task in admin_task.into_iter().chain(admin.relay) {
-        let _ = task.await;
-    }
-    tracing::info!("Daemon stopped");
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,40 +19,6 @@ use super::notify::Notifier;
 
 /// How often `STATUS=` is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Counters for the status line, updated by the workers.
-#[derive(Default)]
-pub(crate) struct Stats {
-    /// Attempts running in this daemon now.
-    running: AtomicUsize,
-    /// Jobs this daemon ended (succeeded or dead) since it started.
-    done: AtomicU64,
-}
-
-impl Stats {
-    /// Counts an attempt as running until the guard is dropped.
-    pub(crate) fn running(self: &Arc<Self>) -> RunningGuard {
-        self.running.fetch_add(1, Ordering::Relaxed);
-        RunningGuard(self.clone())
-    }
-
-    /// Attempts running in this daemon now.
-    pub(crate) fn running_now(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn job_done(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-pub(crate) struct RunningGuard(Arc<Stats>);
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// How many of the loops the daemon cannot work without are still running. A
 /// loop that returned or panicked before the drain means the daemon is broken:

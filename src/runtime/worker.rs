@@ -352,8 +352,8 @@ fn count_outcome(shared: &Shared, job: &Leased, status: Status) {
 
 /// Ends the job in Redis through the queue's batching acker.
 async fn complete(shared: &Shared, job: &Leased) -> bool {
-    match shared.ackers.get(&job.queue) {
-        Some(acker) => acker.complete(job.clone()).await,
+    match shared.producers.get(&job.queue) {
+        Some(p) => p.acker.complete(job.clone()).await,
         None => persist(|| shared.broker.complete(job)).await,
     }
 }

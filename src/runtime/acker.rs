@@ -5,7 +5,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::worker::retry_redis;
+use super::retry::retry_redis;
 use crate::broker::{Broker, Leased};
 
 /// Most leases settled in one script call.

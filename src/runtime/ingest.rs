@@ -13,13 +13,13 @@
 //! UTF-8 without U+0000, and the id is a canonical UUID.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Shared;
+use super::retry::Backoff;
 use crate::broker::{INGEST_FIELDS, Ingest};
 use crate::config::Config;
 use crate::error_chain;
@@ -215,20 +215,19 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
     let Some(wake) = shared.producers.get(&queue).map(|p| &p.ingest_wake) else {
         return;
     };
-    let mut error_delay = Duration::from_millis(100);
+    let mut backoff = Backoff::errors();
     loop {
         let claimed = match shared.broker.claim_ingest(&queue, CLAIM_BATCH).await {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(queue, error = %error_chain(&error), "Ingest claim failed, retrying");
-                if !super::pause(error_delay, &shutdown).await {
+                if !super::pause(backoff.next(), &shutdown).await {
                     return;
                 }
-                error_delay = (error_delay * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        error_delay = Duration::from_millis(100);
+        backoff.reset();
         if let Some(kind) = &claimed.bad_list {
             let key = shared.broker.queue_keys(&queue).ingest();
             let error = format!(
@@ -285,16 +284,15 @@ async fn settle(
     }
     // Postgres down: keep retrying. If this daemon dies meanwhile, the claim
     // times out and the reaper hands the entries to another ingester.
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::outage();
     let outcome = loop {
         match shared.ledger.insert_ingested(&mut rows).await {
             Ok(outcome) => break outcome,
             Err(error) => {
                 tracing::warn!(queue, error = %error_chain(&error), "Ingest insert failed, retrying");
-                if !super::pause(delay, shutdown).await {
+                if !super::pause(backoff.next(), shutdown).await {
                     return false;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     };

@@ -21,6 +21,7 @@ mod producer;
 mod recovery;
 mod reload;
 mod retention;
+mod retry;
 mod stats;
 mod supervise;
 mod wakeup;

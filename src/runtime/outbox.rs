@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Shared;
+use super::retry::Backoff;
 use crate::broker::Dispatch;
 use crate::error_chain;
 use crate::ledger::{Event, Status};
@@ -87,7 +88,7 @@ async fn listen(
 /// back another queue's jobs.
 #[derive(Default)]
 struct QueueBackoff {
-    until: HashMap<String, (tokio::time::Instant, Duration)>,
+    until: HashMap<String, (tokio::time::Instant, Backoff)>,
 }
 
 impl QueueBackoff {
@@ -99,14 +100,12 @@ impl QueueBackoff {
 
     /// Backs the queue off: 100 ms, doubling to 5 s.
     fn failed(&mut self, queue: &str) -> Duration {
-        let delay = match self.until.get(queue) {
-            Some((_, d)) => (*d * 2).min(Duration::from_secs(5)),
-            None => Duration::from_millis(100),
-        };
-        self.until.insert(
-            queue.to_owned(),
-            (tokio::time::Instant::now() + delay, delay),
-        );
+        let (until, backoff) = self
+            .until
+            .entry(queue.to_owned())
+            .or_insert_with(|| (tokio::time::Instant::now(), Backoff::outage()));
+        let delay = backoff.next();
+        *until = tokio::time::Instant::now() + delay;
         delay
     }
 

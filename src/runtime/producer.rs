@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acker::Acker;
+use super::retry::Backoff;
 use super::{Shared, worker};
 use crate::broker::{Broker, KindLimits, Limits, Window};
 use crate::config::Config;
@@ -69,7 +70,7 @@ pub(super) async fn fetch(
     };
     let (slots, wake) = (producer.slots.clone(), &producer.fetch_wake);
     let runtime = &shared.config.runtime;
-    let mut error_delay = Duration::from_millis(100);
+    let mut backoff = Backoff::errors();
     let mut limits = LimitsCache::new(&queue);
     loop {
         let first = tokio::select! {
@@ -94,7 +95,7 @@ pub(super) async fn fetch(
             .await
         {
             Ok(fetched) => {
-                error_delay = Duration::from_millis(100);
+                backoff.reset();
                 let got = fetched.jobs.len();
                 for job in fetched.jobs {
                     let Some(permit) = permits.pop() else { break };
@@ -126,10 +127,9 @@ pub(super) async fn fetch(
             Err(error) => {
                 drop(permits);
                 tracing::warn!(queue, error = %error_chain(&error), "Fetch failed, retrying");
-                if !super::pause(error_delay, &shutdown).await {
+                if !super::pause(backoff.next(), &shutdown).await {
                     return;
                 }
-                error_delay = (error_delay * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -359,37 +359,15 @@ async fn complete(shared: &Shared, job: &Leased) -> bool {
 }
 
 /// A fenced Redis call, retried through a short outage; false (outcome dropped)
-/// if Redis stays away, which is safe: see [`retry_redis`].
+/// if Redis stays away, which is safe: see [`retry::retry_redis`].
 async fn persist<F, Fut>(call: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = crate::broker::Result<bool>>,
 {
-    retry_redis("Settling a job in Redis", call)
+    super::retry::retry_redis("Settling a job in Redis", call)
         .await
         .unwrap_or(false)
-}
-
-/// Retries a Redis call through a short outage (the pool reconnects by itself):
-/// ten tries over about ten seconds. After that the lease has expired anyway and
-/// the reaper gives the job to another attempt, so giving up (None) is safe.
-pub(super) async fn retry_redis<T, F, Fut>(what: &str, call: F) -> Option<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = crate::broker::Result<T>>,
-{
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..10 {
-        match call().await {
-            Ok(value) => return Some(value),
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "{what} failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-    None
 }
 
 fn update(

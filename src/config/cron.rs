@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::scheduler::Schedule;
+use super::schedule::{Schedule, ScheduleError};
 
 /// One cron schedule. The job it enqueues is `kind` with `payload`, on `queue`
 /// (default: the kind's queue) with `priority` (default 0).
@@ -67,7 +67,7 @@ impl CronConfig {
     }
 
     /// The parsed line in its zone.
-    pub fn parse_schedule(&self) -> Result<Schedule, crate::scheduler::ScheduleError> {
+    pub fn parse_schedule(&self) -> Result<Schedule, ScheduleError> {
         Schedule::parse(&self.schedule, &self.timezone)
     }
 }
@@ -88,7 +88,7 @@ pub(super) fn validate(name: &str, cron: &CronConfig) -> Result<(), (String, Str
         return Err((format!("cron.{name}"), super::NAME_RULE.to_owned()));
     }
     match cron.parse_schedule() {
-        Err(e @ crate::scheduler::ScheduleError::Zone(_)) => {
+        Err(e @ ScheduleError::Zone(_)) => {
             return Err((key("timezone"), e.to_string()));
         }
         Err(e) => return Err((key("schedule"), e.to_string())),

@@ -17,6 +17,7 @@ mod flow;
 mod kinds;
 mod observe;
 mod retention;
+mod schedule;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
@@ -24,6 +25,7 @@ pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 pub use observe::{AdminConfig, EventsConfig};
 pub use retention::RetentionConfig;
+pub use schedule::{Schedule, ScheduleError};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];

@@ -16,8 +16,6 @@
 //! Redis. It reads the cron section from the live config at every round, never
 //! from a copy taken at start.
 
-mod schedule;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +28,9 @@ use crate::config::{CatchUp, Config, CronConfig};
 use crate::error_chain;
 use crate::ledger::{CronJob, Ledger};
 
-pub use schedule::{Schedule, ScheduleError};
+// The schedule type is pure config (parsed and checked with it); the loop
+// here only evaluates it.
+pub use crate::config::{Schedule, ScheduleError};
 
 /// A fire time at most this far in the past is on time and enqueued; an older
 /// one was missed and goes to the schedule's catch-up policy.

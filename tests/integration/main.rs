@@ -11,6 +11,7 @@ mod failures;
 mod flow;
 mod harness;
 mod helpers;
+mod invariants;
 mod kind_command;
 mod kind_content_generation;
 mod kind_data_extraction;

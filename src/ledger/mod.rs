@@ -717,7 +717,7 @@ impl OutboxBatch {
         }
         let errors: Vec<Option<String>> = errors
             .iter()
-            .map(|e| e.as_deref().map(|e| safe::text(e).into_owned()))
+            .map(|e| e.as_deref().map(|e| crate::pgtext::safe(e).into_owned()))
             .collect();
         let rows = sqlx::query(
             "WITH u AS (

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{Event, EventType, ProgressInfo, cut};
-use super::{Ledger, Status, safe};
+use super::{Ledger, Status};
 use crate::metrics;
 
 /// Where a writer hands the events of each committed batch; the runtime's
@@ -320,7 +320,7 @@ fn split_progress(updates: Vec<StatusUpdate>) -> (Vec<StatusUpdate>, Vec<StatusU
     let mut last: HashMap<Uuid, StatusUpdate> = HashMap::with_capacity(progress.len());
     for mut p in progress {
         if let Some(m) = p.progress.as_mut().and_then(|p| p.message.as_mut()) {
-            safe::fix(m);
+            crate::pgtext::fix(m);
         }
         match last.get(&p.id) {
             Some(prev) if prev.token > p.token => {}
@@ -430,10 +430,10 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
     let mut out: Vec<Merged> = Vec::with_capacity(updates.len());
     for mut u in updates {
         if let Some(e) = u.last_error.as_mut() {
-            safe::fix(e);
+            crate::pgtext::fix(e);
         }
         if let Some(r) = u.result.as_mut() {
-            safe::json(r);
+            crate::pgtext::safe_json(r);
         }
         let started = (u.status == Status::Running).then_some(u.at);
         let finished = u.status.is_final().then_some(u.at);
@@ -866,12 +866,12 @@ mod tests {
         done.last_error = Some("bad\0byte".into());
         done.result = Some(serde_json::json!({"out": "a\u{0}b"}));
         let merged = coalesce(vec![done]);
-        assert_eq!(merged[0].last_error.as_deref(), Some("bad\\u0000byte"));
+        assert_eq!(merged[0].last_error.as_deref(), Some("bad\u{FFFD}byte"));
         assert_eq!(
             merged[0].result,
-            Some(serde_json::json!({"out": "a\\u0000b"}))
+            Some(serde_json::json!({"out": "a\u{FFFD}b"}))
         );
-        assert_eq!(merged[0].errors[0]["error"], "bad\\u0000byte");
+        assert_eq!(merged[0].errors[0]["error"], "bad\u{FFFD}byte");
     }
 
     #[test]

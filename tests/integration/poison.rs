@@ -163,11 +163,11 @@ async fn nul_bytes_in_a_commands_output_are_escaped_and_hold_up_nothing() {
 
     let job = app.wait_final(out, 5).await;
     assert_eq!(job.status, "succeeded", "{job:?}");
-    assert_eq!(job.result, Some(json!({"stdout": "a\\u0000b"})));
+    assert_eq!(job.result, Some(json!({"stdout": "a\u{FFFD}b"})));
     let job = app.wait_final(err, 5).await;
     assert_eq!(job.status, "dead", "{job:?}");
     let error = job.last_error.unwrap_or_default();
-    assert!(error.contains("broken\\u0000bytes"), "{error}");
+    assert!(error.contains("broken\u{FFFD}bytes"), "{error}");
     daemon.stop().await;
 }
 

@@ -142,8 +142,8 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
             .into_iter()
             .map(|c| {
                 let kind = shared.config.kind(&c.kind);
-                let refused = match serde_json::from_str::<serde_json::Value>(&c.payload) {
-                    Err(e) => Some(format!("payload is not valid JSON: {e}")),
+                let refused = match crate::jobs::payload::decode(&c.payload) {
+                    Err(message) => Some(message),
                     Ok(v) if has_nul(&v) => Some(
                         "payload contains the character U+0000, which Postgres cannot store"
                             .to_owned(),

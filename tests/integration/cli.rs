@@ -86,13 +86,17 @@ async fn cli_rejects_bad_input_with_a_message_and_exit_1() {
             "kind `no spaces`",
         ),
         (
-            vec!["enqueue", "noop", "--priority", "5000"],
-            "--priority 5000 is out of range",
-        ),
-        (vec!["status", "not-a-uuid"], "`not-a-uuid` is not a job id"),
-        (
             vec!["status", "01a2032f-77c1-7992-99ca-a1aa94ed1ed1"],
             "not found",
+        ),
+        (
+            vec![
+                "enqueue",
+                "noop",
+                "--payload-file",
+                "/nonexistent/payload.json",
+            ],
+            "reading --payload-file /nonexistent/payload.json",
         ),
     ] {
         let (code, out, err) = app.cli(&args);
@@ -103,8 +107,43 @@ async fn cli_rejects_bad_input_with_a_message_and_exit_1() {
             "{args:?}: stderr {err:?} lacks {expected:?}"
         );
     }
-    let (code, _, err) = app.cli(&["enqueue", "noop", "--delay", "soon"]);
-    assert_eq!(code, 2, "clap usage errors exit 2: {err}");
+    assert_eq!(app.count_jobs().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_priorities_and_statuses_are_usage_errors_that_exit_2() {
+    let app = spawn_app().await;
+    for (args, expected) in [
+        (vec!["enqueue", "noop", "--delay", "soon"], "--delay"),
+        (
+            vec!["enqueue", "noop", "--priority", "5000"],
+            "5000 is not in -1000..=1000",
+        ),
+        (
+            vec!["enqueue", "noop", "--max-attempts", "0"],
+            "--max-attempts",
+        ),
+        (vec!["status", "not-a-uuid"], "`not-a-uuid` is not a job id"),
+        (vec!["inspect", "42"], "`42` is not a job id"),
+        (vec!["cancel", "abc"], "`abc` is not a job id"),
+        (vec!["retry", "abc"], "`abc` is not a job id"),
+        (
+            vec!["jobs", "--status", "done"],
+            "[possible values: scheduled, queued, running, retrying, succeeded, dead, cancelled]",
+        ),
+        (
+            vec!["purge", "--status", "running", "--older-than", "1d"],
+            "[possible values: succeeded, dead, cancelled]",
+        ),
+    ] {
+        let (code, out, err) = app.cli(&args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(out.is_empty(), "{args:?} printed to stdout: {out}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: stderr {err:?} lacks {expected:?}"
+        );
+    }
     assert_eq!(app.count_jobs().await, 0);
 }
 

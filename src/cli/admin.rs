@@ -297,12 +297,17 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
             Err(error) => format!("unavailable: {error}"),
         },
     ));
-    let mut out = super::key_value_table(&rows);
     let errors = job.errors.as_array().cloned().unwrap_or_default();
-    if errors.is_empty() {
-        out.push_str("errors       -\n");
-    } else {
-        out.push_str("errors       every failed attempt, oldest first\n");
+    rows.push((
+        "errors",
+        if errors.is_empty() {
+            "-".into()
+        } else {
+            "every failed attempt, oldest first".into()
+        },
+    ));
+    let mut out = super::key_value_table(&rows);
+    if !errors.is_empty() {
         let lines = errors
             .iter()
             .map(|e| {

@@ -219,9 +219,7 @@ async fn jobs_lists_newest_first_and_filters_by_queue_status_kind_and_time() {
     assert_eq!(lines.len(), 6, "a header and five jobs:\n{out}");
     assert_eq!(
         row(&out, "ID"),
-        [
-            "ID", "QUEUE", "KIND", "STATUS", "ATTEMPTS", "AGE", "ERROR"
-        ]
+        ["ID", "QUEUE", "KIND", "STATUS", "ATTEMPTS", "AGE", "ERROR"]
     );
     assert_eq!(
         row(&out, &mix.waiting.to_string())[1..5],

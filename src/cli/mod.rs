@@ -236,27 +236,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Completions { shell } => return print_completions(*shell),
         Command::Manpages { dir } => return write_manpages(dir),
+        // Everything else reads the config.
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
-    let quiet = !matches!(cli.command, Command::Run { .. });
+    let quiet = !matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
     let mut log = config.log.clone();
     if quiet && std::env::var_os("RUST_LOG").is_none() {
         log.level = "warn".into();
     }
-    if let Command::Demo { log_file } = &cli.command {
-        let path = log_file
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("jobrunner-demo.log"));
-        let file = std::fs::File::create(&path)
-            .with_context(|| format!("creating the demo's log file {}", path.display()))?;
-        // The demo's daemon logs at info to its own file, out of the table's way.
-        let mut log = config.log.clone();
-        log.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        crate::telemetry::init_to_file(&log, file);
-        return demo::run(config, path).await;
-    }
-    crate::telemetry::init(&log);
+    // The demo's daemon logs at info to its own file, out of the table's way.
+    let demo_log = match &cli.command {
+        Command::Demo { log_file } => {
+            let path = log_file
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("jobrunner-demo.log"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating the demo's log file {}", path.display()))?;
+            // RUST_LOG still overrides this (telemetry reads it first).
+            log.level = "info".into();
+            crate::telemetry::init_to_file(&log, file);
+            path
+        }
+        _ => {
+            crate::telemetry::init(&log);
+            PathBuf::new()
+        }
+    };
     match cli.command {
         Command::Run { migrate } => run_daemon(config, cli.config.as_deref(), migrate).await,
         Command::Migrate { check, json } => migrate(config, check, json).await,
@@ -286,9 +292,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry(args) => admin::retry(config, args).await,
         Command::Purge(args) => admin::purge(config, args).await,
         Command::Workers(args) => admin::workers(config, args).await,
-        Command::Demo { .. } | Command::Completions { .. } | Command::Manpages { .. } => {
-            unreachable!("handled above")
-        }
+        Command::Demo { .. } => demo::run(config, demo_log).await,
+        Command::Completions { shell } => print_completions(shell),
+        Command::Manpages { dir } => write_manpages(&dir),
     }
 }
 

@@ -117,8 +117,8 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
 
     println!();
     println!(
-        "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  result / last_error",
-        "id", "kind", "enqueued via", "status", "attempts"
+        "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  RESULT OR ERROR",
+        "ID", "KIND", "ENQUEUED VIA", "STATUS", "ATTEMPTS"
     );
     let mut unfinished = 0;
     for (via, job) in &rows {

@@ -131,7 +131,7 @@ pub fn webhook_payload() -> Value {
                             {"from": "351910000000", "id": "wamid.demo-1", "timestamp": (now - 60).to_string(),
                              "type": "text", "text": {"body": "Hi! Do you ship beans to Porto?"}},
                             {"from": "351910000000", "id": "wamid.demo-2", "timestamp": now.to_string(),
-                             "type": "text", "text": {"body": "Two bags of the spring blend, please."}}
+                             "type": "text", "text": {"body": "Two bags of the house blend, please."}}
                         ]
                     }
                 }]

@@ -537,10 +537,20 @@ impl Config {
 
     /// The effective configuration as TOML, with the database password hidden.
     pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.redacted()).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// The effective configuration as one JSON document, passwords hidden as in
+    /// [`Config::to_toml`].
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self.redacted())
+    }
+
+    fn redacted(&self) -> Config {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+        shown
     }
 }
 

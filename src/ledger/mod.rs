@@ -66,8 +66,10 @@ pub enum Error {
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
-/// Where a job is in its life. The strings are what the `status` column holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// Where a job is in its life. The strings are what the `status` column holds;
+/// the CLI's `--status` takes the same names (clap's `ValueEnum`), so the list it
+/// offers and checks is this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Scheduled,

@@ -121,13 +121,9 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
             job.kind
         ))));
     };
-    let payload: Value = match serde_json::from_str(&job.payload) {
+    let payload: Value = match crate::jobs::payload::decode(&job.payload) {
         Ok(p) => p,
-        Err(e) => {
-            return Outcome::Done(Err(JobError::permanent(format!(
-                "payload is not valid JSON: {e}"
-            ))));
-        }
+        Err(message) => return Outcome::Done(Err(JobError::permanent(message))),
     };
     let kind = shared.live().kind(&job.kind);
     let (timeout, on_timeout) = (kind.timeout, kind.on_timeout);

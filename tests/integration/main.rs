@@ -17,6 +17,7 @@ mod kind_http;
 mod kind_message;
 mod logs;
 mod observability;
+mod plans;
 mod protocol;
 mod reload;
 mod run_at;

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod cron;
 mod enqueue;
+mod enqueue_many;
 mod failures;
 mod flow;
 mod harness;

@@ -15,10 +15,12 @@
 //! - [`metrics`]: the process's counters and histograms, rendered by `admin`.
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`bench`]: the throughput and latency benchmark.
+//! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod admin;
+pub mod batch;
 pub mod bench;
 pub mod broker;
 pub mod cli;

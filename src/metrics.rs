@@ -68,6 +68,7 @@ pub const REDIS_CONNECTIONS: &str = "jobrunner_redis_pool_connections";
 pub const REDIS_QUEUED: &str = "jobrunner_redis_commands_queued";
 pub const REDIS_REDELIVERIES: &str = "jobrunner_redis_redeliveries_total";
 pub const UP: &str = "jobrunner_up";
+pub const POISON: &str = "jobrunner_batch_poison_total";
 
 /// Every metric this process exposes, in the order `/metrics` lists them.
 pub const DEFS: &[Def] = &[
@@ -156,6 +157,11 @@ pub const DEFS: &[Def] = &[
         REDIS_REDELIVERIES,
         Type::Counter,
         "Redis commands sent again after a connection closed while waiting for the reply.",
+    ),
+    def(
+        POISON,
+        Type::Counter,
+        "Items a batch could not write for a reason of their own, found by splitting the batch, by path (dispatch, status, events): the job was recorded dead, or the event dropped.",
     ),
     def(
         UP,

@@ -113,6 +113,9 @@ pub struct AdminState {
     pub draining: CancellationToken,
     /// The last readiness answer and when it was computed (see [`READY_CACHE`]).
     ready_cache: Arc<Mutex<Option<(Instant, Readiness)>>>,
+    /// Cancelled when one of the daemon's essential loops ended (or panicked)
+    /// before the drain: `/readyz` answers 503 from then on.
+    broken: CancellationToken,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +141,14 @@ impl AdminState {
             events,
             draining,
             ready_cache: Arc::default(),
+            broken: CancellationToken::new(),
         }
+    }
+
+    /// Readiness also fails once `broken` is cancelled.
+    pub fn with_broken(mut self, broken: CancellationToken) -> AdminState {
+        self.broken = broken;
+        self
     }
 }
 
@@ -182,6 +192,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining", "redis": "skipped", "postgres": "skipped" })),
+        )
+            .into_response();
+    }
+    if state.broken.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "broken",
+                "error": "a daemon loop ended unexpectedly; see the log and restart the daemon" })),
         )
             .into_response();
     }

@@ -51,6 +51,41 @@ pub enum Error {
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether the failure may pass by itself: the connection, a timeout, the
+    /// client's back-pressure, a cluster or sentinel change, or a server state
+    /// (LOADING, BUSY, TRYAGAIN, MASTERDOWN, READONLY, CLUSTERDOWN, OOM). Told
+    /// by fred's error kind and, for error replies, by the server's error code
+    /// (the reply's first word, the Redis protocol's error class).
+    pub fn is_transient(&self) -> bool {
+        use fred::error::ErrorKind as K;
+        let e = match self {
+            Error::Connect { .. } => return true,
+            Error::Reply { .. } => return false,
+            Error::Redis(e) => e,
+        };
+        match e.kind() {
+            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing => true,
+            K::Sentinel | K::Protocol => true,
+            K::Unknown => matches!(
+                e.details().split_whitespace().next(),
+                Some(
+                    "LOADING"
+                        | "BUSY"
+                        | "TRYAGAIN"
+                        | "MASTERDOWN"
+                        | "READONLY"
+                        | "CLUSTERDOWN"
+                        | "OOM"
+                        | "NOREPLICAS"
+                        | "MISCONF"
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A job leased to this daemon by [`Broker::fetch`].
 #[derive(Debug, Clone)]
 pub struct Leased {

@@ -22,6 +22,12 @@ end
 local function wake(ready_key, channel)
   if redis.call('ZCARD', ready_key) > 0 then redis.call('PUBLISH', channel, 'ready') end
 end
+-- A job that ended leaves a tombstone for a minute (`qp` is `prefix:{q}:`), so a
+-- late or repeated DISPATCH of it (a resent command, an outbox row read before
+-- the ledger recorded the end) does not bring it back.
+local function tombstone(qp, id)
+  redis.call('SET', qp .. 'ended:' .. id, '1', 'PX', '60000')
+end
 "#;
 
 /// The producer-facing enqueue, documented in docs/PROTOCOL.md.
@@ -127,34 +133,50 @@ wake(KEYS[2], ARGV[2])
 return 1
 "#;
 
-/// Puts ledger jobs into Redis; a job already there is left alone, so a dispatch
-/// repeated after a crash does nothing twice.
+/// Puts ledger jobs into Redis; a job already there, or ended within the last
+/// minute (its tombstone), is left alone, so a dispatch repeated after a crash or
+/// resent after a reconnect does nothing twice. A key of the job that is not a
+/// job hash fails the call with WRONGTYPE naming it (the caller isolates that job);
+/// every check comes before the first write, so a failed call changes nothing.
+/// Called with no jobs, it only checks the queue's own keys.
 /// KEYS: ready, delayed. ARGV: job key prefix, wake channel, then per job:
 /// id, kind, payload, priority, attempts, max_attempts, run_ms.
 pub const DISPATCH: &str = r#"
 local now = now_ms()
-local added = 0
-local ready, delayed = {}, {}
+local qp = string.sub(ARGV[1], 1, -5)
+-- Every check before any write: a script that failed halfway would leave job
+-- hashes that no ready or delayed set names, and later dispatches skip them.
+redis.call('ZCARD', KEYS[1])
+redis.call('ZCARD', KEYS[2])
+local todo = {}
 for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2], 'priority', ARGV[i + 3],
-      'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5], 'run_ms', ARGV[i + 6])
-    if tonumber(ARGV[i + 6]) > now then
-      delayed[#delayed + 1] = ARGV[i + 6]
-      delayed[#delayed + 1] = id
-    else
-      ready[#ready + 1] = s(ready_score(ARGV[i + 3], now))
-      ready[#ready + 1] = id
-    end
-    added = added + 1
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then
+    if redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then todo[#todo + 1] = i end
+  elseif t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE jobrunner: ' .. key .. ' holds a ' .. t .. ', not a job hash')
+  end
+end
+local ready, delayed = {}, {}
+for _, i in ipairs(todo) do
+  local id = ARGV[i]
+  redis.call('HSET', ARGV[1] .. id, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2],
+    'priority', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5],
+    'run_ms', ARGV[i + 6])
+  if tonumber(ARGV[i + 6]) > now then
+    delayed[#delayed + 1] = ARGV[i + 6]
+    delayed[#delayed + 1] = id
+  else
+    ready[#ready + 1] = s(ready_score(ARGV[i + 3], now))
+    ready[#ready + 1] = id
   end
 end
 if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', KEYS[2], unpack(delayed)) end
 wake(KEYS[1], ARGV[2])
-return added
+return #todo
 "#;
 
 /// Promotes due delayed jobs, then leases up to n ready jobs, highest priority first,
@@ -366,6 +388,7 @@ local function end_lease(leases, qp, key, id)
   if h[1] then free_slot(qp, key, id, h[2]) end
   if h[3] then
     redis.call('DEL', key)
+    tombstone(qp, id)
     return true
   end
   return false
@@ -386,6 +409,7 @@ for i = 2, #ARGV, 2 do
   if h[1] == token and redis.call('ZREM', KEYS[1], id) == 1 then
     if h[2] then free_slot(qp, key, id, h[3]) end
     redis.call('DEL', key)
+    tombstone(qp, id)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -450,9 +474,11 @@ for _, id in ipairs(expired) do
     local max = tonumber(h[2]) or 1
     if h[7] then
       redis.call('DEL', key)
+      tombstone(qp, id)
       table.insert(out, id); table.insert(out, 'cancelled')
     elseif max > 0 and attempts >= max then
       redis.call('DEL', key)
+      tombstone(qp, id)
       table.insert(out, id); table.insert(out, 'dead')
     else
       redis.call('ZADD', KEYS[2], s(ready_score(h[4], now)), id)
@@ -478,7 +504,11 @@ return out
 /// Returns "removed", "signalled" or "absent".
 pub const CANCEL: &str = r#"
 local key, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', key) == 0 then return 'absent' end
+if redis.call('EXISTS', key) == 0 then
+  -- Perhaps on its way from the outbox: a dispatch arriving now must not revive it.
+  tombstone(ARGV[4], id)
+  return 'absent'
+end
 if redis.call('ZSCORE', KEYS[3], id) then
   redis.call('HSET', key, 'cancel', '1')
   redis.call('PUBLISH', ARGV[3], id)
@@ -489,6 +519,7 @@ redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[2], id)
 if kind then redis.call('ZREM', ARGV[4] .. 'parked:' .. kind, id) end
 redis.call('DEL', key)
+tombstone(ARGV[4], id)
 return 'removed'
 "#;
 

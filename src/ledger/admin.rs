@@ -91,7 +91,8 @@ pub struct DeadFilter {
     pub kind: Option<String>,
 }
 
-const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, run_at, \
+const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, \
+                               LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at, \
                                created_at, finished_at, last_error";
 
 impl Ledger {
@@ -112,7 +113,10 @@ impl Ledger {
         // (status, created_at) index per status.
         let rows = sqlx::query(
             "SELECT queue, status, count(*) AS n,
-                    min(run_at) FILTER (WHERE status = 'queued') AS oldest
+                    -- Clamped to what the reader can decode (GREATEST skips NULL).
+                    CASE WHEN bool_or(status = 'queued') THEN
+                        LEAST(GREATEST(min(run_at) FILTER (WHERE status = 'queued'),
+                                       '1970-01-01Z'), '9999-12-31T23:59:59Z') END AS oldest
              FROM jobrunner.jobs
              WHERE status IN ('scheduled', 'queued', 'running', 'retrying')
              GROUP BY queue, status",
@@ -231,7 +235,8 @@ impl Ledger {
     /// Every column of one job.
     pub async fn job_detail(&self, id: Uuid) -> Result<JobDetail> {
         sqlx::query_as::<_, JobDetail>(
-            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
                     unique_key, result, last_error, created_at, updated_at, started_at,
                     finished_at, progress, progress_message, errors, lease_token
              FROM jobrunner.jobs WHERE id = $1",

@@ -145,8 +145,7 @@ impl Ledger {
     /// Deletes fire rows older than `keep`, except each schedule's latest
     /// scheduled one (catch-up starts there). Returns how many went.
     pub async fn prune_cron_fires(&self, keep: Duration) -> Result<u64> {
-        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(36_500));
-        let before = Utc::now() - keep;
+        let before = super::safe::before(Utc::now(), keep);
         let done = sqlx::query(
             "DELETE FROM jobrunner.cron_fires f
              WHERE f.fire_at < $1

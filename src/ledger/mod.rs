@@ -12,6 +12,7 @@ mod cron;
 mod events;
 mod flow;
 mod plans;
+pub mod safe;
 mod writer;
 
 use std::str::FromStr;
@@ -174,8 +175,10 @@ pub struct DispatchJob {
     pub priority: i32,
     pub attempts: i32,
     pub max_attempts: i32,
-    pub run_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
+    /// `run_at` in Unix milliseconds, or `None` when the row holds a time the
+    /// daemon cannot carry (`infinity`, or outside the years 1970 to 9999): the
+    /// dispatcher ends such a job `dead` instead of decoding the time (which panics).
+    pub run_ms: Option<i64>,
 }
 
 /// Outbox rows taken (deleted, uncommitted) by this daemon until
@@ -230,7 +233,10 @@ pub(crate) const DISPATCH: &str = "WITH picked AS (
                                       FOR UPDATE SKIP LOCKED))
                  RETURNING id)
              SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
-                    j.max_attempts, j.run_at, j.created_at
+                    j.max_attempts,
+                    -- Compared, not decoded: a time out of range ends the job, not the loop.
+                    CASE WHEN j.run_at >= '1970-01-01Z' AND j.run_at < '10000-01-01Z'
+                         THEN (extract(epoch FROM j.run_at) * 1000)::bigint END AS run_ms
              FROM jobrunner.jobs j
              -- An array, not a join: a join with the CTE plans a scan of the table.
              WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -392,7 +398,10 @@ impl Ledger {
 
     pub async fn job(&self, id: Uuid) -> Result<Job> {
         sqlx::query_as::<_, Job>(
-            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts, run_at,
+            // run_at is clamped to what chrono can decode: a row holding
+            // `infinity` must read, not panic the reader.
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
                     unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
                     progress, progress_message
              FROM jobrunner.jobs WHERE id = $1",
@@ -606,10 +615,75 @@ impl Ledger {
 }
 
 impl OutboxBatch {
-    /// Removes the batch from the outbox; call only after Redis accepted every job.
+    /// Removes the batch from the outbox; call only after Redis accepted every job
+    /// not handed back with [`OutboxBatch::requeue`] or ended with [`OutboxBatch::bury`].
     pub async fn commit(self) -> Result {
         self.tx.commit().await?;
         Ok(())
+    }
+
+    /// Leaves these jobs in the outbox for a later round (their queue's dispatch
+    /// failed for a reason that may pass); the rest of the batch still commits.
+    pub async fn requeue(&mut self, ids: &[Uuid]) -> Result {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO jobrunner.outbox (id) SELECT * FROM UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends jobs that can never be dispatched `dead`, in the batch's transaction.
+    /// `errors` holds the reason per job; `None` means its `run_at` is out of range,
+    /// and the message then quotes the value (the column is set to now, so every
+    /// reader can decode the row again). Returns (id, queue, kind, attempts) of
+    /// the rows ended.
+    pub async fn bury(
+        &mut self,
+        ids: &[Uuid],
+        errors: &[Option<String>],
+    ) -> Result<Vec<(Uuid, String, String, i32)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let errors: Vec<Option<String>> = errors
+            .iter()
+            .map(|e| e.as_deref().map(|e| safe::text(e).into_owned()))
+            .collect();
+        let rows = sqlx::query(
+            "WITH u AS (
+                 SELECT u.id, COALESCE(u.error, format(
+                     'run_at %s is outside the range jobrunner can schedule (years 1970 to 9999); '
+                     'the job was never run', j.run_at)) AS error
+                 FROM UNNEST($1::uuid[], $2::text[]) AS u(id, error)
+                 JOIN jobrunner.jobs j ON j.id = u.id
+                 WHERE j.id = ANY($1))
+             UPDATE jobrunner.jobs AS j SET
+                 status      = 'dead',
+                 last_error  = u.error,
+                 errors      = j.errors || jsonb_build_array(jsonb_build_object(
+                                   'attempt', j.attempts, 'error', u.error, 'at', now())),
+                 run_at      = CASE WHEN j.run_at >= '1970-01-01Z' AND j.run_at < '10000-01-01Z'
+                                    THEN j.run_at ELSE now() END,
+                 finished_at = now(),
+                 updated_at  = now()
+             FROM u
+             WHERE j.id = u.id AND j.id = ANY($1)
+               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+             RETURNING j.id, j.queue, j.kind, j.attempts",
+        )
+        .bind(ids)
+        .bind(errors)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 }
 
@@ -617,6 +691,24 @@ impl OutboxBatch {
 /// wrong, not the connection.
 fn is_data_error(code: Option<&str>) -> bool {
     code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+impl Error {
+    /// Whether the failure is an item's fault, so retrying the same values can
+    /// never succeed: SQLSTATE classes 22 (data exception), 23 (constraint
+    /// violation) and 54 (program limit exceeded: too deep, too long), or a value
+    /// the client could not encode or decode. Anything else (connection lost,
+    /// timeout, serialization failure 40001, deadlock 40P01, admin shutdown 57P0x,
+    /// a schema mismatch) may pass, and retries the whole batch.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Sql(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            Error::Sql(sqlx::Error::Encode(_) | sqlx::Error::ColumnDecode { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Default)]

@@ -23,11 +23,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{Event, EventType, ProgressInfo, cut};
-use super::{Ledger, Status};
+use super::{Ledger, Status, safe};
 use crate::metrics;
 
 /// Where a writer hands the events of each committed batch; the runtime's
@@ -59,37 +59,75 @@ pub struct StatusUpdate {
     /// Set on a progress report: only `progress` and `progress_message` change,
     /// never the status (`status` is then ignored).
     pub progress: Option<ProgressReport>,
+    /// An attempt handed back unfinished (drain): it does not count, so
+    /// `attempts` may go down by one. Every other write keeps the ledger's count
+    /// of leases from going down.
+    pub handed_back: bool,
+}
+
+/// An update on its way to a shard, with whoever waits for its verdict.
+struct Entry {
+    update: StatusUpdate,
+    /// Answered once the batch holding the update is written: true when the
+    /// ledger took it (see [`WriterHandle::admit`]).
+    verdict: Option<oneshot::Sender<bool>>,
 }
 
 /// The sending side, cloned into every worker.
 #[derive(Clone, Debug)]
 pub struct WriterHandle {
     /// One channel per shard; a job's shard is picked from its id.
-    shards: Vec<mpsc::Sender<StatusUpdate>>,
+    shards: Vec<mpsc::Sender<Entry>>,
 }
 
 impl WriterHandle {
+    fn shard(&self, id: Uuid) -> &mpsc::Sender<Entry> {
+        &self.shards[(id.as_u128() % self.shards.len() as u128) as usize]
+    }
+
     /// Queues an update; waits when the writer is behind (Postgres slow or down),
     /// which in turn slows fetching instead of growing memory without bound.
     pub async fn send(&self, update: StatusUpdate) {
-        let shard = (update.id.as_u128() % self.shards.len() as u128) as usize;
-        if self.shards[shard].send(update).await.is_err() {
+        let entry = Entry {
+            update,
+            verdict: None,
+        };
+        if self.shard(entry.update.id).send(entry).await.is_err() {
             tracing::error!("Status writer is gone; a status change was not recorded");
         }
+    }
+
+    /// Writes an update and waits until its batch is written: `Some(true)` when
+    /// the ledger took it, `Some(false)` when the row refused it (the job is
+    /// final, a newer attempt owns it, or there is no such row), `None` when it
+    /// was not written (the writer stopped first). A worker admits its `running`
+    /// write this way before it runs the handler, so a job whose ledger row is
+    /// final never runs again and every run is counted.
+    pub async fn admit(&self, update: StatusUpdate) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        let entry = Entry {
+            update,
+            verdict: Some(tx),
+        };
+        self.shard(entry.update.id).send(entry).await.ok()?;
+        rx.await.ok()
     }
 
     /// Queues an update without waiting; false (the update is dropped) when the
     /// writer is behind. For progress reports, which the next report replaces.
     pub fn try_send(&self, update: StatusUpdate) -> bool {
-        let shard = (update.id.as_u128() % self.shards.len() as u128) as usize;
-        self.shards[shard].try_send(update).is_ok()
+        let entry = Entry {
+            update,
+            verdict: None,
+        };
+        self.shard(entry.update.id).try_send(entry).is_ok()
     }
 }
 
 /// The task that owns the receiving side.
 pub struct StatusWriter {
     ledger: Ledger,
-    rx: mpsc::Receiver<StatusUpdate>,
+    rx: mpsc::Receiver<Entry>,
     batch_max: usize,
     /// Where the events of committed batches go; `None` publishes none.
     events: Option<EventSender>,
@@ -120,13 +158,26 @@ impl StatusWriter {
         (writers, WriterHandle { shards: senders })
     }
 
-    /// Writes until every handle is dropped and the channel is empty. A failed batch
-    /// is retried with backoff, so Postgres being down delays status but loses none;
-    /// `give_up` bounds that wait once the daemon is stopping.
+    /// Writes until every handle is dropped and the channel is empty. A batch that
+    /// fails for a reason that may pass (Postgres down, a conflict) is retried with
+    /// backoff, so an outage delays statuses but loses none; `give_up` bounds that
+    /// wait once the daemon is stopping. A batch that fails because of what one
+    /// job carries is split until that job is found: it is recorded `dead` with
+    /// the reason, and the rest are written at once (see [`crate::batch`]).
     pub async fn run(mut self, give_up: tokio_util::sync::CancellationToken) {
         let mut buf = Vec::with_capacity(self.batch_max);
         while self.rx.recv_many(&mut buf, self.batch_max).await > 0 {
-            let (progress, updates) = split_progress(std::mem::take(&mut buf));
+            let mut verdicts = Vec::new();
+            let updates: Vec<StatusUpdate> = std::mem::take(&mut buf)
+                .into_iter()
+                .map(|e| {
+                    if let Some(tx) = e.verdict {
+                        verdicts.push((e.update.id, e.update.token, tx));
+                    }
+                    e.update
+                })
+                .collect();
+            let (progress, updates) = split_progress(updates);
             self.write_progress(progress).await;
             let steps = self.events.is_some().then(|| event_steps(&updates));
             let batch = coalesce(updates);
@@ -134,33 +185,93 @@ impl StatusWriter {
                 // Only progress reports this time.
                 continue;
             }
-            let mut delay = Duration::from_millis(50);
-            loop {
-                match self.ledger.write_statuses(&batch).await {
-                    Ok(changed) => {
-                        if let Some(steps) = steps {
-                            self.emit(status_events(steps, &changed));
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        let error = crate::error_chain(&error);
-                        if give_up.is_cancelled() {
-                            tracing::error!(%error, lost = batch.len(),
-                                "Status writer gave up at shutdown; the orphan sweep will re-run these jobs");
-                            break;
-                        }
-                        tracing::warn!(%error, batch = batch.len(), "Status write failed, retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = give_up.cancelled() => {}
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
+            let (changed, buried, unwritten) = self.write_isolated(&batch, &give_up).await;
+            let taken: std::collections::HashSet<Uuid> = changed
+                .iter()
+                .map(|c| c.0)
+                .filter(|id| !buried.contains_key(id))
+                .collect();
+            let tokens: HashMap<Uuid, i64> = batch.iter().map(|m| (m.id, m.token)).collect();
+            for (id, token, tx) in verdicts {
+                // Not written at all: dropping the sender says so.
+                if !unwritten.contains(&id) {
+                    let _ = tx.send(taken.contains(&id) && tokens.get(&id) == Some(&token));
                 }
+            }
+            if let Some(steps) = steps {
+                self.emit(status_events(steps, &changed, &buried));
             }
             tracing::trace!(size = batch.len(), "Status batch written");
         }
+    }
+
+    /// Writes a batch, isolating failure: returns the rows changed, the jobs whose
+    /// own update could not be stored and were recorded `dead` (with the reason),
+    /// and the ids left unwritten because the daemon stopped during an outage.
+    async fn write_isolated(
+        &self,
+        batch: &[Merged],
+        give_up: &tokio_util::sync::CancellationToken,
+    ) -> (
+        Vec<(Uuid, String, String)>,
+        HashMap<Uuid, String>,
+        std::collections::HashSet<Uuid>,
+    ) {
+        let mut unwritten = std::collections::HashSet::new();
+        let mut changed = Vec::new();
+        let mut buried = HashMap::new();
+        let mut todo: Vec<std::ops::Range<usize>> = std::iter::once(0..batch.len()).collect();
+        let mut delay = Duration::from_millis(50);
+        let ledger = &self.ledger;
+        loop {
+            let out = crate::batch::isolate(
+                todo,
+                |e: &super::Error| !e.is_permanent(),
+                |r| ledger.write_statuses(&batch[r]),
+            )
+            .await;
+            for (_, rows) in out.done {
+                changed.extend(rows);
+            }
+            for (i, error) in out.poison {
+                let m = &batch[i];
+                let reason = cut(&format!(
+                    "the ledger could not store this job's {} status: {}",
+                    m.status,
+                    crate::error_chain(&error)
+                ));
+                tracing::error!(job.id = %m.id, status = %m.status, error = %reason,
+                    "A status write was refused; recording the job as dead");
+                self.ledger
+                    .metrics
+                    .inc(metrics::POISON, &[("path", "status")], 1);
+                let dead = m.buried(reason.clone());
+                match ledger.write_statuses(std::slice::from_ref(&dead)).await {
+                    Ok(rows) => changed.extend(rows),
+                    Err(error) => tracing::error!(job.id = %m.id,
+                        error = %crate::error_chain(&error),
+                        "Recording a refused job as dead failed too; its status is left as it was"),
+                }
+                buried.insert(m.id, reason);
+            }
+            let Some(error) = out.transient else { break };
+            let left: usize = out.pending.iter().map(|r| r.len()).sum();
+            let error = crate::error_chain(&error);
+            if give_up.is_cancelled() {
+                tracing::error!(%error, lost = left,
+                    "Status writer gave up at shutdown; the orphan sweep will re-run these jobs");
+                unwritten.extend(out.pending.into_iter().flatten().map(|i| batch[i].id));
+                break;
+            }
+            tracing::warn!(%error, batch = left, "Status write failed, retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = give_up.cancelled() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+            todo = out.pending;
+        }
+        (changed, buried, unwritten)
     }
 
     /// Publishes the events of every committed batch to `events`.
@@ -207,7 +318,10 @@ fn split_progress(updates: Vec<StatusUpdate>) -> (Vec<StatusUpdate>, Vec<StatusU
     let (progress, statuses): (Vec<_>, Vec<_>) =
         updates.into_iter().partition(|u| u.progress.is_some());
     let mut last: HashMap<Uuid, StatusUpdate> = HashMap::with_capacity(progress.len());
-    for p in progress {
+    for mut p in progress {
+        if let Some(m) = p.progress.as_mut().and_then(|p| p.message.as_mut()) {
+            safe::fix(m);
+        }
         match last.get(&p.id) {
             Some(prev) if prev.token > p.token => {}
             _ => {
@@ -234,7 +348,8 @@ fn event_steps(updates: &[StatusUpdate]) -> HashMap<Uuid, (i64, Vec<Step>)> {
     let mut steps: HashMap<Uuid, (i64, Vec<Step>)> = HashMap::with_capacity(updates.len());
     for u in updates {
         let entry = steps.entry(u.id).or_insert_with(|| (u.token, Vec::new()));
-        if u.token < entry.0 {
+        // A final step ends the job: nothing after it applies (see `coalesce`).
+        if u.token < entry.0 || entry.1.last().is_some_and(|s| s.status.is_final()) {
             continue;
         }
         entry.0 = u.token;
@@ -249,15 +364,25 @@ fn event_steps(updates: &[StatusUpdate]) -> HashMap<Uuid, (i64, Vec<Step>)> {
 }
 
 /// The events of the rows a batch changed, in the batch's order per job.
+/// A job whose own update was refused and recorded `dead` (`buried`) gets one
+/// `dead` event with the reason instead of its steps.
 fn status_events(
     mut steps: HashMap<Uuid, (i64, Vec<Step>)>,
     changed: &[(Uuid, String, String)],
+    buried: &HashMap<Uuid, String>,
 ) -> Vec<Event> {
     let mut events = Vec::with_capacity(changed.len());
     for (id, queue, kind) in changed {
         let Some((_, job_steps)) = steps.remove(id) else {
             continue;
         };
+        if let Some(reason) = buried.get(id) {
+            let attempts = job_steps.last().map_or(0, |s| s.attempts);
+            let mut e = Event::status(*id, queue, kind, Status::Dead, attempts, Utc::now(), None);
+            e.error = Some(reason.clone());
+            events.push(e);
+            continue;
+        }
         for step in job_steps {
             let mut e = Event::status(*id, queue, kind, step.status, step.attempts, step.at, None);
             e.error = step.error;
@@ -298,22 +423,42 @@ type ChangedRow = (Uuid, String, String, String);
 
 /// Folds every update of one job in a batch into one row, in arrival order: the
 /// later status wins, the start time of a `running` step survives its final step.
+/// Once the row is final nothing later changes it, as the statement would refuse
+/// it. Text is made storable here (see [`safe`]), before it is copied anywhere.
 fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
     let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(updates.len());
     let mut out: Vec<Merged> = Vec::with_capacity(updates.len());
-    for u in updates {
+    for mut u in updates {
+        if let Some(e) = u.last_error.as_mut() {
+            safe::fix(e);
+        }
+        if let Some(r) = u.result.as_mut() {
+            safe::json(r);
+        }
         let started = (u.status == Status::Running).then_some(u.at);
         let finished = u.status.is_final().then_some(u.at);
         let error = attempt_error(&u);
+        // A lease counted by this row: one per attempt's `running`; a hand-back
+        // gives its attempt back.
+        let lease = match (u.status, u.handed_back) {
+            (_, true) => -1,
+            (Status::Running, false) => 1,
+            _ => 0,
+        };
         match index.get(&u.id) {
             Some(&i) => {
                 let m = &mut out[i];
-                if u.token < m.token {
-                    // An older attempt's outcome arriving late: its status is
-                    // stale, but the error it reports is still that attempt's.
+                if u.token < m.token || m.status.is_final() {
+                    // An older attempt's outcome arriving late, or anything after
+                    // the end: its status is stale, but the error it reports is
+                    // still that attempt's.
                     m.errors.extend(error);
                     m.last_error = m.last_error.take().or(u.last_error);
                     continue;
+                }
+                // A repeated `running` of the same attempt is not another lease.
+                if u.token > m.token || lease != 1 {
+                    m.leases += lease;
                 }
                 if u.token > m.token {
                     m.started_at = None;
@@ -336,6 +481,7 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
                     token: u.token,
                     status: u.status,
                     attempts: u.attempts,
+                    leases: lease,
                     started_at: started,
                     finished_at: finished,
                     result: u.result,
@@ -362,6 +508,10 @@ pub(super) struct Merged {
     token: i64,
     status: Status,
     attempts: i32,
+    /// Leases this row adds to the ledger's count (a hand-back subtracts one):
+    /// the row's `attempts` never ends below its old count plus these, so a run
+    /// Redis forgot about (it restarted empty) still counts.
+    leases: i32,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     result: Option<Value>,
@@ -369,6 +519,27 @@ pub(super) struct Merged {
     run_at: Option<DateTime<Utc>>,
     /// Errors of this batch's attempts, appended to the row's history.
     errors: Vec<Value>,
+}
+
+impl Merged {
+    /// This job recorded `dead` for `reason` instead: what is written when the
+    /// ledger refused the job's own update (nothing of that update is kept).
+    fn buried(&self, reason: String) -> Merged {
+        let now = Utc::now();
+        Merged {
+            id: self.id,
+            token: self.token,
+            status: Status::Dead,
+            attempts: self.attempts,
+            leases: self.leases,
+            started_at: self.started_at,
+            finished_at: Some(now),
+            result: None,
+            errors: vec![serde_json::json!({"attempt": self.attempts, "error": reason, "at": now})],
+            last_error: Some(reason),
+            run_at: None,
+        }
+    }
 }
 
 /// How every writer transaction begins. The batch statements join `jobs` with an
@@ -383,7 +554,7 @@ pub(super) const PLAN_GUARD: &str = "BEGIN; SET LOCAL enable_nestloop = off";
 /// One batch of status changes, fenced (see the module's invariant).
 pub(super) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
                  status      = u.status,
-                 attempts    = u.attempts,
+                 attempts    = GREATEST(u.attempts, j.attempts + u.leases),
                  lease_token = u.token,
                  started_at  = COALESCE(u.started_at, j.started_at),
                  finished_at = u.finished_at,
@@ -394,9 +565,10 @@ pub(super) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
                                     ELSE j.errors || u.errors::jsonb END,
                  updated_at  = now()
              FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::int[], $5::timestamptz[],
-                         $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                         $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[], $10::text[],
+                         $11::int[])
                AS u(id, token, status, attempts, started_at, finished_at, result, last_error, run_at,
-                    errors)
+                    errors, leases)
              WHERE j.id = u.id
                -- Spelled out so the plan is primary-key lookups; joining on u.id
                -- alone plans a scan of the whole table for every batch.
@@ -444,7 +616,9 @@ pub(super) fn bind_status_batch<'q>(
     let mut errors = Vec::with_capacity(n);
     let mut run_ats = Vec::with_capacity(n);
     let mut histories = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
     for m in batch {
+        leases.push(m.leases);
         ids.push(m.id);
         tokens.push(m.token);
         statuses.push(m.status.as_str());
@@ -466,6 +640,7 @@ pub(super) fn bind_status_batch<'q>(
         .bind(errors)
         .bind(run_ats)
         .bind(histories)
+        .bind(leases)
 }
 
 /// A batch that ends each of `ids` `succeeded`, for `EXPLAIN`.
@@ -477,6 +652,7 @@ pub(super) fn sample_batch(ids: &[Uuid]) -> Vec<Merged> {
             token: 1,
             status: Status::Succeeded,
             attempts: 1,
+            leases: 1,
             started_at: Some(now),
             finished_at: Some(now),
             result: None,
@@ -587,6 +763,7 @@ mod tests {
             last_error: None,
             run_at: None,
             progress: None,
+            handed_back: false,
         }
     }
 
@@ -662,7 +839,7 @@ mod tests {
         ];
         let steps = event_steps(&updates);
         let changed = vec![(id, "default".to_owned(), "noop".to_owned())];
-        let events = status_events(steps, &changed);
+        let events = status_events(steps, &changed, &HashMap::new());
         let seen: Vec<(&str, Option<&str>)> = events
             .iter()
             .map(|e| (e.status.as_str(), e.error.as_deref()))
@@ -677,7 +854,7 @@ mod tests {
             ]
         );
         assert!(
-            status_events(event_steps(&updates), &[]).is_empty(),
+            status_events(event_steps(&updates), &[], &HashMap::new()).is_empty(),
             "no row changed, no event"
         );
     }
@@ -701,6 +878,42 @@ mod tests {
         assert_eq!(progress.len(), 1);
         assert_eq!(progress[0].progress.as_ref().unwrap().percent, 20);
         assert_eq!(statuses.len(), 1);
+    }
+
+    #[test]
+    fn nothing_after_a_final_step_applies_and_each_attempt_counts_one_lease() {
+        let id = Uuid::now_v7();
+        let merged = coalesce(vec![
+            update(id, 7, Status::Running),
+            update(id, 7, Status::Succeeded),
+            update(id, 9, Status::Running),
+        ]);
+        assert_eq!(merged[0].status, Status::Succeeded);
+        assert_eq!(merged[0].token, 7);
+        assert_eq!(merged[0].leases, 1);
+        let mut retrying = update(id, 7, Status::Retrying);
+        retrying.last_error = Some("x".into());
+        let merged = coalesce(vec![
+            update(id, 7, Status::Running),
+            retrying,
+            update(id, 9, Status::Running),
+        ]);
+        assert_eq!(merged[0].leases, 2);
+    }
+
+    #[test]
+    fn text_postgres_cannot_store_is_escaped_before_the_write() {
+        let id = Uuid::now_v7();
+        let mut done = update(id, 7, Status::Dead);
+        done.last_error = Some("bad\0byte".into());
+        done.result = Some(serde_json::json!({"out": "a\u{0}b"}));
+        let merged = coalesce(vec![done]);
+        assert_eq!(merged[0].last_error.as_deref(), Some("bad\\u0000byte"));
+        assert_eq!(
+            merged[0].result,
+            Some(serde_json::json!({"out": "a\\u0000b"}))
+        );
+        assert_eq!(merged[0].errors[0]["error"], "bad\\u0000byte");
     }
 
     #[test]

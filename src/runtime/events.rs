@@ -57,33 +57,25 @@ impl Publisher {
             return;
         }
         let json: Vec<String> = events.iter().map(Event::to_json).collect();
-        let n = json.len() as u64;
         if self.config.redis {
-            match self.broker.publish_events(&json).await {
-                Ok(()) => self
-                    .metrics
-                    .inc(metrics::EVENTS_PUBLISHED, &[("channel", "redis")], n),
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), events = n,
-                        "Publishing job events to Redis failed");
-                    self.metrics
-                        .inc(metrics::EVENTS_DROPPED, &[("channel", "redis")], n);
-                }
-            }
+            let broker = &self.broker;
+            let out = crate::batch::isolate(
+                std::iter::once(0..json.len()),
+                crate::broker::Error::is_transient,
+                |r| broker.publish_events(&json[r]),
+            )
+            .await;
+            self.count("redis", &json, out);
         }
         if self.config.postgres {
-            match self.ledger.notify_events(&json).await {
-                Ok(()) => {
-                    self.metrics
-                        .inc(metrics::EVENTS_PUBLISHED, &[("channel", "postgres")], n)
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), events = n,
-                        "Publishing job events to Postgres failed");
-                    self.metrics
-                        .inc(metrics::EVENTS_DROPPED, &[("channel", "postgres")], n);
-                }
-            }
+            let ledger = &self.ledger;
+            let out = crate::batch::isolate(
+                std::iter::once(0..json.len()),
+                |e: &crate::ledger::Error| !e.is_permanent(),
+                |r| ledger.notify_events(&json[r]),
+            )
+            .await;
+            self.count("postgres", &json, out);
         }
         if !self.config.redis
             && let Some(local) = &self.local
@@ -92,6 +84,47 @@ impl Publisher {
                 // An error only means no SSE client is listening.
                 let _ = local.send(Arc::new(Published { event, json }));
             }
+        }
+    }
+}
+
+impl Publisher {
+    /// Counts and logs how one channel's publish went. A failure that may pass
+    /// drops what was left (an event is a notification; the ledger row stays the
+    /// truth); an event the channel refuses on its own is dropped alone, so one
+    /// poison event never takes the others with it.
+    fn count<E: std::error::Error + 'static>(
+        &self,
+        channel: &'static str,
+        json: &[String],
+        out: crate::batch::Isolated<(), E>,
+    ) {
+        let sent: usize = out.done.iter().map(|(r, _)| r.len()).sum();
+        if sent > 0 {
+            self.metrics.inc(
+                metrics::EVENTS_PUBLISHED,
+                &[("channel", channel)],
+                sent as u64,
+            );
+        }
+        for (i, error) in &out.poison {
+            let head: String = json[*i].chars().take(200).collect();
+            tracing::warn!(channel, error = %error_chain(error), event = head,
+                "A job event was refused on its own; dropped");
+            self.metrics.inc(metrics::POISON, &[("path", "events")], 1);
+        }
+        let lost: usize = out.pending.iter().map(|r| r.len()).sum();
+        if let Some(error) = &out.transient {
+            tracing::warn!(channel, error = %error_chain(error), events = lost,
+                "Publishing job events failed");
+        }
+        let dropped = lost + out.poison.len();
+        if dropped > 0 {
+            self.metrics.inc(
+                metrics::EVENTS_DROPPED,
+                &[("channel", channel)],
+                dropped as u64,
+            );
         }
     }
 }

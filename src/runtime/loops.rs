@@ -1,7 +1,7 @@
 //! The daemon's long-running loops. Each takes the shutdown token and ends when
 //! it fires; none holds a lock across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,12 +232,19 @@ pub(super) async fn outbox(shared: Arc<Shared>, shutdown: CancellationToken) {
     let notified = Arc::new(tokio::sync::Notify::new());
     let listener = tokio::spawn(listen(shared.clone(), notified.clone(), shutdown.clone()));
     let sweep = shared.config.runtime.sweep_interval;
+    let mut backoff = QueueBackoff::default();
     loop {
-        drain_outbox(&shared, &shutdown).await;
+        drain_outbox(&shared, &mut backoff, &shutdown).await;
+        // A backed-off queue is tried again when its pause ends, not only at
+        // the next notification or sweep.
+        let retry = backoff
+            .next()
+            .unwrap_or_else(|| tokio::time::Instant::now() + sweep);
         tokio::select! {
             _ = notified.notified() => {}
             _ = shared.outbox_wake.notified() => {}
             _ = tokio::time::sleep(sweep) => {}
+            _ = tokio::time::sleep_until(retry) => {}
             _ = shutdown.cancelled() => break,
         }
     }
@@ -281,9 +288,119 @@ async fn listen(
     }
 }
 
-async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
+/// Queues whose dispatch failed for a reason that may pass, and until when their
+/// outbox rows wait: one queue's trouble (a node down, a broken key) never holds
+/// back another queue's jobs.
+#[derive(Default)]
+struct QueueBackoff {
+    until: HashMap<String, (tokio::time::Instant, Duration)>,
+}
+
+impl QueueBackoff {
+    fn waiting(&self, queue: &str) -> bool {
+        self.until
+            .get(queue)
+            .is_some_and(|(until, _)| tokio::time::Instant::now() < *until)
+    }
+
+    /// Backs the queue off: 100 ms, doubling to 5 s.
+    fn failed(&mut self, queue: &str) -> Duration {
+        let delay = match self.until.get(queue) {
+            Some((_, d)) => (*d * 2).min(Duration::from_secs(5)),
+            None => Duration::from_millis(100),
+        };
+        self.until.insert(
+            queue.to_owned(),
+            (tokio::time::Instant::now() + delay, delay),
+        );
+        delay
+    }
+
+    fn succeeded(&mut self, queue: &str) {
+        self.until.remove(queue);
+    }
+
+    /// When the earliest queue still backed off may try again.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        self.until
+            .values()
+            .map(|(u, _)| *u)
+            .filter(|u| *u > now)
+            .min()
+    }
+}
+
+/// How one queue's part of an outbox batch went.
+struct QueueDispatch {
+    /// Jobs Redis refused on their own, with the reason: they end `dead`.
+    poison: Vec<(Uuid, String)>,
+    /// Jobs left for a later round, and why.
+    pending: Vec<Uuid>,
+    error: Option<crate::broker::Error>,
+}
+
+/// Dispatches one queue's jobs, isolating failure: a failure that may pass keeps
+/// them all for later; a queue whose own keys are broken does too (it is not the
+/// jobs' fault); otherwise the batch is split until the jobs Redis refuses on
+/// their own are found, and the rest are dispatched now.
+async fn dispatch_queue(shared: &Shared, queue: &str, jobs: &[Dispatch<'_>]) -> QueueDispatch {
+    let all = || jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    let error = match shared.broker.dispatch(queue, jobs).await {
+        Ok(_) => {
+            return QueueDispatch {
+                poison: Vec::new(),
+                pending: Vec::new(),
+                error: None,
+            };
+        }
+        Err(e) => e,
+    };
+    if !error.is_transient() {
+        // With no jobs, the script only checks the queue's own keys.
+        if let Err(queue_error) = shared.broker.dispatch(queue, &[]).await {
+            return QueueDispatch {
+                poison: Vec::new(),
+                pending: all(),
+                error: Some(queue_error),
+            };
+        }
+    } else {
+        return QueueDispatch {
+            poison: Vec::new(),
+            pending: all(),
+            error: Some(error),
+        };
+    }
+    let broker = &shared.broker;
+    let out = crate::batch::isolate(
+        std::iter::once(0..jobs.len()),
+        crate::broker::Error::is_transient,
+        |r| broker.dispatch(queue, &jobs[r]),
+    )
+    .await;
+    QueueDispatch {
+        poison: out
+            .poison
+            .into_iter()
+            .map(|(i, e)| {
+                let reason = format!("Redis refused to dispatch this job: {}", error_chain(&e));
+                (jobs[i].id, reason)
+            })
+            .collect(),
+        pending: out
+            .pending
+            .into_iter()
+            .flatten()
+            .map(|i| jobs[i].id)
+            .collect(),
+        error: out.transient,
+    }
+}
+
+async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
-        let batch = match shared.ledger.outbox(MOVE_BATCH as i64).await {
+        let mut batch = match shared.ledger.outbox(MOVE_BATCH as i64).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "Reading the outbox failed");
@@ -294,25 +411,16 @@ async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
         if count == 0 {
             return;
         }
-        // Before the dispatch script makes them runnable: see `runtime::events`.
-        if shared.publisher.enabled() {
-            let now = Utc::now();
-            let events = batch
-                .jobs
-                .iter()
-                .map(|j| {
-                    let status = if j.run_at > now {
-                        Status::Scheduled
-                    } else {
-                        Status::Queued
-                    };
-                    Event::status(j.id, &j.queue, &j.kind, status, j.attempts, now, None)
-                })
-                .collect();
-            shared.publisher.publish(events).await;
-        }
+        // A row whose run_at the daemon cannot carry ends here, with the reason.
+        let mut dead_ids: Vec<Uuid> = Vec::new();
+        let mut dead_errors: Vec<Option<String>> = Vec::new();
         let mut by_queue: BTreeMap<&str, Vec<Dispatch<'_>>> = BTreeMap::new();
         for j in &batch.jobs {
+            let Some(run_ms) = j.run_ms else {
+                dead_ids.push(j.id);
+                dead_errors.push(None);
+                continue;
+            };
             by_queue.entry(&j.queue).or_default().push(Dispatch {
                 id: j.id,
                 kind: &j.kind,
@@ -320,28 +428,109 @@ async fn drain_outbox(shared: &Shared, shutdown: &CancellationToken) {
                 priority: j.priority,
                 attempts: j.attempts,
                 max_attempts: j.max_attempts,
-                run_ms: j.run_at.timestamp_millis(),
+                run_ms,
             });
         }
+        let mut requeue: Vec<Uuid> = Vec::new();
+        let mut held_back = false;
+        let now = Utc::now().timestamp_millis();
         for (queue, jobs) in &by_queue {
-            if let Err(error) = shared.broker.dispatch(queue, jobs).await {
-                // Dropping the batch rolls back: the rows stay in the outbox.
-                tracing::warn!(queue, error = %error_chain(&error), "Dispatch to Redis failed");
-                return;
+            if backoff.waiting(queue) {
+                requeue.extend(jobs.iter().map(|j| j.id));
+                held_back = true;
+                continue;
+            }
+            // Before the dispatch script makes them runnable: see `runtime::events`.
+            if shared.publisher.enabled() {
+                let at = Utc::now();
+                let kinds: HashMap<Uuid, i32> =
+                    batch.jobs.iter().map(|j| (j.id, j.attempts)).collect();
+                let events = jobs
+                    .iter()
+                    .map(|j| {
+                        let status = if j.run_ms > now {
+                            Status::Scheduled
+                        } else {
+                            Status::Queued
+                        };
+                        let attempts = kinds.get(&j.id).copied().unwrap_or(0);
+                        Event::status(j.id, queue, j.kind, status, attempts, at, None)
+                    })
+                    .collect();
+                shared.publisher.publish(events).await;
+            }
+            let done = dispatch_queue(shared, queue, jobs).await;
+            for (id, reason) in done.poison {
+                tracing::error!(queue, job.id = %id, error = %reason,
+                    "A job cannot be dispatched; recording it as dead");
+                shared
+                    .metrics
+                    .inc(metrics::POISON, &[("path", "dispatch")], 1);
+                dead_ids.push(id);
+                dead_errors.push(Some(reason));
+            }
+            match done.error {
+                Some(error) if !done.pending.is_empty() => {
+                    let delay = backoff.failed(queue);
+                    // The rows stay in the outbox; other queues go on.
+                    tracing::warn!(queue, error = %error_chain(&error), jobs = done.pending.len(),
+                        retry_in = ?delay, "Dispatch to Redis failed; the queue's jobs wait in the outbox");
+                    requeue.extend(done.pending);
+                    held_back = true;
+                }
+                _ => backoff.succeeded(queue),
             }
         }
         drop(by_queue);
+        if let Err(error) = batch.requeue(&requeue).await {
+            // Rolling back keeps every row: the dispatched ones are skipped next time.
+            tracing::warn!(error = %error_chain(&error), "Keeping jobs in the outbox failed");
+            return;
+        }
+        let buried = match batch.bury(&dead_ids, &dead_errors).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "Recording undispatchable jobs as dead failed");
+                return;
+            }
+        };
         if let Err(error) = batch.commit().await {
             // Redis already has the jobs; the next sweep re-sends them and the
             // dispatch script skips those it holds.
             tracing::warn!(error = %error_chain(&error), "Committing the outbox batch failed");
             return;
         }
+        if !buried.is_empty() && shared.publisher.enabled() {
+            let at = Utc::now();
+            let errors: HashMap<Uuid, &Option<String>> =
+                dead_ids.iter().copied().zip(dead_errors.iter()).collect();
+            let events = buried
+                .iter()
+                .map(|(id, queue, kind, attempts)| {
+                    let reason = errors.get(id).and_then(|e| e.as_deref()).unwrap_or(
+                        "run_at is outside the range jobrunner can schedule (years 1970 to 9999)",
+                    );
+                    Event::status(*id, queue, kind, Status::Dead, *attempts, at, Some(reason))
+                })
+                .collect();
+            shared.publisher.publish(events).await;
+        }
+        for (id, queue, _, _) in &buried {
+            if batch_time_poison(&dead_ids, &dead_errors, *id) {
+                tracing::error!(queue, job.id = %id,
+                    "A job's run_at is outside the range jobrunner can schedule; recorded as dead");
+            }
+        }
         tracing::debug!(count, "Dispatched jobs from the outbox");
-        if count < MOVE_BATCH {
+        if count < MOVE_BATCH || held_back {
             return;
         }
     }
+}
+
+/// Whether `id` was ended for its run_at (no reason given: the ledger words it).
+fn batch_time_poison(ids: &[Uuid], errors: &[Option<String>], id: Uuid) -> bool {
+    ids.iter().zip(errors).any(|(i, e)| *i == id && e.is_none())
 }
 
 /// Checks the epoch marker once at start-up, before any loop runs: a Redis without
@@ -412,6 +601,7 @@ pub(super) async fn reaper(
                         last_error: Some(message),
                         run_at: None,
                         progress: None,
+                        handed_back: false,
                     })
                     .await;
             }
@@ -452,13 +642,12 @@ async fn recover_redis(shared: &Shared, lost: bool) {
 /// (a daemon died between settling a job in Redis and writing its status), and
 /// dispatches them again: at-least-once rather than stuck forever.
 pub(super) async fn orphan_sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let lease = chrono::Duration::from_std(shared.config.runtime.lease * 2)
-        .unwrap_or(chrono::Duration::seconds(60));
+    let stale_after = shared.config.runtime.lease.saturating_mul(2);
     loop {
         if !pause(ORPHAN_SWEEP_INTERVAL, &shutdown).await {
             return;
         }
-        let before = Utc::now() - lease;
+        let before = crate::ledger::safe::before(Utc::now(), stale_after);
         let mut after = Uuid::nil();
         loop {
             let page = match shared.ledger.stale_page(before, after, 500).await {

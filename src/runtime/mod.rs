@@ -391,11 +391,15 @@ async fn supervise(
     admin: AdminParts,
     admin_state: Option<crate::admin::AdminState>,
 ) {
+    // The loops the daemon cannot work without; the watchdog stops pinging
+    // systemd, and `/readyz` fails, if one of them ends early. (The subscriber
+    // may end on purpose: the daemon then polls.)
+    let alive = watchdog::Liveness::new(shutdown.clone());
     // The admin listener serves through the drain (readiness says 503 then).
     let admin_task = match (admin.listener, admin_state) {
         (Some(listener), Some(state)) => Some(tokio::spawn(crate::admin::serve(
             listener,
-            state,
+            state.with_broken(alive.ended_early()),
             admin.stop.clone(),
         ))),
         _ => None,
@@ -427,10 +431,6 @@ async fn supervise(
     let hard_stop = CancellationToken::new();
     let loops = TaskTracker::new();
 
-    // The loops the daemon cannot work without; the watchdog stops pinging
-    // systemd if one of them ends early. (The subscriber may end on purpose: the
-    // daemon then polls.)
-    let alive = watchdog::Liveness::default();
     // Ends the status and watchdog task once the drain is over.
     let watchdog_stop = CancellationToken::new();
     let watchdog = shared.notifier.is_enabled().then(|| {
@@ -446,31 +446,45 @@ async fn supervise(
     // Before any loop dispatches or fetches: see `loops::initial_epoch`.
     let epoch = loops::initial_epoch(&shared).await;
     loops.spawn(loops::subscriber(shared.clone(), shutdown.clone()));
-    loops.spawn(alive.watch(loops::outbox(shared.clone(), shutdown.clone())));
-    loops.spawn(alive.watch(loops::reaper(shared.clone(), epoch, shutdown.clone())));
-    loops.spawn(alive.watch(loops::orphan_sweep(shared.clone(), shutdown.clone())));
-    loops.spawn(alive.watch(crate::scheduler::run(
-        shared.ledger.clone(),
-        shared.live.subscribe(),
-        shutdown.clone(),
-    )));
-    loops.spawn(alive.watch(retention::run(shared.clone(), shutdown.clone())));
+    loops.spawn(alive.watch("outbox", loops::outbox(shared.clone(), shutdown.clone())));
+    loops.spawn(alive.watch(
+        "reaper",
+        loops::reaper(shared.clone(), epoch, shutdown.clone()),
+    ));
+    loops.spawn(alive.watch(
+        "orphan_sweep",
+        loops::orphan_sweep(shared.clone(), shutdown.clone()),
+    ));
+    loops.spawn(alive.watch(
+        "scheduler",
+        crate::scheduler::run(
+            shared.ledger.clone(),
+            shared.live.subscribe(),
+            shutdown.clone(),
+        ),
+    ));
+    loops.spawn(alive.watch(
+        "retention",
+        retention::run(shared.clone(), shutdown.clone()),
+    ));
     loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).
-        loops.spawn(alive.watch(loops::ingest(
-            shared.clone(),
-            queue.clone(),
-            shutdown.clone(),
-        )));
-        loops.spawn(alive.watch(loops::fetch(
-            shared.clone(),
-            queue.clone(),
-            shutdown.clone(),
-            hard_stop.clone(),
-            workers.clone(),
-        )));
+        loops.spawn(alive.watch(
+            "ingest",
+            loops::ingest(shared.clone(), queue.clone(), shutdown.clone()),
+        ));
+        loops.spawn(alive.watch(
+            "fetch",
+            loops::fetch(
+                shared.clone(),
+                queue.clone(),
+                shutdown.clone(),
+                hard_stop.clone(),
+                workers.clone(),
+            ),
+        ));
     }
     loops.close();
 

@@ -42,10 +42,7 @@ async fn prune_round(shared: &Shared, shutdown: &CancellationToken) -> bool {
         (Status::Cancelled, retention.cancelled),
     ] {
         let Some(ttl) = ttl else { continue };
-        let Ok(ttl) = chrono::Duration::from_std(ttl) else {
-            continue;
-        };
-        let cutoff = Utc::now() - ttl;
+        let cutoff = crate::ledger::safe::before(Utc::now(), ttl);
         let mut deleted = 0;
         loop {
             match shared

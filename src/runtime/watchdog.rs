@@ -55,26 +55,66 @@ impl Drop for RunningGuard {
 }
 
 /// How many of the loops the daemon cannot work without are still running. A
-/// loop that returned or panicked before the drain means the daemon is broken.
-#[derive(Clone, Default)]
+/// loop that returned or panicked before the drain means the daemon is broken:
+/// the watchdog stops pinging and `/readyz` answers 503 from then on.
+#[derive(Clone)]
 pub(super) struct Liveness {
     alive: Arc<AtomicUsize>,
     expected: Arc<AtomicUsize>,
+    /// The daemon's shutdown token: a loop ending after it is not a failure.
+    shutdown: CancellationToken,
+    /// Cancelled when a loop ends before the shutdown.
+    ended_early: CancellationToken,
 }
 
 impl Liveness {
+    pub(super) fn new(shutdown: CancellationToken) -> Liveness {
+        Liveness {
+            alive: Arc::default(),
+            expected: Arc::default(),
+            shutdown,
+            ended_early: CancellationToken::new(),
+        }
+    }
+
+    /// Cancelled once a watched loop ended before the shutdown.
+    pub(super) fn ended_early(&self) -> CancellationToken {
+        self.ended_early.clone()
+    }
+
     /// Wraps a loop so it counts as alive until it ends, however it ends.
-    pub(super) fn watch<F: Future<Output = ()>>(&self, f: F) -> impl Future<Output = ()> + use<F> {
-        struct Alive(Arc<AtomicUsize>);
+    pub(super) fn watch<F: Future<Output = ()>>(
+        &self,
+        name: &'static str,
+        f: F,
+    ) -> impl Future<Output = ()> + use<F> {
+        struct Alive {
+            alive: Arc<AtomicUsize>,
+            name: &'static str,
+            shutdown: CancellationToken,
+            ended_early: CancellationToken,
+        }
         impl Drop for Alive {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+                if !self.shutdown.is_cancelled() {
+                    tracing::error!(
+                        task = self.name,
+                        "A daemon loop ended before shutdown; the daemon is no longer ready"
+                    );
+                    self.ended_early.cancel();
+                }
             }
         }
         // Counted now, not when the task first runs, so no check sees it missing.
         self.alive.fetch_add(1, Ordering::SeqCst);
         self.expected.fetch_add(1, Ordering::SeqCst);
-        let alive = Alive(self.alive.clone());
+        let alive = Alive {
+            alive: self.alive.clone(),
+            name,
+            shutdown: self.shutdown.clone(),
+            ended_early: self.ended_early.clone(),
+        };
         async move {
             let _alive = alive;
             f.await

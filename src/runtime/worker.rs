@@ -36,6 +36,9 @@ pub fn backoff(config: &BackoffConfig, attempt: i32) -> Duration {
     half + Duration::from_millis(jitter)
 }
 
+/// The longest wait before a retry, whatever the handler asked for.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 86_400);
+
 /// How long a cancelled handler gets to return on its own before it is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
@@ -71,10 +74,30 @@ pub(super) async fn execute(
                 waited.max(0) as f64 / 1000.0,
             );
         }
-        shared
+        // The ledger admits the lease before anything runs: a job whose row is
+        // final (a late or repeated dispatch re-created it in Redis) never runs
+        // again, and every run is one counted attempt.
+        match shared
             .writer
-            .send(update(&job, Status::Running, None, None, None))
-            .await;
+            .admit(update(&job, Status::Running, None, None, None))
+            .await
+        {
+            Some(true) => {}
+            Some(false) => {
+                tracing::warn!(token = job.token,
+                    "The ledger refused this lease (the job already ended, or a newer attempt owns it); not running it");
+                // Fenced: ends only this lease, and leaves the job's tombstone.
+                complete(&shared, &job).await;
+                drop(permit);
+                return;
+            }
+            None => {
+                // The status writer stopped (shutdown during a Postgres outage).
+                persist(|| shared.broker.release(&job)).await;
+                drop(permit);
+                return;
+            }
+        }
         let started = std::time::Instant::now();
         let outcome = attempt(&shared, &job, &hard_stop).await;
         if let Outcome::Done(_) = &outcome {
@@ -202,6 +225,7 @@ fn progress_sink(shared: &Shared, job: &Leased) -> Progress {
             last_error: None,
             run_at: None,
             progress: Some(ProgressReport { percent, message }),
+            handed_back: false,
         });
         if !sent {
             tracing::debug!("Status writer is behind; a progress report was dropped");
@@ -240,6 +264,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             let accepted = persist(|| broker.release(job)).await;
             let mut u = update(job, Status::Queued, None, None, None);
             u.attempts = job.attempt - 1;
+            u.handed_back = true;
             tracing::info!("Job handed back unfinished at shutdown");
             (accepted, u)
         }
@@ -258,12 +283,15 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             retry_after,
         })) if job.attempt < job.max_attempts => {
             let kind = shared.live().kind(&job.kind);
-            let delay = retry_after.unwrap_or_else(|| backoff(&kind.backoff, job.attempt));
+            // A handler's retry-after is outside input: a year is the most it gets.
+            let delay = retry_after
+                .unwrap_or_else(|| backoff(&kind.backoff, job.attempt))
+                .min(MAX_RETRY_DELAY);
             let accepted = persist(|| broker.retry(job, delay)).await;
             if accepted {
                 tracing::warn!(error = %message, retry_in = ?delay, "Job failed, retrying");
             }
-            let run_at = Utc::now() + delay;
+            let run_at = crate::ledger::safe::after(Utc::now(), delay);
             (
                 accepted,
                 update(job, Status::Retrying, None, Some(message), Some(run_at)),
@@ -381,6 +409,7 @@ fn update(
         last_error,
         run_at,
         progress: None,
+        handed_back: false,
     }
 }
 

@@ -67,7 +67,7 @@ pub fn plan(
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Plan {
-    let on_time_from = now - chrono::Duration::from_std(grace).unwrap_or_default();
+    let on_time_from = crate::ledger::safe::before(now, grace);
     let mut fire = Vec::new();
     let mut missed = None;
     let mut from = cursor;

@@ -168,6 +168,7 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
         last_error: error.map(str::to_string),
         run_at: None,
         progress: None,
+        handed_back: false,
     };
     handle.send(step(20, Status::Running, 2, None)).await;
     handle.send(step(20, Status::Succeeded, 2, None)).await;

@@ -19,6 +19,7 @@ mod kind_message;
 mod logs;
 mod observability;
 mod plans;
+mod poison;
 mod protocol;
 mod reload;
 mod run_at;

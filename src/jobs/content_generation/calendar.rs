@@ -132,11 +132,14 @@ fn to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
         // A gap: read the wall clock with the offset in force just before it, which
         // lands as far past the gap's end as the time was into the gap.
         LocalResult::None => {
-            let before = local - TimeDelta::hours(24);
+            let before = local
+                .checked_sub_signed(TimeDelta::hours(24))
+                .unwrap_or(local);
             match tz.offset_from_local_datetime(&before).earliest() {
                 Some(offset) => {
                     let shift = TimeDelta::seconds(i64::from(offset.fix().local_minus_utc()));
-                    DateTime::from_naive_utc_and_offset(local - shift, Utc)
+                    let utc = local.checked_sub_signed(shift).unwrap_or(local);
+                    DateTime::from_naive_utc_and_offset(utc, Utc)
                 }
                 // No zone has two gaps a day apart; reading it as UTC at least keeps
                 // the post on the right day.

@@ -542,45 +542,17 @@ impl Merged {
     }
 }
 
-impl Ledger {
-    /// Applies a batch; returns (id, queue, kind) of every row it changed.
-    pub(super) async fn write_statuses(
-        &self,
-        batch: &[Merged],
-    ) -> super::Result<Vec<(Uuid, String, String)>> {
-        let start = std::time::Instant::now();
-        self.metrics
-            .observe(metrics::STATUS_BATCH, &[], batch.len() as f64);
-        let n = batch.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut started = Vec::with_capacity(n);
-        let mut finished = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut run_ats = Vec::with_capacity(n);
-        let mut histories = Vec::with_capacity(n);
-        let mut leases = Vec::with_capacity(n);
-        for m in batch {
-            leases.push(m.leases);
-            ids.push(m.id);
-            tokens.push(m.token);
-            statuses.push(m.status.as_str());
-            attempts.push(m.attempts);
-            started.push(m.started_at);
-            finished.push(m.finished_at);
-            results.push(m.result.as_ref().map(Value::to_string));
-            errors.push(m.last_error.clone());
-            run_ats.push(m.run_at);
-            histories
-                .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
-        }
-        let mut conn = self.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let rows = sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
+/// How every writer transaction begins. The batch statements join `jobs` with an
+/// `UNNEST` of the batch; once `ANALYZE` has seen a ledger of mostly finished
+/// rows, the planner expects few unfinished ones and picks a nested loop that
+/// re-reads the whole `UNNEST` for every row, which is quadratic in the batch.
+/// None of these statements needs a nested loop: with them off, the join is a
+/// hash join over primary-key lookups whatever the statistics say. The
+/// integration test `plans` checks the plans on a lived-in ledger.
+pub(super) const PLAN_GUARD: &str = "BEGIN; SET LOCAL enable_nestloop = off";
+
+/// One batch of status changes, fenced (see the module's invariant).
+pub(super) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
                  status      = u.status,
                  attempts    = GREATEST(u.attempts, j.attempts + u.leases),
                  lease_token = u.token,
@@ -603,9 +575,62 @@ impl Ledger {
                AND j.id = ANY($1)
                AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
                AND (j.lease_token IS NULL OR j.lease_token <= u.token)
-             RETURNING j.id, j.queue, j.kind",
-        )
-        .bind(ids)
+             RETURNING j.id, j.queue, j.kind";
+
+/// Appends the errors of updates [`STATUS_UPDATE`] refused (a newer attempt owns
+/// the row) to the row's history.
+pub(super) const LATE_ERRORS: &str = "UPDATE jobrunner.jobs AS j SET
+                 errors     = j.errors || u.errors::jsonb,
+                 last_error = COALESCE(j.last_error, u.last_error)
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+               AS u(id, token, last_error, errors)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               -- Only rows the batch statement refused: a newer attempt owns them.
+               AND j.lease_token > u.token";
+
+/// Progress reports: fenced like a status write, never onto a final row.
+pub(super) const PROGRESS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
+                 progress = u.percent, progress_message = u.message, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::smallint[], $4::text[])
+               AS u(id, token, percent, message)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
+             RETURNING j.id, j.queue, j.kind, j.status";
+
+/// Binds a batch to [`STATUS_UPDATE`] (or to an `EXPLAIN` of it).
+pub(super) fn bind_status_batch<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    batch: &[Merged],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut histories = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    for m in batch {
+        leases.push(m.leases);
+        ids.push(m.id);
+        tokens.push(m.token);
+        statuses.push(m.status.as_str());
+        attempts.push(m.attempts);
+        started.push(m.started_at);
+        finished.push(m.finished_at);
+        results.push(m.result.as_ref().map(Value::to_string));
+        errors.push(m.last_error.clone());
+        run_ats.push(m.run_at);
+        histories.push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
+    }
+    q.bind(ids)
         .bind(tokens)
         .bind(statuses)
         .bind(attempts)
@@ -616,8 +641,42 @@ impl Ledger {
         .bind(run_ats)
         .bind(histories)
         .bind(leases)
-        .fetch_all(&mut *tx)
-        .await?;
+}
+
+/// A batch that ends each of `ids` `succeeded`, for `EXPLAIN`.
+pub(super) fn sample_batch(ids: &[Uuid]) -> Vec<Merged> {
+    let now = Utc::now();
+    ids.iter()
+        .map(|&id| Merged {
+            id,
+            token: 1,
+            status: Status::Succeeded,
+            attempts: 1,
+            leases: 1,
+            started_at: Some(now),
+            finished_at: Some(now),
+            result: None,
+            last_error: None,
+            run_at: None,
+            errors: Vec::new(),
+        })
+        .collect()
+}
+
+impl Ledger {
+    /// Applies a batch; returns (id, queue, kind) of every row it changed.
+    pub(super) async fn write_statuses(
+        &self,
+        batch: &[Merged],
+    ) -> super::Result<Vec<(Uuid, String, String)>> {
+        let start = std::time::Instant::now();
+        self.metrics
+            .observe(metrics::STATUS_BATCH, &[], batch.len() as f64);
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, PLAN_GUARD).await?;
+        let rows = bind_status_batch(sqlx::query(STATUS_UPDATE), batch)
+            .fetch_all(&mut *tx)
+            .await?;
         self.record_late_errors(&mut tx, batch).await?;
         tx.commit().await?;
         self.metrics
@@ -648,23 +707,13 @@ impl Ledger {
             .iter()
             .map(|m| Value::Array(m.errors.clone()).to_string())
             .collect();
-        sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
-                 errors     = j.errors || u.errors::jsonb,
-                 last_error = COALESCE(j.last_error, u.last_error)
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
-               AS u(id, token, last_error, errors)
-             WHERE j.id = u.id
-               AND j.id = ANY($1)
-               -- Only rows the batch statement refused: a newer attempt owns them.
-               AND j.lease_token > u.token",
-        )
-        .bind(ids)
-        .bind(tokens)
-        .bind(errors)
-        .bind(histories)
-        .execute(tx)
-        .await?;
+        sqlx::query(LATE_ERRORS)
+            .bind(ids)
+            .bind(tokens)
+            .bind(errors)
+            .bind(histories)
+            .execute(tx)
+            .await?;
         Ok(())
     }
 
@@ -682,23 +731,16 @@ impl Ledger {
             percents.push(i16::from(p.percent.min(100)));
             messages.push(p.message.clone());
         }
-        let rows = sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
-                 progress = u.percent, progress_message = u.message, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::smallint[], $4::text[])
-               AS u(id, token, percent, message)
-             WHERE j.id = u.id
-               AND j.id = ANY($1)
-               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
-               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
-             RETURNING j.id, j.queue, j.kind, j.status",
-        )
-        .bind(ids)
-        .bind(tokens)
-        .bind(percents)
-        .bind(messages)
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, PLAN_GUARD).await?;
+        let rows = sqlx::query(PROGRESS_UPDATE)
+            .bind(ids)
+            .bind(tokens)
+            .bind(percents)
+            .bind(messages)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))

@@ -26,7 +26,7 @@ use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use cron::{CronFire, CronJob};
@@ -269,8 +269,7 @@ impl Ledger {
     async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
         let start = std::time::Instant::now();
         let conn = self.pool.acquire().await;
-        self.metrics
-            .observe_duration(metrics::PG_ACQUIRE, &[], start.elapsed());
+        self.metrics.postgres_acquire(start.elapsed());
         Ok(conn?)
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::flow::{OnTimeout, RateLimit};
-use super::{DEFAULT_QUEUE, humantime_serde};
+use super::DEFAULT_QUEUE;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -568,24 +568,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Durations in the file are written the way people say them: `30s`, `250ms`, `1h`.
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 250ms: {e}"))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +628,32 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn a_duration_key_accepts_the_same_forms_and_names_a_bad_one() {
+        let config = Config::from_toml(
+            "[runtime]\nlease = \"1m 30s\"\npoll_interval = \"250ms\"\ndrain_timeout = \"2h\"\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!(config.runtime.lease, Duration::from_secs(90));
+        assert_eq!(config.runtime.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.runtime.drain_timeout, Duration::from_secs(7200));
+        assert!(
+            config.to_toml().contains("lease = \"1m 30s\""),
+            "{}",
+            config.to_toml()
+        );
+        for bad in ["lease = \"soon\"", "lease = \"30\"", "lease = 30"] {
+            let err = Config::from_toml(&format!("[runtime]\n{bad}\n"), "d.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("d.toml") && err.contains("lease") && err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     fn invalid(text: &str) -> String {

@@ -225,11 +225,16 @@ pub fn schema_version() -> i64 {
 impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
-        let url = config::redact_url(&config.url);
-        let options: PgConnectOptions = config.url.parse().map_err(|source| Error::Connect {
-            url: url.clone(),
-            source,
-        })?;
+        let url = config.url.to_string();
+        let options: PgConnectOptions =
+            config
+                .url
+                .expose()
+                .parse()
+                .map_err(|source| Error::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
         let options = options.application_name("jobrunner");
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)

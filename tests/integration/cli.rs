@@ -125,7 +125,7 @@ async fn run_against_an_unmigrated_database_exits_nonzero_and_says_to_migrate() 
     let pg = crate::harness::shared_postgres();
     let name = crate::harness::unique_name("empty");
     let mut config = app.config.clone();
-    config.database.url = pg.create_database(&name, None).await;
+    config.database.url = pg.create_database(&name, None).await.into();
     let mut daemon = app.spawn_daemon(&config);
     let status = daemon.wait_exit(15).expect("run exits");
     assert!(!status.success());

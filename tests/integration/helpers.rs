@@ -71,9 +71,9 @@ pub async fn spawn_app() -> TestApp {
         origin: "test".into(),
         ..Config::default()
     };
-    config.database.url = url;
+    config.database.url = url.into();
     config.database.max_connections = 8;
-    config.redis.url = redis.url();
+    config.redis.url = redis.url().into();
     config.redis.key_prefix = harness::unique_name("jr");
     config.redis.reconnect_max_delay = Duration::from_millis(500);
     config.runtime.lease = Duration::from_secs(2);

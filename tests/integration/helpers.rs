@@ -127,8 +127,10 @@ impl TestApp {
     /// Writes `config` as a TOML file for a daemon process or the CLI.
     pub fn write_config(&self, config: &Config) -> PathBuf {
         let path = self.dir.path().join(format!("{}.toml", Uuid::now_v7()));
-        let mut text = toml::to_string(config).expect("config serialises");
-        // The database URL has no password; the redaction in to_toml is not wanted here.
+        // The daemon needs the real values (a command kind's env, say), not the
+        // printed form.
+        let mut text = jobrunner::config::with_secrets_exposed(|| toml::to_string(config))
+            .expect("config serialises");
         text.push('\n');
         std::fs::write(&path, text).expect("write config");
         path

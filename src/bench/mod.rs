@@ -166,7 +166,7 @@ struct Scratch {
 impl Scratch {
     async fn create(base: &Config) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
-        let admin_url = base.database.url.clone();
+        let admin_url = base.database.url.expose().to_owned();
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .with_context(|| format!("connecting to {}", crate::config::redact_url(&admin_url)))?;
@@ -177,7 +177,7 @@ impl Scratch {
         let _ = admin.close().await;
 
         let mut config = base.clone();
-        config.database.url = replace_db(&admin_url, &db_name);
+        config.database.url = replace_db(&admin_url, &db_name).into();
         config.database.max_connections = 16;
         config.redis.key_prefix = format!("jobrunner-bench-{}", std::process::id());
         config.redis.pool_size = 4;
@@ -275,7 +275,9 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
     };
 
     let path = scratch.dir.join("bench.toml");
-    std::fs::write(&path, toml::to_string(config)?)?;
+    // The daemon needs the real URLs: write them, not the printed form.
+    let text = crate::config::with_secrets_exposed(|| toml::to_string(config))?;
+    std::fs::write(&path, text)?;
     if !args.json {
         eprintln!("Starting the daemon...");
     }

@@ -28,7 +28,7 @@ use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use cron::{CronFire, CronJob};
@@ -266,11 +266,16 @@ pub(crate) const DISPATCH: &str = "WITH picked AS (
 impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
-        let url = config::redact_url(&config.url);
-        let options: PgConnectOptions = config.url.parse().map_err(|source| Error::Connect {
-            url: url.clone(),
-            source,
-        })?;
+        let url = config.url.to_string();
+        let options: PgConnectOptions =
+            config
+                .url
+                .expose()
+                .parse()
+                .map_err(|source| Error::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
         let options = options.application_name("jobrunner");
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -310,8 +315,7 @@ impl Ledger {
     async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
         let start = std::time::Instant::now();
         let conn = self.pool.acquire().await;
-        self.metrics
-            .observe_duration(metrics::PG_ACQUIRE, &[], start.elapsed());
+        self.metrics.postgres_acquire(start.elapsed());
         Ok(conn?)
     }
 

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::events::{Event, EventType, ProgressInfo, cut};
 use super::{Ledger, Status};
-use crate::metrics;
+use crate::metrics::{Channel, Path};
 
 /// Where a writer hands the events of each committed batch; the runtime's
 /// publisher takes them from there.
@@ -242,9 +242,7 @@ impl StatusWriter {
                 ));
                 tracing::error!(job.id = %m.id, status = %m.status, error = %reason,
                     "A status write was refused; recording the job as dead");
-                self.ledger
-                    .metrics
-                    .inc(metrics::POISON, &[("path", "status")], 1);
+                self.ledger.metrics.batch_poison(Path::Status);
                 let dead = m.buried(reason.clone());
                 match ledger.write_statuses(std::slice::from_ref(&dead)).await {
                     Ok(rows) => changed.extend(rows),
@@ -289,9 +287,7 @@ impl StatusWriter {
         }
         let n = events.len() as u64;
         if tx.try_send(events).is_err() {
-            self.ledger
-                .metrics
-                .inc(metrics::EVENTS_DROPPED, &[("channel", "buffer")], n);
+            self.ledger.metrics.events_dropped(Channel::Buffer, n);
         }
     }
 
@@ -670,8 +666,7 @@ impl Ledger {
         batch: &[Merged],
     ) -> super::Result<Vec<(Uuid, String, String)>> {
         let start = std::time::Instant::now();
-        self.metrics
-            .observe(metrics::STATUS_BATCH, &[], batch.len() as f64);
+        self.metrics.status_batch(batch.len());
         let mut conn = self.acquire().await?;
         let mut tx = sqlx::Connection::begin_with(&mut *conn, PLAN_GUARD).await?;
         let rows = bind_status_batch(sqlx::query(STATUS_UPDATE), batch)
@@ -679,8 +674,7 @@ impl Ledger {
             .await?;
         self.record_late_errors(&mut tx, batch).await?;
         tx.commit().await?;
-        self.metrics
-            .observe_duration(metrics::STATUS_WRITE, &[], start.elapsed());
+        self.metrics.status_write(start.elapsed());
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))

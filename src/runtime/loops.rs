@@ -15,7 +15,7 @@ use super::{Shared, flow, worker};
 use crate::broker::Dispatch;
 use crate::error_chain;
 use crate::ledger::{Event, Status, StatusUpdate};
-use crate::metrics;
+use crate::metrics::Path;
 
 /// Most outbox rows moved in one round trip.
 const MOVE_BATCH: usize = 1000;
@@ -348,9 +348,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             for (id, reason) in done.poison {
                 tracing::error!(queue, job.id = %id, error = %reason,
                     "A job cannot be dispatched; recording it as dead");
-                shared
-                    .metrics
-                    .inc(metrics::POISON, &[("path", "dispatch")], 1);
+                shared.metrics.batch_poison(Path::Dispatch);
                 dead_ids.push(id);
                 dead_errors.push(Some(reason));
             }
@@ -471,9 +469,7 @@ pub(super) async fn reaper(
                     r.attempts
                 );
                 tracing::warn!(job.id = %r.id, queue, dead = r.dead, "{message}");
-                shared
-                    .metrics
-                    .inc(metrics::LEASE_EXPIRED, &[("queue", queue)], 1);
+                shared.metrics.leases_expired(queue, 1);
                 shared
                     .writer
                     .send(StatusUpdate {

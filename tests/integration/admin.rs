@@ -40,7 +40,7 @@ async fn enqueue_in(app: &TestApp, kind: &str, payload: Value, queue: &str) -> U
 
 async fn set_paused(app: &TestApp, queue: &str) {
     use fred::prelude::*;
-    let config = fred::types::config::Config::from_url(&app.config.redis.url).unwrap();
+    let config = fred::types::config::Config::from_url(app.config.redis.url.expose()).unwrap();
     let client = Builder::from_config(config).build().unwrap();
     client.init().await.unwrap();
     let key = format!("{}:{{{queue}}}:paused", app.config.redis.key_prefix);
@@ -656,7 +656,7 @@ async fn retrying_a_cancelled_job_clears_the_copy_it_left_in_redis() {
 
     // Out of every queue structure, but its hash left behind: retry clears it, so
     // the dispatch is not skipped and the job runs.
-    let config = fred::types::config::Config::from_url(&app.config.redis.url).unwrap();
+    let config = fred::types::config::Config::from_url(app.config.redis.url.expose()).unwrap();
     let client = Builder::from_config(config).build().unwrap();
     client.init().await.unwrap();
     let delayed = format!("{}:{{default}}:delayed", app.config.redis.key_prefix);

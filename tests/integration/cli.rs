@@ -164,7 +164,7 @@ async fn run_against_an_unmigrated_database_exits_nonzero_and_says_to_migrate() 
     let pg = crate::harness::shared_postgres();
     let name = crate::harness::unique_name("empty");
     let mut config = app.config.clone();
-    config.database.url = pg.create_database(&name, None).await;
+    config.database.url = pg.create_database(&name, None).await.into();
     let mut daemon = app.spawn_daemon(&config);
     let status = daemon.wait_exit(15).expect("run exits");
     assert!(!status.success());
@@ -424,7 +424,7 @@ async fn migrate_check_exits_0_when_current_and_1_with_one_line_otherwise() {
     let pg = crate::harness::shared_postgres();
     let name = crate::harness::unique_name("unmigrated");
     let mut config = app.config.clone();
-    config.database.url = pg.create_database(&name, None).await;
+    config.database.url = pg.create_database(&name, None).await.into();
     let path = app.write_config(&config);
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))

@@ -81,7 +81,7 @@ async fn ordinary_jobs_succeed(app: &TestApp, queue: &str, n: usize, secs: u64) 
 
 async fn redis_client(app: &TestApp) -> fred::prelude::Client {
     use fred::prelude::*;
-    let config = fred::types::config::Config::from_url(&app.config.redis.url).unwrap();
+    let config = fred::types::config::Config::from_url(app.config.redis.url.expose()).unwrap();
     let client = Builder::from_config(config).build().unwrap();
     client.init().await.unwrap();
     client

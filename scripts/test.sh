@@ -4,36 +4,26 @@
 #
 # The integration tests start their own throwaway redis-server and Postgres, from
 # the installed binaries, in a temporary directory on free ports. They need the
-# binaries, not running services; this script installs the Debian packages when
-# the binaries are missing (as root, or through sudo).
+# binaries, not running services. This script installs the Debian packages it
+# needs when they are missing (as root, or through sudo): gcc and libc6-dev for
+# the build, redis-server and postgresql for the tests, procps for kill/pgrep.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
-die() {
-    printf '\nerror: %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-step "Checking for the redis-server and Postgres binaries"
-packages=()
+step "Checking for the build tools and the redis-server and Postgres binaries"
+mapfile -t packages < <(build_packages)
 command -v redis-server >/dev/null || packages+=(redis-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || packages+=(postgresql)
+# The tests signal and look for processes with kill(1) and pgrep(1).
+{ type -P kill && type -P pgrep; } >/dev/null || packages+=(procps)
 if ((${#packages[@]} > 0)); then
-    command -v apt-get >/dev/null || die "install ${packages[*]} (this script knows only apt-get)"
-    if [[ $EUID -eq 0 ]]; then
-        sudo=()
-    elif command -v sudo >/dev/null; then
-        sudo=(sudo)
-    else
-        die "install ${packages[*]}: run this as root once, or install them yourself"
-    fi
-    echo "    Installing ${packages[*]}"
-    "${sudo[@]}" apt-get update
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}"
+    install_packages "${packages[@]}"
 else
-    echo "    Present"
+    note "Present"
 fi
 
 # A rustup install that is not on the PATH yet (fresh shell, CI image).

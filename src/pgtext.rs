@@ -18,6 +18,13 @@ pub fn safe(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Rewrites `s` in place when it holds U+0000 (see [`safe`]).
+pub fn fix(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
+    }
+}
+
 /// Bytes as text Postgres stores: invalid UTF-8 sequences and U+0000 become U+FFFD.
 pub fn from_bytes(bytes: &[u8]) -> String {
     safe(&String::from_utf8_lossy(bytes)).into_owned()
@@ -60,21 +67,70 @@ pub fn escape(bytes: &[u8], max: usize) -> String {
     out
 }
 
-/// Replaces U+0000 in every string and key of a JSON value (`jsonb` refuses it).
+/// The deepest nesting a stored value may have: readers (serde_json, as in
+/// `jobrunner status` and `/jobs/{id}`) refuse more than 128 levels.
+pub const MAX_DEPTH: usize = 100;
+
+/// Makes `value` storable in `jsonb` and readable again, in place: every string
+/// and key loses its U+0000 (see [`safe`]), and a value nested deeper than
+/// [`MAX_DEPTH`] is replaced by a note saying so.
 pub fn safe_json(value: &mut Value) {
-    match value {
-        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
-        Value::Array(items) => items.iter_mut().for_each(safe_json),
-        Value::Object(map) => {
-            if map.keys().any(|k| k.contains('\0')) {
-                let old = std::mem::take(map);
-                for (k, v) in old {
-                    map.insert(k.replace('\0', "\u{FFFD}"), v);
+    if deeper_than(value, MAX_DEPTH) {
+        let old = std::mem::replace(
+            value,
+            serde_json::json!({
+                "not_stored": format!("the value was nested deeper than {MAX_DEPTH} levels")
+            }),
+        );
+        drop_deep(old);
+        return;
+    }
+    // An explicit stack: a value nested ten thousand deep must not overflow ours.
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => *s = safe(s).into_owned(),
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(safe(&k).into_owned(), v);
+                    }
                 }
+                stack.extend(map.values_mut());
             }
-            map.values_mut().for_each(safe_json);
+            _ => {}
         }
-        _ => {}
+    }
+}
+
+/// Whether `value` nests deeper than `max` levels (counted without recursion).
+fn deeper_than(value: &Value, max: usize) -> bool {
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > max {
+            return true;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Drops a value without recursing: serde_json's own drop recurses once per
+/// level, and a value a handler built may be deep enough to overflow the stack.
+fn drop_deep(value: Value) {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
     }
 }
 
@@ -103,6 +159,24 @@ mod tests {
         assert_eq!(escape("é".as_bytes(), 100), "é");
         let long = escape(&[b'x'; 50], 10);
         assert_eq!(long, format!("{}…", "x".repeat(10)));
+    }
+
+    #[test]
+    fn a_value_too_deep_to_read_back_is_replaced_by_a_note() {
+        let mut v = json!(1);
+        for _ in 0..5000 {
+            v = Value::Array(vec![v]);
+        }
+        safe_json(&mut v);
+        assert!(
+            v["not_stored"]
+                .as_str()
+                .unwrap()
+                .contains("deeper than 100")
+        );
+        let mut ok = json!([[[["fine"]]]]);
+        safe_json(&mut ok);
+        assert_eq!(ok, json!([[[["fine"]]]]));
     }
 
     #[test]

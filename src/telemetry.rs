@@ -1,4 +1,5 @@
-//! Logging set-up: `tracing` with an `EnvFilter`, pretty or JSON lines on stderr.
+//! Logging set-up: `tracing` with an `EnvFilter`, pretty or JSON lines on stderr
+//! (or, for the demo, in a file).
 //! `RUST_LOG` overrides the configured level.
 //!
 //! The filter sits in a `reload` layer so a SIGHUP can change `log.level` without
@@ -21,18 +22,32 @@ use crate::config::{LogConfig, LogFormat};
 /// The installed filter's reload handle, and whether `RUST_LOG` chose the filter.
 static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, bool)> = OnceLock::new();
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
+/// Installs the global subscriber once, writing to stderr; later calls (tests)
+/// are ignored.
 pub fn init(config: &LogConfig) {
+    // Colours only for a person at a terminal, not for files or the journal.
+    install(config, std::io::stderr, std::io::stderr().is_terminal());
+}
+
+/// Like [`init`], but every line goes to `file` (the demo keeps its daemon's log
+/// out of the way of the table it prints).
+pub fn init_to_file(config: &LogConfig, file: std::fs::File) {
+    install(config, std::sync::Mutex::new(file), false);
+}
+
+fn install<W>(config: &LogConfig, writer: W, ansi: bool)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_override = from_env.is_some();
     let filter = from_env
         .or_else(|| EnvFilter::try_new(&config.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    // Colours only for a person at a terminal, not for files or the journal.
     let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let lines = match config.format {
         LogFormat::Json => lines
             .json()

@@ -139,12 +139,12 @@ impl Broker {
     /// Builds the process's one pool, with a reconnect policy that never gives up
     /// and a command timeout, and waits for the first connection.
     pub async fn connect(config: &RedisConfig) -> Result<Broker> {
-        let url = crate::config::redact_url(&config.url);
+        let url = config.url.to_string();
         let connect_err = |source| Error::Connect {
             url: url.clone(),
             source,
         };
-        let redis_config = Config::from_url(&config.url).map_err(connect_err)?;
+        let redis_config = Config::from_url(config.url.expose()).map_err(connect_err)?;
         let mut builder = Builder::from_config(redis_config);
         let (min, max) = (
             config.reconnect_min_delay.as_millis().min(u32::MAX as u128) as u32,

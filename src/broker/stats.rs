@@ -125,6 +125,20 @@ impl Broker {
         })
     }
 
+    /// The Redis server's process id (`INFO server`), for the benchmark's CPU
+    /// accounting. `None` if the server does not say.
+    pub async fn server_pid(&self) -> Result<Option<u32>> {
+        let info: String = self
+            .pool
+            .next()
+            .info(Some(fred::types::InfoKind::Server))
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
     /// The pool's clients and their buffered commands.
     pub fn pool_stats(&self) -> PoolStats {
         use fred::interfaces::MetricsInterface;

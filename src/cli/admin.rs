@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::json;
@@ -34,10 +35,13 @@ pub struct QueuesArgs {
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
+    /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only jobs in this status.
     #[arg(long, value_enum)]
-    status: Option<StatusArg>,
+    status: Option<Status>,
+    /// Only jobs of this kind.
     #[arg(long)]
     kind: Option<String>,
     /// Only jobs created since: an RFC 3339 time, or a duration such as 1h (now − 1h).
@@ -53,7 +57,9 @@ pub struct JobsArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    id: String,
+    /// The job's id (a UUID).
+    #[arg(value_parser = super::parse_job_id)]
+    id: Uuid,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -62,13 +68,19 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     /// The dead or cancelled job to run again.
-    #[arg(required_unless_present = "dead", conflicts_with = "dead")]
-    id: Option<String>,
+    #[arg(
+        required_unless_present = "dead",
+        conflicts_with = "dead",
+        value_parser = super::parse_job_id
+    )]
+    id: Option<Uuid>,
     /// Retry every dead job (narrowed by --queue and --kind).
     #[arg(long)]
     dead: bool,
+    /// With --dead: only this queue's dead jobs.
     #[arg(long, requires = "dead")]
     queue: Option<String>,
+    /// With --dead: only dead jobs of this kind.
     #[arg(long, requires = "dead")]
     kind: Option<String>,
     /// Print one JSON document instead of a sentence.
@@ -78,9 +90,10 @@ pub struct RetryArgs {
 
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
-    /// Which final jobs to delete.
-    #[arg(long, value_enum)]
-    status: FinalStatusArg,
+    /// Which final jobs to delete (only final statuses: an unfinished job is still
+    /// owed a run).
+    #[arg(long, value_parser = final_status_parser())]
+    status: Status,
     /// Delete those that ended longer ago than this, e.g. 7d or 12h.
     #[arg(long, value_parser = humantime::parse_duration)]
     older_than: Duration,
@@ -99,47 +112,13 @@ pub struct WorkersArgs {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StatusArg {
-    Scheduled,
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Dead,
-    Cancelled,
-}
-
-impl From<StatusArg> for Status {
-    fn from(s: StatusArg) -> Status {
-        match s {
-            StatusArg::Scheduled => Status::Scheduled,
-            StatusArg::Queued => Status::Queued,
-            StatusArg::Running => Status::Running,
-            StatusArg::Retrying => Status::Retrying,
-            StatusArg::Succeeded => Status::Succeeded,
-            StatusArg::Dead => Status::Dead,
-            StatusArg::Cancelled => Status::Cancelled,
-        }
-    }
-}
-
-/// Only final statuses can be purged: an unfinished job is still owed a run.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FinalStatusArg {
-    Dead,
-    Succeeded,
-    Cancelled,
-}
-
-impl From<FinalStatusArg> for Status {
-    fn from(s: FinalStatusArg) -> Status {
-        match s {
-            FinalStatusArg::Dead => Status::Dead,
-            FinalStatusArg::Succeeded => Status::Succeeded,
-            FinalStatusArg::Cancelled => Status::Cancelled,
-        }
-    }
+/// `purge --status`: the final members of [`Status`], and only those.
+fn final_status_parser() -> impl clap::builder::TypedValueParser<Value = Status> {
+    let finals = Status::value_variants()
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str());
+    clap::builder::PossibleValuesParser::new(finals).try_map(|s| s.parse::<Status>())
 }
 
 /// `--since`: an RFC 3339 time, or a duration back from now.
@@ -152,11 +131,6 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     })?;
     let d = chrono::Duration::from_std(d).map_err(|_| format!("`{text}` is too long"))?;
     Ok(Utc::now() - d)
-}
-
-fn parse_id(id: &str) -> anyhow::Result<Uuid> {
-    id.parse()
-        .with_context(|| format!("`{id}` is not a job id (a UUID)"))
 }
 
 /// One queue's row: the ledger's counts plus what Redis says.
@@ -231,10 +205,10 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
                 "RETRYING",
                 "DEAD",
                 "PAUSED",
-                "OLDEST",
-                "SUCCEEDED/1M",
-                "DEAD/1M",
-                "REDIS-READY",
+                "OLDEST WAIT",
+                "OK LAST MIN",
+                "DEAD LAST MIN",
+                "IN REDIS",
             ],
             rows,
         )
@@ -246,7 +220,7 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
     let filter = JobFilter {
         queue: args.queue,
-        status: args.status.map(Status::from),
+        status: args.status,
         kind: args.kind,
         since: args.since,
         limit: args.limit,
@@ -274,22 +248,14 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
                 j.status.clone(),
                 format!("{}/{}", j.attempts, j.max_attempts),
                 age(now.signed_duration_since(j.created_at).num_seconds()),
-                j.last_error.as_deref().map_or("-".into(), |e| clip(e, 60)),
+                error_cell(&j.status, j.last_error.as_deref()),
             ]
         })
         .collect();
     print!(
         "{}",
         table(
-            &[
-                "ID",
-                "QUEUE",
-                "KIND",
-                "STATUS",
-                "ATTEMPTS",
-                "AGE",
-                "LAST ERROR"
-            ],
+            &["ID", "QUEUE", "KIND", "STATUS", "ATTEMPTS", "AGE", "ERROR"],
             rows
         )
     );
@@ -297,7 +263,7 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let id = parse_id(&args.id)?;
+    let id = args.id;
     let ledger = Ledger::connect(&config.database).await?;
     let quarantined = ledger.quarantined(Some(id), 20).await?;
     let job = match ledger.job_detail(id).await {
@@ -347,12 +313,17 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
             Err(error) => format!("unavailable: {error}"),
         },
     ));
-    let mut out = super::key_value_table(&rows);
     let errors = job.errors.as_array().cloned().unwrap_or_default();
-    if errors.is_empty() {
-        out.push_str("errors       -\n");
-    } else {
-        out.push_str("errors\n");
+    rows.push((
+        "errors",
+        if errors.is_empty() {
+            "-".into()
+        } else {
+            "every failed attempt, oldest first".into()
+        },
+    ));
+    let mut out = super::key_value_table(&rows);
+    if !errors.is_empty() {
         let lines = errors
             .iter()
             .map(|e| {
@@ -373,6 +344,16 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
     out.push_str(&super::quarantine::section(&quarantined));
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `jobs` table's error cell: the error that ended or is holding up the job,
+/// or, for a job that succeeded after failing, its earlier error marked as such.
+fn error_cell(status: &str, last_error: Option<&str>) -> String {
+    match last_error {
+        None => "-".into(),
+        Some(e) if status == Status::Succeeded.as_str() => clip(&format!("earlier: {e}"), 60),
+        Some(e) => clip(e, 60),
+    }
 }
 
 fn redis_line(state: &RedisJobState) -> String {
@@ -398,8 +379,7 @@ fn redis_line(state: &RedisJobState) -> String {
 
 pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
-    if let Some(id) = &args.id {
-        let id = parse_id(id)?;
+    if let Some(id) = args.id {
         // A cancelled job may have left its copy in Redis (or still be settling
         // its last attempt); the dispatch would skip it. Clear it first, while the
         // row is still final and nothing can dispatch the job.
@@ -440,7 +420,7 @@ pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn purge(config: Config, args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let status = Status::from(args.status);
+    let status = args.status;
     let cutoff = Utc::now()
         - chrono::Duration::from_std(args.older_than).context("--older-than is too long")?;
     let ledger = Ledger::connect(&config.database).await?;

@@ -13,8 +13,9 @@ use crate::ledger::{Cancelled, Ledger};
 
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
-    /// The job's id.
-    pub id: String,
+    /// The job's id (a UUID).
+    #[arg(value_parser = super::parse_job_id)]
+    pub id: Uuid,
     /// Print a JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -31,10 +32,7 @@ pub struct QueueArgs {
 
 /// Exit 0 when the job is now cancelled; 1 when it is unknown or had ended.
 pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode> {
-    let id: Uuid = args
-        .id
-        .parse()
-        .with_context(|| format!("`{}` is not a job id (a UUID)", args.id))?;
+    let id = args.id;
     let ledger = Ledger::connect(&config.database).await?;
     let (queue, previous, event) = match ledger.cancel(id).await {
         Ok(Cancelled::Now {

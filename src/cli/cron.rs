@@ -15,12 +15,18 @@ use crate::scheduler;
 pub enum CronCommand {
     /// Show every schedule: its next fire time and its last fire with the job's status.
     List {
-        /// Print a JSON array instead of a table.
+        /// Print one JSON document (an array) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Enqueue the schedule's job now (recorded as a manual fire) and print its id.
-    Run { name: String },
+    Run {
+        /// The schedule's name ([cron.NAME] in the config).
+        name: String,
+        /// Print one JSON document ({"name", "id"}) instead of the id alone.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(config: Config, command: CronCommand) -> anyhow::Result<ExitCode> {
@@ -46,7 +52,7 @@ pub async fn run(config: Config, command: CronCommand) -> anyhow::Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
-        CronCommand::Run { name } => {
+        CronCommand::Run { name, json } => {
             let Some(cron) = config.cron.get(&name) else {
                 let names: Vec<&str> = config.cron.keys().map(String::as_str).collect();
                 if names.is_empty() {
@@ -64,7 +70,11 @@ pub async fn run(config: Config, command: CronCommand) -> anyhow::Result<ExitCod
                 .with_context(|| {
                     format!("`{name}` fired at this very instant already; run it again")
                 })?;
-            println!("{id}");
+            if json {
+                println!("{}", json!({ "name": name, "id": id }));
+            } else {
+                println!("{id}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2,8 +2,11 @@
 //! built-in kind through both ways in (a content campaign, an extraction query
 //! against a fixture page served on loopback, a messaging webhook, and the
 //! diagnostic kinds), runs an in-process daemon until they all end, and prints
-//! their status and what they produced.
+//! their status and what they produced. The daemon's log goes to a file the demo
+//! names (its retries and failures are expected, and would read as errors in the
+//! middle of the table); when something goes wrong, the log's end is shown.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +19,32 @@ use crate::jobs::{Registry, demo};
 use crate::ledger::{Ledger, NewJob};
 use crate::runtime::Daemon;
 
-pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(config: Config, log: PathBuf) -> anyhow::Result<ExitCode> {
+    println!("The demo daemon's log goes to {}", log.display());
+    let outcome = run_jobs(config).await;
+    if outcome.is_err() {
+        show_log_tail(&log, 30);
+    }
+    outcome
+}
+
+/// The last `lines` lines of the demo's log, on stderr, so a failure comes with
+/// what the daemon said.
+fn show_log_tail(log: &Path, lines: usize) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let all: Vec<&str> = text.lines().collect();
+    eprintln!(
+        "\nThe last lines of the demo daemon's log ({}):",
+        log.display()
+    );
+    for line in &all[all.len().saturating_sub(lines)..] {
+        eprintln!("    {line}");
+    }
+}
+
+async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     // Retries in the demo should take moments, not the production backoff.
     let fail = config.kinds.entry("fail".into()).or_default();
     fail.backoff.base = Duration::from_millis(200);
@@ -89,8 +117,8 @@ pub(super) async fn run(mut config: Config) -> anyhow::Result<ExitCode> {
 
     println!();
     println!(
-        "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  result / last_error",
-        "id", "kind", "enqueued via", "status", "attempts"
+        "{:<36}  {:<18}  {:<13}  {:<9}  {:>8}  RESULT OR ERROR",
+        "ID", "KIND", "ENQUEUED VIA", "STATUS", "ATTEMPTS"
     );
     let mut unfinished = 0;
     for (via, job) in &rows {

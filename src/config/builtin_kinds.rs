@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::humantime_serde;
-
 /// The `content-generation` kind: which generator drafts posts, and how to reach an
 /// OpenAI-compatible endpoint.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::humantime_serde;
-
 /// `rate_limit = { limit = 10, period = "1s", key = "contact" }`: at most `limit`
 /// leases in any `period` (a sliding window), across every daemon.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

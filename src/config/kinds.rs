@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::flow::{OnTimeout, RateLimit};
-use super::{DEFAULT_QUEUE, humantime_serde};
+use super::{DEFAULT_QUEUE, Secret};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,9 +58,10 @@ pub enum HandlerName {
 pub struct HttpKindConfig {
     /// The endpoint that receives the payload as a JSON POST.
     pub url: String,
-    /// Extra request headers, e.g. an `Authorization` the endpoint expects.
+    /// Extra request headers, e.g. an `Authorization` the endpoint expects. The
+    /// values may hold tokens, so they are printed hidden.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// One request, from connecting to the last byte of the response; a request
     /// over it is a retryable failure. At most the kind's `timeout`.
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
@@ -90,8 +91,9 @@ pub struct CommandKindConfig {
     pub dead_exit_codes: Vec<i32>,
     /// Variables the program gets on top of a minimal environment (PATH, HOME,
     /// LANG, ...); the daemon's own environment, with its database URL, is not passed.
+    /// The values may hold tokens, so they are printed hidden.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<PathBuf>,
 }
@@ -179,7 +181,7 @@ pub(super) fn validate_handler(
                         format!("`{header}` is not a header name"),
                     ));
                 }
-                if reqwest::header::HeaderValue::from_str(value).is_err() {
+                if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
                     return Err((
                         key(&format!("http.headers.{header}")),
                         "must be visible ASCII without line breaks".into(),

@@ -18,6 +18,7 @@ mod kinds;
 mod observe;
 mod retention;
 mod schedule;
+mod secret;
 
 pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
@@ -26,6 +27,7 @@ pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, K
 pub use observe::{AdminConfig, EventsConfig};
 pub use retention::RetentionConfig;
 pub use schedule::{Schedule, ScheduleError};
+pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
@@ -85,7 +87,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    pub url: String,
+    /// Printed with its password hidden (see [`SecretUrl`]).
+    pub url: SecretUrl,
     pub max_connections: u32,
     pub min_connections: u32,
     #[serde(with = "humantime_serde")]
@@ -102,7 +105,8 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    pub url: String,
+    /// Printed with its password hidden (see [`SecretUrl`]).
+    pub url: SecretUrl,
     /// Connections in the shared pool (blocking-free commands only).
     pub pool_size: usize,
     #[serde(with = "humantime_serde")]
@@ -197,7 +201,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             // The role and database scripts/demo.sh creates; production sets the
             // URL in the environment (JOBRUNNER_DATABASE_URL).
-            url: "postgres://jobrunner:jobrunner@127.0.0.1:5432/jobrunner".to_owned(),
+            url: "postgres://jobrunner:jobrunner@127.0.0.1:5432/jobrunner".into(),
             max_connections: 16,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(5),
@@ -211,7 +215,7 @@ impl Default for DatabaseConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379/0".to_owned(),
+            url: "redis://127.0.0.1:6379/0".into(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
@@ -294,10 +298,10 @@ impl Config {
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         let pick = |a: &str, b: &str| var(a).or_else(|| var(b)).filter(|v| !v.is_empty());
         if let Some(url) = pick("JOBRUNNER_DATABASE_URL", "DATABASE_URL") {
-            self.database.url = url;
+            self.database.url = url.into();
         }
         if let Some(url) = pick("JOBRUNNER_REDIS_URL", "REDIS_URL") {
-            self.redis.url = url;
+            self.redis.url = url.into();
         }
     }
 
@@ -309,9 +313,8 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
+        let database_url = self.database.url.expose();
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return bad(
                 "database.url",
                 "must start with postgres:// or postgresql://",
@@ -329,7 +332,8 @@ impl Config {
                 "must not exceed database.max_connections",
             );
         }
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+        let redis_url = self.redis.url.expose();
+        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
             return bad("redis.url", "must start with redis:// or rediss://");
         }
         if self.redis.pool_size == 0 {
@@ -537,12 +541,17 @@ impl Config {
         self.kinds.get(kind).cloned().unwrap_or_default()
     }
 
-    /// The effective configuration as TOML, with the database password hidden.
+    /// The effective configuration as TOML, with every secret hidden (as any
+    /// serialisation of a [`Secret`] or [`SecretUrl`] outside
+    /// [`with_secrets_exposed`] shows it).
     pub fn to_toml(&self) -> String {
-        let mut shown = self.clone();
-        shown.database.url = redact_url(&shown.database.url);
-        shown.redis.url = redact_url(&shown.redis.url);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// The effective configuration as one JSON document, secrets hidden as in
+    /// [`Config::to_toml`].
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
     }
 }
 
@@ -554,38 +563,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Hides the password in a connection URL for printing.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-/// Durations in the file are written the way people say them: `30s`, `250ms`, `1h`.
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 250ms: {e}"))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -634,20 +611,74 @@ mod tests {
             "REDIS_URL" => Some("redis://r:1/0".into()),
             _ => None,
         });
-        assert_eq!(config.database.url, "postgres://a/b");
-        assert_eq!(config.redis.url, "redis://r:1/0");
+        assert_eq!(config.database.url.expose(), "postgres://a/b");
+        assert_eq!(config.redis.url.expose(), "redis://r:1/0");
     }
 
     #[test]
-    fn a_password_is_hidden_when_printing() {
+    fn secrets_appear_neither_in_debug_output_nor_in_the_printed_config() {
+        let text = "[database]\nurl = \"postgres://app:db-pass-1@db:5432/jobs\"\n\
+            [redis]\nurl = \"rediss://worker:redis-pass-2@cache:6380/0\"\n\
+            [kinds.m]\nhandler = \"http\"\n[kinds.m.http]\nurl = \"https://h/x\"\n\
+            [kinds.m.http.headers]\nAuthorization = \"Bearer header-token-3\"\n\
+            [kinds.c]\nhandler = \"command\"\n[kinds.c.command]\nprogram = \"/bin/true\"\n\
+            [kinds.c.command.env]\nAPI_TOKEN = \"env-token-4\"\n";
+        let config = Config::from_toml(text, "s.toml").unwrap();
+        config.validate().unwrap();
+        let secrets = ["db-pass-1", "redis-pass-2", "header-token-3", "env-token-4"];
+        for (how, shown) in [
+            ("Debug", format!("{config:?}")),
+            ("pretty Debug", format!("{config:#?}")),
+            ("jobrunner config", config.to_toml()),
+            ("JSON", serde_json::to_string(&config).unwrap()),
+        ] {
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{how} shows {secret}: {shown}");
+            }
+            assert!(
+                shown.contains("postgres://app:***@db:5432/jobs"),
+                "{how} keeps the URL's other parts: {shown}"
+            );
+        }
         assert_eq!(
-            redact_url("postgres://app:secret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
+            config.database.url.expose(),
+            "postgres://app:db-pass-1@db:5432/jobs"
         );
+        let http = config.kind("m").http.unwrap();
         assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
+            http.headers["Authorization"].expose(),
+            "Bearer header-token-3"
         );
+        let whole = with_secrets_exposed(|| toml::to_string(&config).unwrap());
+        let again = Config::from_toml(&whole, "again").unwrap();
+        assert_eq!(again.redis.url, config.redis.url);
+        assert_eq!(again.kind("c").command, config.kind("c").command);
+    }
+
+    #[test]
+    fn a_duration_key_accepts_the_same_forms_and_names_a_bad_one() {
+        let config = Config::from_toml(
+            "[runtime]\nlease = \"1m 30s\"\npoll_interval = \"250ms\"\ndrain_timeout = \"2h\"\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!(config.runtime.lease, Duration::from_secs(90));
+        assert_eq!(config.runtime.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.runtime.drain_timeout, Duration::from_secs(7200));
+        assert!(
+            config.to_toml().contains("lease = \"1m 30s\""),
+            "{}",
+            config.to_toml()
+        );
+        for bad in ["lease = \"soon\"", "lease = \"30\"", "lease = 30"] {
+            let err = Config::from_toml(&format!("[runtime]\n{bad}\n"), "d.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("d.toml") && err.contains("lease") && err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     fn invalid(text: &str) -> String {
@@ -713,7 +744,8 @@ mod tests {
         let text = "[kinds.m]\nhandler = \"http\"\n[kinds.m.http]\nurl = \"https://h/x\"\n[kinds.m.http.headers]\nAuthorization = \"Bearer t\"\n\n[kinds.c]\nhandler = \"command\"\n[kinds.c.command]\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"cat\"]\n";
         let config = Config::from_toml(text, "k.toml").unwrap();
         config.validate().unwrap();
-        let again = Config::from_toml(&toml::to_string(&config).unwrap(), "again").unwrap();
+        let whole = with_secrets_exposed(|| toml::to_string(&config).unwrap());
+        let again = Config::from_toml(&whole, "again").unwrap();
         assert_eq!(again.kind("m").http, config.kind("m").http);
         assert_eq!(again.kind("c").command, config.kind("c").command);
         assert_eq!(again.kind("c").handler, Some(HandlerName::Command));

@@ -5,19 +5,29 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::humantime_serde;
-
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Succeeded jobs are deleted this long after they finished.
-    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub succeeded: Option<Duration>,
     /// Dead jobs are deleted this long after they died.
-    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dead: Option<Duration>,
     /// Cancelled jobs are deleted this long after they were cancelled.
-    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cancelled: Option<Duration>,
     /// How often the daemon looks for jobs past their TTL.
     #[serde(with = "humantime_serde")]
@@ -61,24 +71,6 @@ impl RetentionConfig {
             return Err(("batch".into(), "must be from 1 to 10000".into()));
         }
         Ok(())
-    }
-}
-
-/// An optional humantime duration: a missing key is `None`.
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::humantime_serde::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::humantime_serde::deserialize(d).map(Some)
     }
 }
 

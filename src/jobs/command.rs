@@ -154,7 +154,7 @@ async fn run(config: &CommandKindConfig, spawner: &Spawner, ctx: JobContext) -> 
                 .iter()
                 .filter_map(|k| Some((k, std::env::var_os(k)?))),
         )
-        .envs(&config.env)
+        .envs(config.env.iter().map(|(k, v)| (k, v.expose())))
         .env("JOBRUNNER_JOB_ID", ctx.id.to_string())
         .env("JOBRUNNER_ATTEMPT", ctx.attempt.to_string())
         .env("JOBRUNNER_KIND", &ctx.kind)

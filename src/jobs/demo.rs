@@ -72,20 +72,32 @@ impl Drop for FixtureSite {
     }
 }
 
-/// A campaign for next month, drafted by the offline template generator.
+/// A campaign for next month, drafted by the offline template generator, about
+/// that month's season.
 pub async fn create_campaign(pool: &PgPool) -> sqlx::Result<Uuid> {
     let next = Utc::now().date_naive() + chrono::Months::new(1);
     let month = format!("{}-{:02}", next.year(), next.month());
     sqlx::query_scalar(
         "INSERT INTO content_campaigns (tenant, month, topic, brand, channels, posts_per_week, timezone)
-         VALUES ($1, $2, 'Spring coffee specials', 'Bean There', ARRAY['instagram', 'linkedin'], 3,
-                 'Europe/Lisbon')
+         VALUES ($1, $2, $3, 'Bean There', ARRAY['instagram', 'linkedin'], 3, 'Europe/Lisbon')
          RETURNING id",
     )
     .bind(TENANT)
     .bind(month)
+    .bind(seasonal_topic(next.month()))
     .fetch_one(pool)
     .await
+}
+
+/// The campaign's topic for a month (1–12) in Lisbon, where the demo's café is:
+/// the season the posts will go out in.
+pub fn seasonal_topic(month: u32) -> &'static str {
+    match month {
+        3..=5 => "Spring coffee specials",
+        6..=8 => "Summer iced coffee specials",
+        9..=11 => "Autumn coffee specials",
+        _ => "Winter hot drink specials",
+    }
 }
 
 pub async fn create_extraction_query(pool: &PgPool, source: &str) -> sqlx::Result<Uuid> {
@@ -119,7 +131,7 @@ pub fn webhook_payload() -> Value {
                             {"from": "351910000000", "id": "wamid.demo-1", "timestamp": (now - 60).to_string(),
                              "type": "text", "text": {"body": "Hi! Do you ship beans to Porto?"}},
                             {"from": "351910000000", "id": "wamid.demo-2", "timestamp": now.to_string(),
-                             "type": "text", "text": {"body": "Two bags of the spring blend, please."}}
+                             "type": "text", "text": {"body": "Two bags of the house blend, please."}}
                         ]
                     }
                 }]
@@ -213,4 +225,25 @@ pub async fn summary(pool: &PgPool, campaign: Uuid, query: Uuid) -> sqlx::Result
         ));
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_campaign_topic_fits_the_season_of_its_month() {
+        assert_eq!(seasonal_topic(12), "Winter hot drink specials");
+        assert_eq!(seasonal_topic(1), "Winter hot drink specials");
+        assert_eq!(seasonal_topic(4), "Spring coffee specials");
+        assert_eq!(seasonal_topic(7), "Summer iced coffee specials");
+        assert_eq!(seasonal_topic(10), "Autumn coffee specials");
+        for month in 1..=12 {
+            let topic = seasonal_topic(month);
+            assert!(
+                !topic.starts_with("Spring") || (3..=5).contains(&month),
+                "{month}: {topic}"
+            );
+        }
+    }
 }

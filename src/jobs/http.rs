@@ -18,7 +18,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use serde_json::{Value, json};
 
 use super::{Handler, JobContext, JobError, JobResult, Registry};
-use crate::config::{HttpKindConfig, KindConfig};
+use crate::config::{HttpKindConfig, KindConfig, Secret};
 
 /// The most of a response body kept; a longer one is cut and not parsed as JSON.
 const MAX_BODY: usize = 1024 * 1024;
@@ -82,7 +82,7 @@ struct Inner {
     client: reqwest::Client,
     headers: HeaderMap,
     /// The HMAC-SHA256 key, read once from the environment at start-up.
-    secret: Option<Vec<u8>>,
+    secret: Option<Secret>,
     /// A `Retry-After` longer than this (the kind's `backoff.max`) is capped, so an
     /// upstream cannot park a job for a year.
     max_retry_after: Duration,
@@ -99,14 +99,16 @@ impl HttpHandler {
         for (name, value) in &config.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| invalid(format!("headers: `{name}`: {e}")))?;
-            let value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value.expose())
                 .map_err(|e| invalid(format!("headers.{name}: {e}")))?;
+            // Configured values may be tokens: keep them out of debug output.
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         let secret = match &config.hmac_secret_env {
             None => None,
             Some(var) => match std::env::var(var) {
-                Ok(key) if !key.is_empty() => Some(key.into_bytes()),
+                Ok(key) if !key.is_empty() => Some(Secret::from(key)),
                 _ => {
                     return Err(Error::Secret {
                         kind: kind.to_owned(),
@@ -165,7 +167,10 @@ impl Inner {
             .header("X-Jobrunner-Attempt", ctx.attempt.to_string())
             .header("X-Jobrunner-Kind", ctx.kind.as_str());
         if let Some(key) = &self.secret {
-            request = request.header("X-Jobrunner-Signature", signature(key, &body));
+            request = request.header(
+                "X-Jobrunner-Signature",
+                signature(key.expose().as_bytes(), &body),
+            );
         }
         let response = request
             .body(body)

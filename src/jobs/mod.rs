@@ -12,6 +12,7 @@ pub mod demo;
 mod diagnostic;
 mod http;
 mod message_processing;
+pub mod payload;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -11,6 +11,7 @@ mod admin;
 mod cron;
 mod events;
 mod flow;
+mod plans;
 mod quarantine;
 pub mod safe;
 mod writer;
@@ -27,12 +28,13 @@ use sqlx::{FromRow, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 pub use admin::{ALL_STATUSES, DeadFilter, JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
 pub use flow::Cancelled;
+pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
 pub use writer::{EventSender, ProgressReport, StatusUpdate, StatusWriter, WriterHandle};
 
@@ -66,8 +68,10 @@ pub enum Error {
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
-/// Where a job is in its life. The strings are what the `status` column holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// Where a job is in its life. The strings are what the `status` column holds;
+/// the CLI's `--status` takes the same names (clap's `ValueEnum`), so the list it
+/// offers and checks is this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Scheduled,
@@ -236,14 +240,42 @@ pub fn schema_version() -> i64 {
     migrator().iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// Takes a batch from the outbox (ids are time-ordered, so the primary key gives
+/// the oldest first) and reads the jobs to dispatch. An id whose job is final
+/// (cancelled before dispatch) or gone just leaves the outbox.
+pub(crate) const DISPATCH: &str = "WITH picked AS (
+                 DELETE FROM jobrunner.outbox
+                 WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
+                                      FOR UPDATE SKIP LOCKED))
+                 RETURNING id, revive)
+             SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
+                    j.max_attempts,
+                    -- Compared, not decoded: a time out of range ends the job, not the loop.
+                    CASE WHEN j.run_at >= '1970-01-01Z' AND j.run_at < '10000-01-01Z'
+                         THEN (extract(epoch FROM j.run_at) * 1000)::bigint END AS run_ms,
+                    j.id = ANY(ARRAY(SELECT id FROM picked WHERE revive)) AS revive
+             FROM jobrunner.jobs j
+             -- An array, not a join: a join with the CTE plans a scan of the table.
+             WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+               -- A filter, never an index condition: on a ledger ANALYZE saw mostly
+               -- finished, an indexable status test plans a walk of jobs_status_idx
+               -- over every queued row for each batch.
+               AND (j.status IN ('scheduled', 'queued', 'retrying', 'running')) IS TRUE
+             ORDER BY j.id";
+
 impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
-        let url = config::redact_url(&config.url);
-        let options: PgConnectOptions = config.url.parse().map_err(|source| Error::Connect {
-            url: url.clone(),
-            source,
-        })?;
+        let url = config.url.to_string();
+        let options: PgConnectOptions =
+            config
+                .url
+                .expose()
+                .parse()
+                .map_err(|source| Error::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
         let options = options.application_name("jobrunner");
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -283,8 +315,7 @@ impl Ledger {
     async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
         let start = std::time::Instant::now();
         let conn = self.pool.acquire().await;
-        self.metrics
-            .observe_duration(metrics::PG_ACQUIRE, &[], start.elapsed());
+        self.metrics.postgres_acquire(start.elapsed());
         Ok(conn?)
     }
 
@@ -434,29 +465,10 @@ impl Ledger {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        // Ids are time-ordered, so the primary key gives the oldest first. An id
-        // whose job is final (cancelled before dispatch) or gone just leaves it.
-        let jobs = sqlx::query_as::<_, DispatchJob>(
-            "WITH picked AS (
-                 DELETE FROM jobrunner.outbox
-                 WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
-                                      FOR UPDATE SKIP LOCKED))
-                 RETURNING id, revive)
-             SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
-                    j.max_attempts,
-                    -- Compared, not decoded: a time out of range ends the job, not the loop.
-                    CASE WHEN j.run_at >= '1970-01-01Z' AND j.run_at < '10000-01-01Z'
-                         THEN (extract(epoch FROM j.run_at) * 1000)::bigint END AS run_ms,
-                    j.id = ANY(ARRAY(SELECT id FROM picked WHERE revive)) AS revive
-             FROM jobrunner.jobs j
-             -- An array, not a join: a join with the CTE plans a scan of the table.
-             WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-               AND j.status IN ('scheduled', 'queued', 'retrying', 'running')
-             ORDER BY j.id",
-        )
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        let jobs = sqlx::query_as::<_, DispatchJob>(DISPATCH)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
         Ok(OutboxBatch { tx, jobs })
     }
 
@@ -717,7 +729,7 @@ impl OutboxBatch {
         }
         let errors: Vec<Option<String>> = errors
             .iter()
-            .map(|e| e.as_deref().map(|e| safe::text(e).into_owned()))
+            .map(|e| e.as_deref().map(|e| crate::pgtext::safe(e).into_owned()))
             .collect();
         let rows = sqlx::query(
             "WITH u AS (

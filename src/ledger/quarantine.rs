@@ -8,7 +8,6 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::{Ledger, Result};
-use crate::metrics;
 use crate::pgtext;
 
 /// Most bytes of `raw` and `error` kept per entry.
@@ -56,8 +55,7 @@ impl Ledger {
         .bind(error)
         .execute(&self.pool)
         .await?;
-        self.metrics
-            .inc(metrics::QUARANTINED, &[("source", item.source)], 1);
+        self.metrics.quarantined(item.source);
         Ok(())
     }
 

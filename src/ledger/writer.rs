@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{Event, EventType, ProgressInfo, cut};
-use super::{Ledger, Status, safe};
-use crate::metrics;
+use super::{Ledger, Status};
+use crate::metrics::{Channel, Path};
 
 /// Where a writer hands the events of each committed batch; the runtime's
 /// publisher takes them from there.
@@ -242,9 +242,7 @@ impl StatusWriter {
                 ));
                 tracing::error!(job.id = %m.id, status = %m.status, error = %reason,
                     "A status write was refused; recording the job as dead");
-                self.ledger
-                    .metrics
-                    .inc(metrics::POISON, &[("path", "status")], 1);
+                self.ledger.metrics.batch_poison(Path::Status);
                 let dead = m.buried(reason.clone());
                 match ledger.write_statuses(std::slice::from_ref(&dead)).await {
                     Ok(rows) => changed.extend(rows),
@@ -289,9 +287,7 @@ impl StatusWriter {
         }
         let n = events.len() as u64;
         if tx.try_send(events).is_err() {
-            self.ledger
-                .metrics
-                .inc(metrics::EVENTS_DROPPED, &[("channel", "buffer")], n);
+            self.ledger.metrics.events_dropped(Channel::Buffer, n);
         }
     }
 
@@ -320,7 +316,7 @@ fn split_progress(updates: Vec<StatusUpdate>) -> (Vec<StatusUpdate>, Vec<StatusU
     let mut last: HashMap<Uuid, StatusUpdate> = HashMap::with_capacity(progress.len());
     for mut p in progress {
         if let Some(m) = p.progress.as_mut().and_then(|p| p.message.as_mut()) {
-            safe::fix(m);
+            crate::pgtext::fix(m);
         }
         match last.get(&p.id) {
             Some(prev) if prev.token > p.token => {}
@@ -430,10 +426,10 @@ fn coalesce(updates: Vec<StatusUpdate>) -> Vec<Merged> {
     let mut out: Vec<Merged> = Vec::with_capacity(updates.len());
     for mut u in updates {
         if let Some(e) = u.last_error.as_mut() {
-            safe::fix(e);
+            crate::pgtext::fix(e);
         }
         if let Some(r) = u.result.as_mut() {
-            safe::json(r);
+            crate::pgtext::safe_json(r);
         }
         let started = (u.status == Status::Running).then_some(u.at);
         let finished = u.status.is_final().then_some(u.at);
@@ -542,45 +538,17 @@ impl Merged {
     }
 }
 
-impl Ledger {
-    /// Applies a batch; returns (id, queue, kind) of every row it changed.
-    pub(super) async fn write_statuses(
-        &self,
-        batch: &[Merged],
-    ) -> super::Result<Vec<(Uuid, String, String)>> {
-        let start = std::time::Instant::now();
-        self.metrics
-            .observe(metrics::STATUS_BATCH, &[], batch.len() as f64);
-        let n = batch.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut started = Vec::with_capacity(n);
-        let mut finished = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut run_ats = Vec::with_capacity(n);
-        let mut histories = Vec::with_capacity(n);
-        let mut leases = Vec::with_capacity(n);
-        for m in batch {
-            leases.push(m.leases);
-            ids.push(m.id);
-            tokens.push(m.token);
-            statuses.push(m.status.as_str());
-            attempts.push(m.attempts);
-            started.push(m.started_at);
-            finished.push(m.finished_at);
-            results.push(m.result.as_ref().map(Value::to_string));
-            errors.push(m.last_error.clone());
-            run_ats.push(m.run_at);
-            histories
-                .push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
-        }
-        let mut conn = self.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let rows = sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
+/// How every writer transaction begins. The batch statements join `jobs` with an
+/// `UNNEST` of the batch; once `ANALYZE` has seen a ledger of mostly finished
+/// rows, the planner expects few unfinished ones and picks a nested loop that
+/// re-reads the whole `UNNEST` for every row, which is quadratic in the batch.
+/// None of these statements needs a nested loop: with them off, the join is a
+/// hash join over primary-key lookups whatever the statistics say. The
+/// integration test `plans` checks the plans on a lived-in ledger.
+pub(super) const PLAN_GUARD: &str = "BEGIN; SET LOCAL enable_nestloop = off";
+
+/// One batch of status changes, fenced (see the module's invariant).
+pub(super) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
                  status      = u.status,
                  attempts    = GREATEST(u.attempts, j.attempts + u.leases),
                  lease_token = u.token,
@@ -603,9 +571,62 @@ impl Ledger {
                AND j.id = ANY($1)
                AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
                AND (j.lease_token IS NULL OR j.lease_token <= u.token)
-             RETURNING j.id, j.queue, j.kind",
-        )
-        .bind(ids)
+             RETURNING j.id, j.queue, j.kind";
+
+/// Appends the errors of updates [`STATUS_UPDATE`] refused (a newer attempt owns
+/// the row) to the row's history.
+pub(super) const LATE_ERRORS: &str = "UPDATE jobrunner.jobs AS j SET
+                 errors     = j.errors || u.errors::jsonb,
+                 last_error = COALESCE(j.last_error, u.last_error)
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+               AS u(id, token, last_error, errors)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               -- Only rows the batch statement refused: a newer attempt owns them.
+               AND j.lease_token > u.token";
+
+/// Progress reports: fenced like a status write, never onto a final row.
+pub(super) const PROGRESS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET
+                 progress = u.percent, progress_message = u.message, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::smallint[], $4::text[])
+               AS u(id, token, percent, message)
+             WHERE j.id = u.id
+               AND j.id = ANY($1)
+               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
+             RETURNING j.id, j.queue, j.kind, j.status";
+
+/// Binds a batch to [`STATUS_UPDATE`] (or to an `EXPLAIN` of it).
+pub(super) fn bind_status_batch<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    batch: &[Merged],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut histories = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    for m in batch {
+        leases.push(m.leases);
+        ids.push(m.id);
+        tokens.push(m.token);
+        statuses.push(m.status.as_str());
+        attempts.push(m.attempts);
+        started.push(m.started_at);
+        finished.push(m.finished_at);
+        results.push(m.result.as_ref().map(Value::to_string));
+        errors.push(m.last_error.clone());
+        run_ats.push(m.run_at);
+        histories.push((!m.errors.is_empty()).then(|| Value::from(m.errors.clone()).to_string()));
+    }
+    q.bind(ids)
         .bind(tokens)
         .bind(statuses)
         .bind(attempts)
@@ -616,12 +637,44 @@ impl Ledger {
         .bind(run_ats)
         .bind(histories)
         .bind(leases)
-        .fetch_all(&mut *tx)
-        .await?;
+}
+
+/// A batch that ends each of `ids` `succeeded`, for `EXPLAIN`.
+pub(super) fn sample_batch(ids: &[Uuid]) -> Vec<Merged> {
+    let now = Utc::now();
+    ids.iter()
+        .map(|&id| Merged {
+            id,
+            token: 1,
+            status: Status::Succeeded,
+            attempts: 1,
+            leases: 1,
+            started_at: Some(now),
+            finished_at: Some(now),
+            result: None,
+            last_error: None,
+            run_at: None,
+            errors: Vec::new(),
+        })
+        .collect()
+}
+
+impl Ledger {
+    /// Applies a batch; returns (id, queue, kind) of every row it changed.
+    pub(super) async fn write_statuses(
+        &self,
+        batch: &[Merged],
+    ) -> super::Result<Vec<(Uuid, String, String)>> {
+        let start = std::time::Instant::now();
+        self.metrics.status_batch(batch.len());
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, PLAN_GUARD).await?;
+        let rows = bind_status_batch(sqlx::query(STATUS_UPDATE), batch)
+            .fetch_all(&mut *tx)
+            .await?;
         self.record_late_errors(&mut tx, batch).await?;
         tx.commit().await?;
-        self.metrics
-            .observe_duration(metrics::STATUS_WRITE, &[], start.elapsed());
+        self.metrics.status_write(start.elapsed());
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -648,23 +701,13 @@ impl Ledger {
             .iter()
             .map(|m| Value::Array(m.errors.clone()).to_string())
             .collect();
-        sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
-                 errors     = j.errors || u.errors::jsonb,
-                 last_error = COALESCE(j.last_error, u.last_error)
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
-               AS u(id, token, last_error, errors)
-             WHERE j.id = u.id
-               AND j.id = ANY($1)
-               -- Only rows the batch statement refused: a newer attempt owns them.
-               AND j.lease_token > u.token",
-        )
-        .bind(ids)
-        .bind(tokens)
-        .bind(errors)
-        .bind(histories)
-        .execute(tx)
-        .await?;
+        sqlx::query(LATE_ERRORS)
+            .bind(ids)
+            .bind(tokens)
+            .bind(errors)
+            .bind(histories)
+            .execute(tx)
+            .await?;
         Ok(())
     }
 
@@ -682,23 +725,16 @@ impl Ledger {
             percents.push(i16::from(p.percent.min(100)));
             messages.push(p.message.clone());
         }
-        let rows = sqlx::query(
-            "UPDATE jobrunner.jobs AS j SET
-                 progress = u.percent, progress_message = u.message, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::smallint[], $4::text[])
-               AS u(id, token, percent, message)
-             WHERE j.id = u.id
-               AND j.id = ANY($1)
-               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
-               AND (j.lease_token IS NULL OR j.lease_token <= u.token)
-             RETURNING j.id, j.queue, j.kind, j.status",
-        )
-        .bind(ids)
-        .bind(tokens)
-        .bind(percents)
-        .bind(messages)
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, PLAN_GUARD).await?;
+        let rows = sqlx::query(PROGRESS_UPDATE)
+            .bind(ids)
+            .bind(tokens)
+            .bind(percents)
+            .bind(messages)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
@@ -866,12 +902,12 @@ mod tests {
         done.last_error = Some("bad\0byte".into());
         done.result = Some(serde_json::json!({"out": "a\u{0}b"}));
         let merged = coalesce(vec![done]);
-        assert_eq!(merged[0].last_error.as_deref(), Some("bad\\u0000byte"));
+        assert_eq!(merged[0].last_error.as_deref(), Some("bad\u{FFFD}byte"));
         assert_eq!(
             merged[0].result,
-            Some(serde_json::json!({"out": "a\\u0000b"}))
+            Some(serde_json::json!({"out": "a\u{FFFD}b"}))
         );
-        assert_eq!(merged[0].errors[0]["error"], "bad\\u0000byte");
+        assert_eq!(merged[0].errors[0]["error"], "bad\u{FFFD}byte");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::broker::{Broker, Received};
 use crate::config::EventsConfig;
 use crate::error_chain;
 use crate::ledger::{Event, Ledger};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{Channel, Metrics, Path};
 
 /// Event batches (up to `status_batch_max` events each) buffered between the
 /// status writers and the publisher; beyond that they are dropped and counted,
@@ -64,7 +64,7 @@ impl Publisher {
                 |r| broker.publish_events(&json[r]),
             )
             .await;
-            self.count("redis", &json, out);
+            self.count(Channel::Redis, &json, out);
         }
         if self.config.postgres {
             let ledger = &self.ledger;
@@ -74,7 +74,7 @@ impl Publisher {
                 |r| ledger.notify_events(&json[r]),
             )
             .await;
-            self.count("postgres", &json, out);
+            self.count(Channel::Postgres, &json, out);
         }
         if !self.config.redis
             && let Some(local) = &self.local
@@ -94,37 +94,26 @@ impl Publisher {
     /// poison event never takes the others with it.
     fn count<E: std::error::Error + 'static>(
         &self,
-        channel: &'static str,
+        channel: Channel,
         json: &[String],
         out: crate::batch::Isolated<(), E>,
     ) {
         let sent: usize = out.done.iter().map(|(r, _)| r.len()).sum();
-        if sent > 0 {
-            self.metrics.inc(
-                metrics::EVENTS_PUBLISHED,
-                &[("channel", channel)],
-                sent as u64,
-            );
-        }
+        self.metrics.events_published(channel, sent as u64);
+        let channel_name = channel.label();
         for (i, error) in &out.poison {
             let head: String = json[*i].chars().take(200).collect();
-            tracing::warn!(channel, error = %error_chain(error), event = head,
+            tracing::warn!(channel = channel_name, error = %error_chain(error), event = head,
                 "A job event was refused on its own; dropped");
-            self.metrics.inc(metrics::POISON, &[("path", "events")], 1);
+            self.metrics.batch_poison(Path::Events);
         }
         let lost: usize = out.pending.iter().map(|r| r.len()).sum();
         if let Some(error) = &out.transient {
-            tracing::warn!(channel, error = %error_chain(error), events = lost,
+            tracing::warn!(channel = channel_name, error = %error_chain(error), events = lost,
                 "Publishing job events failed");
         }
         let dropped = lost + out.poison.len();
-        if dropped > 0 {
-            self.metrics.inc(
-                metrics::EVENTS_DROPPED,
-                &[("channel", channel)],
-                dropped as u64,
-            );
-        }
+        self.metrics.events_dropped(channel, dropped as u64);
     }
 }
 

@@ -112,8 +112,8 @@ pub fn check(entry: &Ingest, queue: &str, config: &Config, now: DateTime<Utc>) -
                 pgtext::from_bytes(p)
             }
             Ok(p) => {
-                match serde_json::from_str::<serde_json::Value>(p) {
-                    Err(e) => problems.push(format!("payload is not valid JSON: {e}")),
+                match crate::jobs::payload::decode(p) {
+                    Err(message) => problems.push(message),
                     Ok(v) if has_nul(&v) => problems.push(
                         "payload contains the character U+0000, which Postgres cannot store".into(),
                     ),

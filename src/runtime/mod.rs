@@ -160,7 +160,7 @@ impl Daemon {
         notifier: Notifier,
         listener: Option<tokio::net::TcpListener>,
     ) -> Daemon {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Metrics::new(registry.kinds(), config.queues.keys().map(String::as_str));
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let admin_stop = CancellationToken::new();

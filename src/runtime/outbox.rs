@@ -14,7 +14,7 @@ use super::retry::Backoff;
 use crate::broker::Dispatch;
 use crate::error_chain;
 use crate::ledger::{Event, Status};
-use crate::metrics;
+use crate::metrics::Path;
 
 /// Most outbox rows moved in one round trip.
 const MOVE_BATCH: usize = 1000;
@@ -254,9 +254,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             for (id, reason) in done.poison {
                 tracing::error!(queue, job.id = %id, error = %reason,
                     "A job cannot be dispatched; recording it as dead");
-                shared
-                    .metrics
-                    .inc(metrics::POISON, &[("path", "dispatch")], 1);
+                shared.metrics.batch_poison(Path::Dispatch);
                 dead_ids.push(id);
                 dead_errors.push(Some(reason));
             }

@@ -12,7 +12,6 @@ use uuid::Uuid;
 use super::Shared;
 use crate::error_chain;
 use crate::ledger::{Status, StatusUpdate};
-use crate::metrics;
 
 /// How often the orphan sweep looks for ledger jobs whose Redis copy is gone.
 const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -70,9 +69,7 @@ pub(super) async fn reaper(
                     r.attempts
                 );
                 tracing::warn!(job.id = %r.id, queue, dead = r.dead, "{message}");
-                shared
-                    .metrics
-                    .inc(metrics::LEASE_EXPIRED, &[("queue", queue)], 1);
+                shared.metrics.leases_expired(queue, 1);
                 shared
                     .writer
                     .send(StatusUpdate {

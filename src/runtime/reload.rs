@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, redact_url};
+use crate::config::{Config, redact_url, with_secrets_exposed};
 
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,8 +97,10 @@ pub(super) fn plan(
     new: &Config,
     log_level_fixed: Option<&'static str>,
 ) -> (ReloadReport, Config) {
-    let (old_tree, mut new_tree) = match (serde_json::to_value(running), serde_json::to_value(new))
-    {
+    // The trees carry the real secrets: a put-back value must be the running one,
+    // not its printed form. `shown` hides them in what is logged.
+    let trees = with_secrets_exposed(|| (serde_json::to_value(running), serde_json::to_value(new)));
+    let (old_tree, mut new_tree) = match trees {
         (Ok(o), Ok(n)) => (o, n),
         // Config serialises to JSON for `jobrunner config` too; this cannot fail
         // for the types it holds, but if it did, applying nothing is safe.
@@ -209,6 +211,7 @@ fn shown(path: &[String], value: Option<&Value>) -> String {
     let secret = path.iter().any(|k| {
         let k = k.to_ascii_lowercase();
         k == "headers"
+            || k == "env"
             || ["secret", "password", "token", "api_key"]
                 .iter()
                 .any(|s| k.contains(s))

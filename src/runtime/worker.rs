@@ -19,7 +19,6 @@ use crate::broker::Leased;
 use crate::config::{BackoffConfig, OnTimeout};
 use crate::jobs::{JobContext, JobError, Progress};
 use crate::ledger::{ProgressReport, Status, StatusUpdate};
-use crate::metrics;
 
 /// The delay before the attempt after `attempt` (1-based): `base · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" (half fixed, half random) so retries of a
@@ -68,11 +67,9 @@ pub(super) async fn execute(
         // time is not kept there, so only first attempts are measured.
         if job.ready_ms > 0 && job.attempt == 1 {
             let waited = Utc::now().timestamp_millis() - job.ready_ms;
-            shared.metrics.observe(
-                metrics::QUEUE_WAIT,
-                &[("queue", &job.queue)],
-                waited.max(0) as f64 / 1000.0,
-            );
+            shared
+                .metrics
+                .queue_wait(&job.queue, waited.max(0) as f64 / 1000.0);
         }
         // The ledger admits the lease before anything runs: a job whose row is
         // final (a late or repeated dispatch re-created it in Redis) never runs
@@ -101,11 +98,7 @@ pub(super) async fn execute(
         let started = std::time::Instant::now();
         let outcome = attempt(&shared, &job, &hard_stop).await;
         if let Outcome::Done(_) = &outcome {
-            shared.metrics.observe_duration(
-                metrics::JOB_DURATION,
-                &[("kind", &job.kind)],
-                started.elapsed(),
-            );
+            shared.metrics.job_duration(&job.kind, started.elapsed());
         }
         settle(&shared, &job, outcome).await;
         drop(permit);
@@ -121,13 +114,9 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
             job.kind
         ))));
     };
-    let payload: Value = match serde_json::from_str(&job.payload) {
+    let payload: Value = match crate::jobs::payload::decode(&job.payload) {
         Ok(p) => p,
-        Err(e) => {
-            return Outcome::Done(Err(JobError::permanent(format!(
-                "payload is not valid JSON: {e}"
-            ))));
-        }
+        Err(message) => return Outcome::Done(Err(JobError::permanent(message))),
     };
     let kind = shared.live().kind(&job.kind);
     let (timeout, on_timeout) = (kind.timeout, kind.on_timeout);
@@ -330,22 +319,10 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
 
 /// Counts an accepted outcome in the job counters.
 fn count_outcome(shared: &Shared, job: &Leased, status: Status) {
-    let kind = &[("kind", job.kind.as_str())];
     match status {
-        Status::Succeeded => shared.metrics.inc(
-            metrics::JOBS_FINISHED,
-            &[("kind", &job.kind), ("state", "succeeded")],
-            1,
-        ),
-        Status::Dead => {
-            shared.metrics.inc(
-                metrics::JOBS_FINISHED,
-                &[("kind", &job.kind), ("state", "dead")],
-                1,
-            );
-            shared.metrics.inc(metrics::DEAD, kind, 1);
-        }
-        Status::Retrying => shared.metrics.inc(metrics::RETRIES, kind, 1),
+        Status::Succeeded => shared.metrics.job_succeeded(&job.kind),
+        Status::Dead => shared.metrics.job_dead(&job.kind),
+        Status::Retrying => shared.metrics.job_retried(&job.kind),
         _ => {}
     }
 }

@@ -86,13 +86,17 @@ async fn cli_rejects_bad_input_with_a_message_and_exit_1() {
             "kind `no spaces`",
         ),
         (
-            vec!["enqueue", "noop", "--priority", "5000"],
-            "--priority 5000 is out of range",
-        ),
-        (vec!["status", "not-a-uuid"], "`not-a-uuid` is not a job id"),
-        (
             vec!["status", "01a2032f-77c1-7992-99ca-a1aa94ed1ed1"],
             "not found",
+        ),
+        (
+            vec![
+                "enqueue",
+                "noop",
+                "--payload-file",
+                "/nonexistent/payload.json",
+            ],
+            "reading --payload-file /nonexistent/payload.json",
         ),
     ] {
         let (code, out, err) = app.cli(&args);
@@ -103,8 +107,43 @@ async fn cli_rejects_bad_input_with_a_message_and_exit_1() {
             "{args:?}: stderr {err:?} lacks {expected:?}"
         );
     }
-    let (code, _, err) = app.cli(&["enqueue", "noop", "--delay", "soon"]);
-    assert_eq!(code, 2, "clap usage errors exit 2: {err}");
+    assert_eq!(app.count_jobs().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_priorities_and_statuses_are_usage_errors_that_exit_2() {
+    let app = spawn_app().await;
+    for (args, expected) in [
+        (vec!["enqueue", "noop", "--delay", "soon"], "--delay"),
+        (
+            vec!["enqueue", "noop", "--priority", "5000"],
+            "5000 is not in -1000..=1000",
+        ),
+        (
+            vec!["enqueue", "noop", "--max-attempts", "0"],
+            "--max-attempts",
+        ),
+        (vec!["status", "not-a-uuid"], "`not-a-uuid` is not a job id"),
+        (vec!["inspect", "42"], "`42` is not a job id"),
+        (vec!["cancel", "abc"], "`abc` is not a job id"),
+        (vec!["retry", "abc"], "`abc` is not a job id"),
+        (
+            vec!["jobs", "--status", "done"],
+            "[possible values: scheduled, queued, running, retrying, succeeded, dead, cancelled]",
+        ),
+        (
+            vec!["purge", "--status", "running", "--older-than", "1d"],
+            "[possible values: succeeded, dead, cancelled]",
+        ),
+    ] {
+        let (code, out, err) = app.cli(&args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(out.is_empty(), "{args:?} printed to stdout: {out}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: stderr {err:?} lacks {expected:?}"
+        );
+    }
     assert_eq!(app.count_jobs().await, 0);
 }
 
@@ -125,7 +164,7 @@ async fn run_against_an_unmigrated_database_exits_nonzero_and_says_to_migrate() 
     let pg = crate::harness::shared_postgres();
     let name = crate::harness::unique_name("empty");
     let mut config = app.config.clone();
-    config.database.url = pg.create_database(&name, None).await;
+    config.database.url = pg.create_database(&name, None).await.into();
     let mut daemon = app.spawn_daemon(&config);
     let status = daemon.wait_exit(15).expect("run exits");
     assert!(!status.success());
@@ -241,8 +280,18 @@ fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_every_built_in_kind_and_shows_what_they_produced() {
     let app = spawn_app().await;
-    let (code, out, err) = app.cli(&["demo"]);
+    let log = app.dir.path().join("demo.log");
+    let (code, out, err) = app.cli(&["demo", "--log-file", log.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // The daemon's log (retries and the expected failures) goes to the file the
+    // demo names, not between the lines of its table.
+    assert!(
+        out.contains(&format!("The demo daemon's log goes to {}", log.display())),
+        "{out}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("Job failed, retrying"), "{logged}");
+    assert!(!out.contains("Job failed, retrying") && !err.contains("Job failed, retrying"));
     for expected in [
         "content-generation  SQL            succeeded",
         "data-extraction     SQL            succeeded",
@@ -262,4 +311,329 @@ async fn the_demo_runs_every_built_in_kind_and_shows_what_they_produced() {
             "the demo prints {expected:?}:\n{out}"
         );
     }
+}
+
+/// Runs the CLI with `input` on its standard input.
+fn cli_with_stdin(
+    app: &crate::helpers::TestApp,
+    args: &[&str],
+    input: &[u8],
+) -> (i32, String, String) {
+    use std::io::Write as _;
+    let path = app.write_config(&app.config);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("JOBRUNNER_DATABASE_URL")
+        .env_remove("JOBRUNNER_REDIS_URL")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_json_document(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_printing_command_has_json_that_parses_as_one_document() {
+    let mut app = spawn_app().await;
+    app.config.cron.insert(
+        "report".into(),
+        toml::from_str(
+            r#"schedule = "0 0 1 1 *"
+kind = "noop""#,
+        )
+        .unwrap(),
+    );
+    let (code, out, err) = app.cli(&["enqueue", "noop", "--queue", "mail", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc = one_json_document(&out);
+    assert_eq!(doc["kind"], "noop");
+    assert_eq!(doc["queue"], "mail");
+    assert_eq!(doc["via"], "sql");
+    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(app.ledger.job(id).await.unwrap().queue, "mail");
+
+    let (code, out, err) = app.cli(&["enqueue", "noop", "--via", "redis", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(one_json_document(&out)["via"], "redis");
+
+    let (code, out, err) = app.cli(&["cron", "run", "report", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc = one_json_document(&out);
+    assert_eq!(doc["name"], "report");
+    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(app.ledger.job(id).await.unwrap().kind, "noop");
+
+    for args in [
+        &["migrate", "--json"][..],
+        &["migrate", "--check", "--json"],
+    ] {
+        let (code, out, err) = app.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let doc = one_json_document(&out);
+        assert_eq!(doc["current"], true, "{args:?}: {doc}");
+        assert_eq!(doc["schema_version"], jobrunner::ledger::schema_version());
+    }
+
+    let (code, out, err) = app.cli(&["config", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc = one_json_document(&out);
+    assert!(
+        doc["database"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres://"),
+        "{doc}"
+    );
+    assert!(doc["cron"]["report"].is_object(), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_check_exits_0_when_current_and_1_with_one_line_otherwise() {
+    let app = spawn_app().await;
+    let (code, out, err) = app.cli(&["migrate", "--check"]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "Database schema is current (version {})\n",
+            jobrunner::ledger::schema_version()
+        )
+    );
+
+    let pg = crate::harness::shared_postgres();
+    let name = crate::harness::unique_name("unmigrated");
+    let mut config = app.config.clone();
+    config.database.url = pg.create_database(&name, None).await.into();
+    let path = app.write_config(&config);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .env_remove("JOBRUNNER_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate", "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("the database schema is not current") && err.contains("jobrunner migrate"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = run(&["migrate", "--check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = one_json_document(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(doc["current"], false);
+    assert!(doc["reason"].as_str().unwrap().contains("not current"));
+    // --check changed nothing; migrate then makes the check pass.
+    assert_eq!(run(&["migrate", "--check"]).status.code(), Some(1));
+    assert!(run(&["migrate"]).status.success());
+    assert!(run(&["migrate", "--check"]).status.success());
+}
+
+#[test]
+fn version_completions_and_man_pages_come_from_the_binary() {
+    let bin = env!("CARGO_BIN_EXE_jobrunner");
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!("jobrunner {} (commit ", env!("CARGO_PKG_VERSION")))
+            && version.trim_end().ends_with(&format!(
+                ", schema {})",
+                jobrunner::ledger::schema_version()
+            )),
+        "{version}"
+    );
+
+    for (shell, marker) in [
+        ("bash", "complete -F _jobrunner"),
+        ("zsh", "#compdef jobrunner"),
+        ("fish", "complete -c jobrunner"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["enqueue", "payload-file", "migrate", "check", "succeeded"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("manpages")
+        .arg(dir.path().join("man1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.path().join("man1/jobrunner.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH jobrunner"),
+        "{page}"
+    );
+    assert!(
+        page.contains("JOBRUNNER_DATABASE_URL"),
+        "the environment is in the page"
+    );
+    let enqueue = std::fs::read_to_string(dir.path().join("man1/jobrunner-enqueue.1")).unwrap();
+    assert!(enqueue.contains("payload\\-file"), "{enqueue}");
+    // The hidden generators document nothing of themselves.
+    assert!(!dir.path().join("man1/jobrunner-completions.1").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_payload_goes_in_from_a_file_or_stdin_through_sql_and_redis() {
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    // Far past the ~128 KiB one command-line argument may hold.
+    let payload = serde_json::json!({ "blob": "x".repeat(1 << 20) });
+    let text = payload.to_string();
+    let file = app.dir.path().join("payload.json");
+    std::fs::write(&file, &text).unwrap();
+    let mut ids = Vec::new();
+    for via in ["sql", "redis"] {
+        let (code, out, err) = app.cli(&[
+            "enqueue",
+            "noop",
+            "--via",
+            via,
+            "--payload-file",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{via}: {err}");
+        ids.push(out.trim().parse::<uuid::Uuid>().unwrap());
+        let (code, out, err) = cli_with_stdin(
+            &app,
+            &["enqueue", "noop", "--via", via, "--payload", "-"],
+            text.as_bytes(),
+        );
+        assert_eq!(code, 0, "{via}: {err}");
+        ids.push(out.trim().parse::<uuid::Uuid>().unwrap());
+    }
+    for id in ids {
+        let job = app.wait_final(id, 30).await;
+        assert_eq!(job.status, "succeeded", "{:?}", job.last_error);
+        assert_eq!(job.payload, payload);
+        assert_eq!(
+            job.result.as_ref(),
+            Some(&payload),
+            "noop returns its payload"
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit() {
+    let app = spawn_app().await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let limit =
+        "payload nests 10000 levels deep; jobrunner reads at most 127 levels of arrays and objects";
+    let (code, out, err) = cli_with_stdin(
+        &app,
+        &["enqueue", "noop", "--payload", "-"],
+        deep.as_bytes(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains(limit), "{err}");
+    let (code, _, err) = app.cli(&["enqueue", "noop", "--payload", &deep[9_800..10_200]]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--payload nests 200 levels deep; jobrunner reads at most 127"),
+        "{err}"
+    );
+    let (code, _, err) = app.cli(&["enqueue", "noop", "--payload", "[[[1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--payload is not valid JSON"), "{err}");
+    assert_eq!(app.count_jobs().await, 0);
+
+    // SQL takes what the CLI refuses; the daemon then ends the job dead and says why.
+    let daemon = app.start_daemon().await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT jobrunner.enqueue('noop', $1::text::jsonb)")
+        .bind(&deep)
+        .fetch_one(app.ledger.pool())
+        .await
+        .unwrap();
+    let ordinary = app
+        .enqueue("noop", serde_json::json!({"after": "deep"}))
+        .await;
+    // Read without the payload: decoding it is what cannot be done.
+    let mut row: (String, i32, Option<String>) = Default::default();
+    for _ in 0..300 {
+        row =
+            sqlx::query_as("SELECT status, attempts, last_error FROM jobrunner.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(app.ledger.pool())
+                .await
+                .unwrap();
+        if row.0 == "dead" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((row.0.as_str(), row.1), ("dead", 1), "{row:?}");
+    assert_eq!(row.2.as_deref(), Some(limit));
+    assert_eq!(app.wait_final(ordinary, 30).await.status, "succeeded");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_wait_that_times_out_says_when_no_daemon_serves_the_queue() {
+    let app = spawn_app().await;
+    let (_, out, _) = app.cli(&["enqueue", "noop", "--queue", "nobody"]);
+    let id = out.trim().to_owned();
+    let (code, out, err) = app.cli(&["status", &id, "--wait", "--timeout", "500ms"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains(&format!(
+            "job {id} is still queued after the timeout, and no live daemon serves queue `nobody`"
+        )),
+        "{err}"
+    );
+
+    // With a daemon serving the queue, the timeout says only that.
+    let daemon = app.start_daemon().await;
+    let (_, out, _) = app.cli(&["enqueue", "sleep", "--payload", r#"{"ms": 5000}"#]);
+    let id = out.trim().to_owned();
+    let (code, _, err) = app.cli(&["status", &id, "--wait", "--timeout", "500ms"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("after the timeout"), "{err}");
+    assert!(!err.contains("no live daemon"), "{err}");
+    daemon.stop().await;
 }

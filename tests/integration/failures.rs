@@ -123,15 +123,15 @@ async fn sql_enqueue_with_bad_arguments_fails_in_the_producers_transaction() {
     for (sql, expected) in [
         (
             "SELECT jobrunner.enqueue('', '{}')",
-            "kind must not be empty",
+            "kind '' must be 1-64 letters",
         ),
         (
             "SELECT jobrunner.enqueue('noop', '{}', priority => 5000)",
-            "jobs_priority_check",
+            "priority 5000 must be from -1000 to 1000",
         ),
         (
             "SELECT jobrunner.enqueue('noop', '{}', queue => 'no spaces')",
-            "jobs_queue_check",
+            "queue 'no spaces' must be 1-64 letters",
         ),
     ] {
         let err = sqlx::query(sql)

@@ -200,7 +200,7 @@ async fn concurrent_enqueues_with_one_unique_key_make_one_job_until_it_finishes(
     let app = spawn_app().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
-        .connect(&app.config.database.url)
+        .connect(app.config.database.url.expose())
         .await
         .unwrap();
     let ledger = Ledger::from_pool(pool);

@@ -71,9 +71,9 @@ pub async fn spawn_app() -> TestApp {
         origin: "test".into(),
         ..Config::default()
     };
-    config.database.url = url;
+    config.database.url = url.into();
     config.database.max_connections = 8;
-    config.redis.url = redis.url();
+    config.redis.url = redis.url().into();
     config.redis.key_prefix = harness::unique_name("jr");
     config.redis.reconnect_max_delay = Duration::from_millis(500);
     config.runtime.lease = Duration::from_secs(2);
@@ -127,8 +127,10 @@ impl TestApp {
     /// Writes `config` as a TOML file for a daemon process or the CLI.
     pub fn write_config(&self, config: &Config) -> PathBuf {
         let path = self.dir.path().join(format!("{}.toml", Uuid::now_v7()));
-        let mut text = toml::to_string(config).expect("config serialises");
-        // The database URL has no password; the redaction in to_toml is not wanted here.
+        // The daemon needs the real values (a command kind's env, say), not the
+        // printed form.
+        let mut text = jobrunner::config::with_secrets_exposed(|| toml::to_string(config))
+            .expect("config serialises");
         text.push('\n');
         std::fs::write(&path, text).expect("write config");
         path

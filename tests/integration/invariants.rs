@@ -12,11 +12,11 @@ const LEDGER_TABLES: [&str; 4] = [
     "jobrunner.quarantine",
 ];
 
-/// Files outside `ledger` allowed to run SQL on the ledger tables, and why.
+/// Folders outside `ledger` allowed to run SQL on the ledger tables, and why.
 const LEDGER_SQL_ALLOWED: [&str; 1] = [
     // The benchmark empties the tables between runs and reads timings straight
     // from the rows; it is a tool beside the core and will move out of it.
-    "src/bench.rs",
+    "src/bench",
 ];
 
 /// Every `.rs` file under `src/`, as paths relative to the crate root.
@@ -87,7 +87,7 @@ fn only_ledger_runs_sql_on_the_ledger_tables() {
     let offenders: Vec<_> = sources()
         .into_iter()
         .filter(|p| !p.starts_with("src/ledger"))
-        .filter(|p| !LEDGER_SQL_ALLOWED.iter().any(|a| p == Path::new(a)))
+        .filter(|p| !LEDGER_SQL_ALLOWED.iter().any(|a| p.starts_with(a)))
         .filter(|p| runs_ledger_sql(&code(&read(p))))
         .collect();
     assert!(
@@ -112,7 +112,11 @@ fn the_checks_recognise_what_they_forbid() {
             .any(|p| p == Path::new("src/broker/mod.rs"))
     );
     assert!(names_fred(&code(&read(Path::new("src/broker/mod.rs")))));
-    assert!(runs_ledger_sql(&code(&read(Path::new(
-        LEDGER_SQL_ALLOWED[0]
-    )))));
+    // The allowed exception is real: drop it and the check fails.
+    assert!(
+        sources()
+            .iter()
+            .filter(|p| p.starts_with(LEDGER_SQL_ALLOWED[0]))
+            .any(|p| runs_ledger_sql(&code(&read(p))))
+    );
 }

@@ -82,7 +82,7 @@ async fn a_dead_exit_code_ends_the_job_and_another_exit_is_retried() {
         .as_mut()
         .unwrap()
         .env
-        .insert("FLAG".into(), flag.display().to_string());
+        .insert("FLAG".into(), flag.display().to_string().into());
     app.config.kinds.insert("flaky".into(), flaky);
     let daemon = app.start_daemon().await;
 

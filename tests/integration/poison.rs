@@ -81,7 +81,7 @@ async fn ordinary_jobs_succeed(app: &TestApp, queue: &str, n: usize, secs: u64) 
 
 async fn redis_client(app: &TestApp) -> fred::prelude::Client {
     use fred::prelude::*;
-    let config = fred::types::config::Config::from_url(&app.config.redis.url).unwrap();
+    let config = fred::types::config::Config::from_url(app.config.redis.url.expose()).unwrap();
     let client = Builder::from_config(config).build().unwrap();
     client.init().await.unwrap();
     client
@@ -163,11 +163,11 @@ async fn nul_bytes_in_a_commands_output_are_escaped_and_hold_up_nothing() {
 
     let job = app.wait_final(out, 5).await;
     assert_eq!(job.status, "succeeded", "{job:?}");
-    assert_eq!(job.result, Some(json!({"stdout": "a\\u0000b"})));
+    assert_eq!(job.result, Some(json!({"stdout": "a\u{FFFD}b"})));
     let job = app.wait_final(err, 5).await;
     assert_eq!(job.status, "dead", "{job:?}");
     let error = job.last_error.unwrap_or_default();
-    assert!(error.contains("broken\\u0000bytes"), "{error}");
+    assert!(error.contains("broken\u{FFFD}bytes"), "{error}");
     daemon.stop().await;
 }
 

@@ -55,7 +55,8 @@ async fn sighup_raises_a_queues_concurrency_and_survives_a_broken_file() {
             ..Default::default()
         },
     );
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let text = jobrunner::config::with_secrets_exposed(|| toml::to_string(&config)).unwrap();
+    std::fs::write(&path, text).unwrap();
     daemon.signal("HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while running(&app).await < 4 {

@@ -204,7 +204,7 @@ async fn a_daemon_that_cannot_reach_postgres_never_says_ready_and_exits_1() {
         .unwrap()
         .port();
     let mut config = app.config.clone();
-    config.database.url = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    config.database.url = format!("postgres://postgres@127.0.0.1:{port}/nowhere").into();
     config.database.acquire_timeout = Duration::from_secs(1);
     let path = app.write_config(&config);
     let mut daemon = spawn_with_env(

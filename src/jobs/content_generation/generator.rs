@@ -12,7 +12,7 @@ use chrono::NaiveDateTime;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::ContentGenerationConfig;
+use crate::config::{ContentGenerationConfig, Secret};
 use crate::jobs::JobError;
 
 /// Everything a generator may know about the post it drafts.
@@ -63,7 +63,7 @@ pub struct OpenAi {
 pub struct OpenAiDrafter<'a> {
     openai: &'a OpenAi,
     client: &'a reqwest::Client,
-    api_key: String,
+    api_key: Secret,
 }
 
 impl Generator for Template {
@@ -100,6 +100,7 @@ impl OpenAi {
         let api_key = std::env::var(&self.api_key_env)
             .ok()
             .filter(|k| !k.trim().is_empty())
+            .map(Secret::from)
             .ok_or_else(|| {
                 JobError::permanent(format!(
                     "the openai generator needs an API key in the environment variable {} (content_generation.openai_api_key_env), and it is not set",
@@ -120,7 +121,7 @@ impl Generator for OpenAiDrafter<'_> {
         let response = self
             .client
             .post(url)
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.api_key.expose())
             .json(&chat_request(&self.openai.model, request))
             .send()
             .await

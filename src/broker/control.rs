@@ -1,7 +1,7 @@
 //! Flow control on the Redis side: the limits handed to FETCH, pause and resume,
 //! and cancellation.
 //!
-//! The limits are enforced inside the FETCH script (see `scripts.rs`), never in a
+//! The limits are enforced inside the FETCH script (see `scripts/lease.rs`), never in a
 //! daemon's memory, so they hold across every daemon sharing the Redis.
 
 use std::collections::BTreeMap;

@@ -2,6 +2,14 @@
 //! dispatcher, the ingester for Redis-direct producers, the reaper and the
 //! two-stage shutdown.
 //!
+//! One file per concept: `producer` (a served queue: slots, wake-ups, acker,
+//! the fetch loop), `worker` (one attempt) and `acker` (batched COMPLETE),
+//! `outbox`, `ingest`, `recovery` (epoch, reaper, orphan sweep), `cancel`
+//! (running attempts), `wakeup` (the pub/sub router), `events` (the publisher
+//! and the `/events` relay), `retry` (backoff), `stats`, `presence`,
+//! `retention`, `reload`, `notify` and `watchdog` (systemd), and `supervise`
+//! (start order and drain).
+//!
 //! Start-up order: Postgres (schema current) → Redis → status writer → background
 //! loops → fetch loops. Shutdown is the reverse: fetching stops at once, running
 //! jobs get `drain_timeout` to finish, the rest are handed back to Redis, the status

@@ -611,7 +611,7 @@ impl EnqueueCommand {
             ),
             (None, text) => (text.to_owned(), "--".to_owned()),
         };
-        crate::jobs::payload::decode(&text).map_err(|message| anyhow::anyhow!("{source}{message}"))
+        crate::jobs::payload::accept(&text).map_err(|message| anyhow::anyhow!("{source}{message}"))
     }
 }
 

@@ -12,6 +12,22 @@ use serde_json::Value;
 /// pins this to serde_json's behaviour.
 pub const MAX_DEPTH: usize = 127;
 
+/// The deepest nesting the doors accept: the CLI (through [`accept`]), SQL
+/// `jobrunner.check_job` and the Redis ENQUEUE script all refuse more. It sits
+/// below [`MAX_DEPTH`] so what a door took can always be read back.
+pub const ACCEPT_DEPTH: usize = 100;
+
+/// [`decode`] for a payload entering through the CLI: also refuses nesting deeper
+/// than [`ACCEPT_DEPTH`], as SQL enqueue and the Redis script do.
+pub fn accept(text: &str) -> Result<Value, String> {
+    match depth(text) {
+        d if d > ACCEPT_DEPTH => Err(format!(
+            "payload nests {d} levels deep; jobrunner accepts at most {ACCEPT_DEPTH} levels of arrays and objects"
+        )),
+        _ => decode(text),
+    }
+}
+
 /// Parses payload text; the error says what was wrong, naming the limit when the
 /// payload nests too deeply.
 pub fn decode(text: &str) -> Result<Value, String> {
@@ -57,6 +73,15 @@ mod tests {
 
     fn nested(levels: usize) -> String {
         format!("{}{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn the_cli_door_accepts_what_sql_and_redis_accept_and_no_deeper() {
+        assert!(accept(&nested(ACCEPT_DEPTH)).is_ok());
+        assert_eq!(
+            accept(&nested(ACCEPT_DEPTH + 1)).unwrap_err(),
+            "payload nests 101 levels deep; jobrunner accepts at most 100 levels of arrays and objects"
+        );
     }
 
     #[test]

@@ -563,8 +563,7 @@ async fn a_megabyte_payload_goes_in_from_a_file_or_stdin_through_sql_and_redis()
 async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit() {
     let app = spawn_app().await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let limit =
-        "payload nests 10000 levels deep; jobrunner reads at most 127 levels of arrays and objects";
+    let limit = "payload nests 10000 levels deep; jobrunner accepts at most 100 levels of arrays and objects";
     let (code, out, err) = cli_with_stdin(
         &app,
         &["enqueue", "noop", "--payload", "-"],
@@ -575,7 +574,7 @@ async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit
     let (code, _, err) = app.cli(&["enqueue", "noop", "--payload", &deep[9_800..10_200]]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("--payload nests 200 levels deep; jobrunner reads at most 127"),
+        err.contains("--payload nests 200 levels deep; jobrunner accepts at most 100"),
         "{err}"
     );
     let (code, _, err) = app.cli(&["enqueue", "noop", "--payload", "[[[1"]);
@@ -583,13 +582,36 @@ async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit
     assert!(err.contains("--payload is not valid JSON"), "{err}");
     assert_eq!(app.count_jobs().await, 0);
 
-    // SQL takes what the CLI refuses; the daemon then ends the job dead and says why.
+    // SQL enqueue refuses it too, naming the same limit.
+    let refused =
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT jobrunner.enqueue('noop', $1::text::jsonb)")
+            .bind(&deep)
+            .fetch_one(app.ledger.pool())
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        refused.contains("nests deeper than 100 levels"),
+        "{refused}"
+    );
+
+    // A row written past the doors (a hand-written INSERT, or one from before
+    // they checked): the daemon ends the job dead and says why.
     let daemon = app.start_daemon().await;
-    let id: uuid::Uuid = sqlx::query_scalar("SELECT jobrunner.enqueue('noop', $1::text::jsonb)")
+    let id = uuid::Uuid::now_v7();
+    let mut tx = app.ledger.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO jobrunner.jobs (id, queue, kind, payload) VALUES ($1, 'default', 'noop', $2::text::jsonb)")
+        .bind(id)
         .bind(&deep)
-        .fetch_one(app.ledger.pool())
+        .execute(&mut *tx)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO jobrunner.outbox (id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let ordinary = app
         .enqueue("noop", serde_json::json!({"after": "deep"}))
         .await;
@@ -608,7 +630,12 @@ async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!((row.0.as_str(), row.1), ("dead", 1), "{row:?}");
-    assert_eq!(row.2.as_deref(), Some(limit));
+    assert_eq!(
+        row.2.as_deref(),
+        Some(
+            "payload nests 10000 levels deep; jobrunner reads at most 127 levels of arrays and objects"
+        )
+    );
     assert_eq!(app.wait_final(ordinary, 30).await.status, "succeeded");
     daemon.stop().await;
 }

@@ -11,8 +11,9 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use super::outbox::DISPATCH;
 use super::writer::{self, LATE_ERRORS, PROGRESS_UPDATE, STATUS_UPDATE};
-use super::{DISPATCH, Ledger, Result};
+use super::{Ledger, Result};
 
 /// One statement's plan, as `EXPLAIN (FORMAT JSON)` gives it.
 #[derive(Debug, Clone, Serialize)]

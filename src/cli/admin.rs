@@ -245,10 +245,10 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
                 j.id.to_string(),
                 j.queue.clone(),
                 j.kind.clone(),
-                j.status.clone(),
+                j.status.to_string(),
                 format!("{}/{}", j.attempts, j.max_attempts),
                 age(now.signed_duration_since(j.created_at).num_seconds()),
-                error_cell(&j.status, j.last_error.as_deref()),
+                error_cell(j.status, j.last_error.as_deref()),
             ]
         })
         .collect();
@@ -348,10 +348,10 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
 
 /// The `jobs` table's error cell: the error that ended or is holding up the job,
 /// or, for a job that succeeded after failing, its earlier error marked as such.
-fn error_cell(status: &str, last_error: Option<&str>) -> String {
+fn error_cell(status: Status, last_error: Option<&str>) -> String {
     match last_error {
         None => "-".into(),
-        Some(e) if status == Status::Succeeded.as_str() => clip(&format!("earlier: {e}"), 60),
+        Some(e) if status == Status::Succeeded => clip(&format!("earlier: {e}"), 60),
         Some(e) => clip(e, 60),
     }
 }
@@ -384,7 +384,7 @@ pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> 
         // its last attempt); the dispatch would skip it. Clear it first, while the
         // row is still final and nothing can dispatch the job.
         let job = ledger.job(id).await?;
-        if job.status().is_some_and(Status::is_final) {
+        if job.status.is_final() {
             let broker = Broker::connect(&config.redis).await?;
             let leftover = broker.clear_leftover(&job.queue, id).await;
             broker.quit().await;

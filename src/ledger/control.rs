@@ -56,9 +56,8 @@ impl Ledger {
         .await?
         .ok_or(Error::NotFound(id))?;
         let queue: String = row.get(0);
-        let status: String = row.get(1);
+        let previous: Status = row.get(1);
         let (kind, attempts): (String, i32) = (row.get(2), row.get(3));
-        let previous: Status = status.parse().unwrap_or(Status::Queued);
         if previous.is_final() {
             return Ok(Cancelled::AlreadyFinal(previous));
         }
@@ -128,15 +127,16 @@ impl Ledger {
             "UPDATE jobrunner.jobs
              SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
                  started_at = NULL, result = NULL, updated_at = now()
-             WHERE id = $1 AND status IN ('dead', 'cancelled')
+             WHERE id = $1 AND status = ANY($2)
              RETURNING queue",
         )
         .bind(id)
+        .bind(&Status::RETRYABLE[..])
         .fetch_optional(&mut *tx)
         .await?;
         let Some(queue) = queue else {
             drop(tx);
-            let status: Option<String> =
+            let status: Option<Status> =
                 sqlx::query_scalar("SELECT status FROM jobrunner.jobs WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)

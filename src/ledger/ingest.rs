@@ -162,9 +162,10 @@ impl Ledger {
         } else {
             sqlx::query_scalar(
                 "SELECT id FROM jobrunner.jobs
-                 WHERE id = ANY($1) AND status IN ('succeeded', 'dead', 'cancelled')",
+                 WHERE id = ANY($1) AND status = ANY($2)",
             )
             .bind(existing)
+            .bind(&Status::FINAL[..])
             .fetch_all(&mut *tx)
             .await?
         };
@@ -201,8 +202,7 @@ impl IngestColumns {
                 Status::Dead,
                 Value::String(crate::pgtext::safe(&job.payload).into_owned()).to_string(),
             ),
-            None if job.run_at > Utc::now() => (Status::Scheduled, job.payload.clone()),
-            None => (Status::Queued, job.payload.clone()),
+            None => (Status::initial(job.run_at, Utc::now()), job.payload.clone()),
         };
         self.ids.push(job.id);
         self.queues.push(job.queue.clone());

@@ -21,9 +21,9 @@ mod quarantine;
 mod queries;
 mod recovery;
 pub mod safe;
+mod status;
 mod writer;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +44,11 @@ pub use ingest::{IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
-pub use queries::{ALL_STATUSES, JobDetail, JobFilter, JobSummary, QueueCounts};
-pub use writer::{EventSender, ProgressReport, StatusUpdate, StatusWriter, WriterHandle};
+pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
+pub use status::{ALL_STATUSES, Status};
+pub use writer::{
+    Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,
+};
 
 /// How long a waiter treats a missing row as "not ingested yet".
 pub const INGEST_GRACE: Duration = Duration::from_secs(5);
@@ -70,68 +73,12 @@ pub enum Error {
     #[error("job {0} not found")]
     NotFound(Uuid),
     #[error("job {id} is {status}: only a dead or cancelled job can be retried")]
-    NotRetryable { id: Uuid, status: String },
+    NotRetryable { id: Uuid, status: Status },
     #[error("Postgres query failed")]
     Sql(#[from] sqlx::Error),
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
-
-/// Where a job is in its life. The strings are what the `status` column holds;
-/// the CLI's `--status` takes the same names (clap's `ValueEnum`), so the list it
-/// offers and checks is this enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Scheduled,
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Dead,
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Scheduled => "scheduled",
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Retrying => "retrying",
-            Status::Succeeded => "succeeded",
-            Status::Dead => "dead",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    /// A final job never changes status again.
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Dead | Status::Cancelled)
-    }
-}
-
-impl FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s {
-            "scheduled" => Status::Scheduled,
-            "queued" => Status::Queued,
-            "running" => Status::Running,
-            "retrying" => Status::Retrying,
-            "succeeded" => Status::Succeeded,
-            "dead" => Status::Dead,
-            "cancelled" => Status::Cancelled,
-            other => return Err(format!("unknown status `{other}`")),
-        })
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One row of `jobrunner.jobs`, as front ends and the CLI see it.
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -140,7 +87,7 @@ pub struct Job {
     pub queue: String,
     pub kind: String,
     pub payload: Value,
-    pub status: String,
+    pub status: Status,
     pub priority: i32,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -155,12 +102,6 @@ pub struct Job {
     /// The last progress the job reported (0 to 100), if it ever did.
     pub progress: Option<i16>,
     pub progress_message: Option<String>,
-}
-
-impl Job {
-    pub fn status(&self) -> Option<Status> {
-        self.status.parse().ok()
-    }
 }
 
 /// What a producer asks for; `None` fields take the kind's defaults.

@@ -7,7 +7,7 @@
 use sqlx::{FromRow, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::{Ledger, Result};
+use super::{Ledger, Result, Status};
 
 /// A committed job on its way from the outbox into Redis.
 #[derive(Debug, Clone, FromRow)]
@@ -57,7 +57,7 @@ pub(crate) const DISPATCH: &str = "WITH picked AS (
                -- A filter, never an index condition: on a ledger ANALYZE saw mostly
                -- finished, an indexable status test plans a walk of jobs_status_idx
                -- over every queued row for each batch.
-               AND (j.status IN ('scheduled', 'queued', 'retrying', 'running')) IS TRUE
+               AND (j.status = ANY($2)) IS TRUE
              ORDER BY j.id";
 
 impl Ledger {
@@ -73,6 +73,7 @@ impl Ledger {
             .await?;
         let jobs = sqlx::query_as::<_, DispatchJob>(DISPATCH)
             .bind(limit)
+            .bind(&Status::OPEN[..])
             .fetch_all(&mut *tx)
             .await?;
         Ok(OutboxBatch { tx, jobs })
@@ -144,11 +145,12 @@ impl OutboxBatch {
                  updated_at  = now()
              FROM u
              WHERE j.id = u.id AND j.id = ANY($1)
-               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND j.status <> ALL($3)
              RETURNING j.id, j.queue, j.kind, j.attempts",
         )
         .bind(ids)
         .bind(errors)
+        .bind(&Status::FINAL[..])
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(rows

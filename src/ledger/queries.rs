@@ -15,18 +15,7 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Error, INGEST_GRACE, Job, Ledger, Result, Status};
-
-/// Every status, in lifecycle order: the order listings and tables use.
-pub const ALL_STATUSES: [Status; 7] = [
-    Status::Scheduled,
-    Status::Queued,
-    Status::Running,
-    Status::Retrying,
-    Status::Succeeded,
-    Status::Dead,
-    Status::Cancelled,
-];
+use super::{ALL_STATUSES, Error, INGEST_GRACE, Job, Ledger, Result, Status};
 
 /// One queue as `jobrunner queues` shows it: counts from the ledger.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -61,7 +50,7 @@ pub struct JobSummary {
     pub id: Uuid,
     pub queue: String,
     pub kind: String,
-    pub status: String,
+    pub status: Status,
     pub priority: i32,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -117,7 +106,7 @@ impl Ledger {
                 }
                 other => other?,
             };
-            let done = job.status().is_some_and(Status::is_final);
+            let done = job.status.is_final();
             if done || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Ok(job);
             }
@@ -157,14 +146,15 @@ impl Ledger {
                         LEAST(GREATEST(min(run_at) FILTER (WHERE status = 'queued'),
                                        '1970-01-01Z'), '9999-12-31T23:59:59Z') END AS oldest
              FROM jobrunner.jobs
-             WHERE status IN ('scheduled', 'queued', 'running', 'retrying')
+             WHERE status = ANY($1)
              GROUP BY queue, status",
         )
+        .bind(&Status::OPEN[..])
         .fetch_all(&self.pool)
         .await?;
         for row in rows {
             let queue: String = row.get("queue");
-            let status: String = row.get("status");
+            let status: Status = row.get("status");
             let n: i64 = row.get("n");
             let entry = by_queue
                 .entry(queue.clone())
@@ -172,13 +162,13 @@ impl Ledger {
                     queue,
                     ..QueueCounts::default()
                 });
-            match status.as_str() {
-                "scheduled" => entry.scheduled = n,
-                "queued" => {
+            match status {
+                Status::Scheduled => entry.scheduled = n,
+                Status::Queued => {
                     entry.ready = n;
                     entry.oldest_waiting_since = row.get("oldest");
                 }
-                "running" => entry.running = n,
+                Status::Running => entry.running = n,
                 _ => entry.retrying = n,
             }
         }
@@ -200,11 +190,12 @@ impl Ledger {
                  FROM jobrunner.jobs
                  WHERE updated_at >= now() - interval '1 minute'
                    AND finished_at >= now() - interval '1 minute'
-                   AND status IN ('succeeded', 'dead')
+                   AND status = ANY($2)
                  GROUP BY queue
              ) m ON m.queue = q.queue",
         )
         .bind(&queues)
+        .bind(&[Status::Succeeded, Status::Dead][..])
         .fetch_all(&self.pool)
         .await?;
         for row in rows {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Ledger, Result};
+use super::{Ledger, Result, Status};
 
 impl Ledger {
     /// Puts every job that is not final back in the outbox: used when Redis came
@@ -14,9 +14,10 @@ impl Ledger {
         let done = sqlx::query(
             "INSERT INTO jobrunner.outbox (id)
              SELECT id FROM jobrunner.jobs
-             WHERE status IN ('scheduled', 'queued', 'retrying', 'running')
+             WHERE status = ANY($1)
              ON CONFLICT DO NOTHING",
         )
+        .bind(&Status::OPEN[..])
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -29,11 +30,12 @@ impl Ledger {
             "INSERT INTO jobrunner.outbox (id)
              SELECT id FROM jobrunner.jobs
              WHERE id = ANY($1) AND updated_at < $2
-               AND status IN ('scheduled', 'queued', 'retrying', 'running')
+               AND status = ANY($3)
              ON CONFLICT DO NOTHING",
         )
         .bind(ids)
         .bind(before)
+        .bind(&Status::OPEN[..])
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -49,7 +51,7 @@ impl Ledger {
     ) -> Result<Vec<(Uuid, String)>> {
         let rows = sqlx::query(
             "SELECT j.id, j.queue FROM jobrunner.jobs j
-             WHERE j.status IN ('scheduled', 'queued', 'retrying', 'running')
+             WHERE j.status = ANY($4)
                AND j.updated_at < $1 AND j.id > $2
                AND NOT EXISTS (SELECT 1 FROM jobrunner.outbox o WHERE o.id = j.id)
              ORDER BY j.id LIMIT $3",
@@ -57,6 +59,7 @@ impl Ledger {
         .bind(before)
         .bind(after)
         .bind(limit)
+        .bind(&Status::OPEN[..])
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

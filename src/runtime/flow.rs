@@ -81,7 +81,7 @@ pub(crate) struct Running {
 
 impl Running {
     /// Registers an attempt; the guard unregisters it when dropped.
-    pub(super) fn register(self: &Arc<Self>, id: Uuid) -> (CancellationToken, RunningGuard) {
+    pub(super) fn register(self: &Arc<Self>, id: Uuid) -> (CancellationToken, CancelRegistration) {
         let token = CancellationToken::new();
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut jobs) = self.jobs.lock() {
@@ -89,7 +89,7 @@ impl Running {
         }
         (
             token,
-            RunningGuard {
+            CancelRegistration {
                 running: self.clone(),
                 id,
                 number,
@@ -114,13 +114,14 @@ impl Running {
     }
 }
 
-pub(super) struct RunningGuard {
+/// An attempt's entry in the cancel registry, removed when this is dropped.
+pub(super) struct CancelRegistration {
     running: Arc<Running>,
     id: Uuid,
     number: u64,
 }
 
-impl Drop for RunningGuard {
+impl Drop for CancelRegistration {
     fn drop(&mut self) {
         if let Ok(mut jobs) = self.running.jobs.lock()
             && jobs.get(&self.id).is_some_and(|(n, _)| *n == self.number)

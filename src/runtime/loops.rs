@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{Shared, flow, worker};
 use crate::broker::Dispatch;
 use crate::error_chain;
-use crate::ledger::{Event, Status, StatusUpdate};
+use crate::ledger::{Attempt, Event, Status, StatusUpdate, Transition};
 use crate::metrics::Path;
 
 /// Most outbox rows moved in one round trip.
@@ -334,11 +334,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                 let events = jobs
                     .iter()
                     .map(|j| {
-                        let status = if j.run_ms > now {
-                            Status::Scheduled
-                        } else {
-                            Status::Queued
-                        };
+                        let status = Status::initial(j.run_ms, now);
                         Event::status(j.id, queue, j.kind, status, j.attempts, at, None)
                     })
                     .collect();
@@ -472,18 +468,17 @@ pub(super) async fn reaper(
                 shared.metrics.leases_expired(queue, 1);
                 shared
                     .writer
-                    .send(StatusUpdate {
-                        id: r.id,
-                        token: r.token,
-                        status: if r.dead { Status::Dead } else { Status::Queued },
-                        attempts: r.attempts,
-                        at: Utc::now(),
-                        result: None,
-                        last_error: Some(message),
-                        run_at: None,
-                        progress: None,
-                        handed_back: false,
-                    })
+                    .send(StatusUpdate::new(
+                        Attempt {
+                            id: r.id,
+                            token: r.token,
+                            number: r.attempts,
+                        },
+                        Transition::LeaseExpired {
+                            error: message,
+                            dead: r.dead,
+                        },
+                    ))
                     .await;
             }
         }

@@ -99,7 +99,7 @@ pub(super) fn progress_events(reports: &[StatusUpdate], changed: Vec<ChangedRow>
             let report = by_id.get(&id)?;
             let progress = report.progress.as_ref()?;
             Some(Event {
-                kind_of_event: EventType::Progress,
+                event_type: EventType::Progress,
                 id,
                 queue,
                 kind,
@@ -117,7 +117,7 @@ pub(super) fn progress_events(reports: &[StatusUpdate], changed: Vec<ChangedRow>
 }
 
 /// (id, queue, kind, status) of a row a progress write changed.
-pub(super) type ChangedRow = (Uuid, String, String, String);
+pub(super) type ChangedRow = (Uuid, String, String, Status);
 
 /// Folds every update of one job in a batch into one row, in arrival order: the
 /// later status wins, the start time of a `running` step survives its final step.

@@ -71,6 +71,98 @@ pub struct StatusUpdate {
     pub handed_back: bool,
 }
 
+/// Which attempt of which job a transition or progress report belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: Uuid,
+    /// The attempt's fencing token: the writer never lets an older one win.
+    pub token: i64,
+    /// 1 for the first attempt.
+    pub number: i32,
+}
+
+/// The transitions an attempt reports, each with what it carries. The status
+/// writer takes them as [`StatusUpdate`]s built by [`StatusUpdate::new`], so no
+/// caller spells out a status with the fields that go with it.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    /// The attempt took its lease and starts.
+    Running,
+    Succeeded {
+        result: Value,
+    },
+    /// Failed; runs again at `run_at`.
+    Retrying {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
+    Dead {
+        error: String,
+    },
+    /// Handed back unfinished (drain): `queued` again, and the attempt does not
+    /// count.
+    HandedBack,
+    /// The reaper found the attempt's lease expired: `queued` for another
+    /// attempt, or `dead` when none is left.
+    LeaseExpired {
+        error: String,
+        dead: bool,
+    },
+}
+
+impl StatusUpdate {
+    /// The update that records `transition` of `attempt`, timed now.
+    pub fn new(attempt: Attempt, transition: Transition) -> StatusUpdate {
+        let mut update = StatusUpdate {
+            id: attempt.id,
+            token: attempt.token,
+            status: Status::Running,
+            attempts: attempt.number,
+            at: Utc::now(),
+            result: None,
+            last_error: None,
+            run_at: None,
+            progress: None,
+            handed_back: false,
+        };
+        match transition {
+            Transition::Running => {}
+            Transition::Succeeded { result } => {
+                update.status = Status::Succeeded;
+                update.result = Some(result);
+            }
+            Transition::Retrying { error, run_at } => {
+                update.status = Status::Retrying;
+                update.last_error = Some(error);
+                update.run_at = Some(run_at);
+            }
+            Transition::Dead { error } => {
+                update.status = Status::Dead;
+                update.last_error = Some(error);
+            }
+            Transition::HandedBack => {
+                update.status = Status::Queued;
+                update.attempts = attempt.number - 1;
+                update.handed_back = true;
+            }
+            Transition::LeaseExpired { error, dead } => {
+                update.status = if dead { Status::Dead } else { Status::Queued };
+                update.last_error = Some(error);
+            }
+        }
+        update
+    }
+
+    /// A progress report of `attempt`: it changes the row's progress, never its
+    /// status.
+    pub fn progress(attempt: Attempt, report: ProgressReport) -> StatusUpdate {
+        StatusUpdate {
+            progress: Some(report),
+            ..StatusUpdate::new(attempt, Transition::Running)
+        }
+    }
+}
+
 /// An update on its way to a shard, with whoever waits for its verdict.
 struct Entry {
     update: StatusUpdate,
@@ -119,11 +211,11 @@ impl WriterHandle {
         rx.await.ok()
     }
 
-    /// Queues an update without waiting; false (the update is dropped) when the
-    /// writer is behind. For progress reports, which the next report replaces.
-    pub fn try_send(&self, update: StatusUpdate) -> bool {
+    /// Queues a progress report without waiting; false (the report is dropped)
+    /// when the writer is behind: the next report replaces it.
+    pub fn try_report_progress(&self, attempt: Attempt, report: ProgressReport) -> bool {
         let entry = Entry {
-            update,
+            update: StatusUpdate::progress(attempt, report),
             verdict: None,
         };
         self.shard(entry.update.id).try_send(entry).is_ok()

@@ -41,7 +41,7 @@ pub(in crate::ledger) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SE
                -- Spelled out so the plan is primary-key lookups; joining on u.id
                -- alone plans a scan of the whole table for every batch.
                AND j.id = ANY($1)
-               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND j.status <> ALL($12)
                AND (j.lease_token IS NULL OR j.lease_token <= u.token)
              RETURNING j.id, j.queue, j.kind";
 
@@ -64,7 +64,7 @@ pub(in crate::ledger) const PROGRESS_UPDATE: &str = "UPDATE jobrunner.jobs AS j 
                AS u(id, token, percent, message)
              WHERE j.id = u.id
                AND j.id = ANY($1)
-               AND j.status NOT IN ('succeeded', 'dead', 'cancelled')
+               AND j.status <> ALL($5)
                AND (j.lease_token IS NULL OR j.lease_token <= u.token)
              RETURNING j.id, j.queue, j.kind, j.status";
 
@@ -109,6 +109,7 @@ pub(in crate::ledger) fn bind_status_batch<'q>(
         .bind(run_ats)
         .bind(histories)
         .bind(leases)
+        .bind(&Status::FINAL[..])
 }
 
 /// A batch that ends each of `ids` `succeeded`, for `EXPLAIN`.
@@ -207,6 +208,7 @@ impl Ledger {
             .bind(tokens)
             .bind(percents)
             .bind(messages)
+            .bind(&Status::FINAL[..])
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 mod fold;
 mod statements;
+mod transition;
 
 use super::events::{Event, cut};
 use super::{Ledger, Status};
@@ -35,6 +36,7 @@ use fold::{Merged, coalesce, event_steps, progress_events, split_progress, statu
 pub(super) use statements::{
     LATE_ERRORS, PLAN_GUARD, PROGRESS_UPDATE, STATUS_UPDATE, bind_status_batch, sample_batch,
 };
+pub use transition::{Attempt, Transition};
 
 /// Where a writer hands the events of each committed batch; the runtime's
 /// publisher takes them from there.
@@ -69,98 +71,6 @@ pub struct StatusUpdate {
     /// `attempts` may go down by one. Every other write keeps the ledger's count
     /// of leases from going down.
     pub handed_back: bool,
-}
-
-/// Which attempt of which job a transition or progress report belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
-    pub id: Uuid,
-    /// The attempt's fencing token: the writer never lets an older one win.
-    pub token: i64,
-    /// 1 for the first attempt.
-    pub number: i32,
-}
-
-/// The transitions an attempt reports, each with what it carries. The status
-/// writer takes them as [`StatusUpdate`]s built by [`StatusUpdate::new`], so no
-/// caller spells out a status with the fields that go with it.
-#[derive(Debug, Clone)]
-pub enum Transition {
-    /// The attempt took its lease and starts.
-    Running,
-    Succeeded {
-        result: Value,
-    },
-    /// Failed; runs again at `run_at`.
-    Retrying {
-        error: String,
-        run_at: DateTime<Utc>,
-    },
-    Dead {
-        error: String,
-    },
-    /// Handed back unfinished (drain): `queued` again, and the attempt does not
-    /// count.
-    HandedBack,
-    /// The reaper found the attempt's lease expired: `queued` for another
-    /// attempt, or `dead` when none is left.
-    LeaseExpired {
-        error: String,
-        dead: bool,
-    },
-}
-
-impl StatusUpdate {
-    /// The update that records `transition` of `attempt`, timed now.
-    pub fn new(attempt: Attempt, transition: Transition) -> StatusUpdate {
-        let mut update = StatusUpdate {
-            id: attempt.id,
-            token: attempt.token,
-            status: Status::Running,
-            attempts: attempt.number,
-            at: Utc::now(),
-            result: None,
-            last_error: None,
-            run_at: None,
-            progress: None,
-            handed_back: false,
-        };
-        match transition {
-            Transition::Running => {}
-            Transition::Succeeded { result } => {
-                update.status = Status::Succeeded;
-                update.result = Some(result);
-            }
-            Transition::Retrying { error, run_at } => {
-                update.status = Status::Retrying;
-                update.last_error = Some(error);
-                update.run_at = Some(run_at);
-            }
-            Transition::Dead { error } => {
-                update.status = Status::Dead;
-                update.last_error = Some(error);
-            }
-            Transition::HandedBack => {
-                update.status = Status::Queued;
-                update.attempts = attempt.number - 1;
-                update.handed_back = true;
-            }
-            Transition::LeaseExpired { error, dead } => {
-                update.status = if dead { Status::Dead } else { Status::Queued };
-                update.last_error = Some(error);
-            }
-        }
-        update
-    }
-
-    /// A progress report of `attempt`: it changes the row's progress, never its
-    /// status.
-    pub fn progress(attempt: Attempt, report: ProgressReport) -> StatusUpdate {
-        StatusUpdate {
-            progress: Some(report),
-            ..StatusUpdate::new(attempt, Transition::Running)
-        }
-    }
 }
 
 /// An update on its way to a shard, with whoever waits for its verdict.

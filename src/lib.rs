@@ -9,6 +9,7 @@
 //! - [`ledger`]: Postgres: migrations, SQL enqueue, outbox, status writer, queries.
 //! - [`broker`]: Redis: the pool and the Lua scripts for dispatch and leases.
 //! - [`runtime`]: the daemon's loops, workers and shutdown.
+//! - [`control`]: cancel and retry one job, over the ledger and Redis.
 //! - [`scheduler`]: cron schedules that fire once across all daemons.
 //! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
 //! - [`admin`]: the HTTP listener: health, readiness, metrics, job lookups, SSE events.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;

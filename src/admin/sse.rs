@@ -117,7 +117,7 @@ fn updates(
 fn to_sse(update: Update) -> SseEvent {
     match update {
         Update::Event(p) => {
-            let name = match p.event.kind_of_event {
+            let name = match p.event.event_type {
                 EventType::Status => "status",
                 EventType::Progress => "progress",
             };

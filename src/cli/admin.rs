@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::broker::{Broker, Leftover, RedisJobState, WorkerEntry};
+use crate::broker::{Broker, RedisJobState, WorkerEntry};
 use crate::config::Config;
 use crate::ledger::{DeadFilter, JobFilter, Ledger, Status};
 
@@ -245,10 +245,10 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
                 j.id.to_string(),
                 j.queue.clone(),
                 j.kind.clone(),
-                j.status.clone(),
+                j.status.to_string(),
                 format!("{}/{}", j.attempts, j.max_attempts),
                 age(now.signed_duration_since(j.created_at).num_seconds()),
-                error_cell(&j.status, j.last_error.as_deref()),
+                error_cell(j.status, j.last_error.as_deref()),
             ]
         })
         .collect();
@@ -348,10 +348,10 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
 
 /// The `jobs` table's error cell: the error that ended or is holding up the job,
 /// or, for a job that succeeded after failing, its earlier error marked as such.
-fn error_cell(status: &str, last_error: Option<&str>) -> String {
+fn error_cell(status: Status, last_error: Option<&str>) -> String {
     match last_error {
         None => "-".into(),
-        Some(e) if status == Status::Succeeded.as_str() => clip(&format!("earlier: {e}"), 60),
+        Some(e) if status == Status::Succeeded => clip(&format!("earlier: {e}"), 60),
         Some(e) => clip(e, 60),
     }
 }
@@ -380,22 +380,10 @@ fn redis_line(state: &RedisJobState) -> String {
 pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
     if let Some(id) = args.id {
-        // A cancelled job may have left its copy in Redis (or still be settling
-        // its last attempt); the dispatch would skip it. Clear it first, while the
-        // row is still final and nothing can dispatch the job.
-        let job = ledger.job(id).await?;
-        if job.status().is_some_and(Status::is_final) {
-            let broker = Broker::connect(&config.redis).await?;
-            let leftover = broker.clear_leftover(&job.queue, id).await;
-            broker.quit().await;
-            if leftover? == Leftover::InUse {
-                bail!(
-                    "job {id} is {} but Redis still holds it in a queue (an attempt may still be settling); try again in a moment",
-                    job.status
-                );
-            }
-        }
-        let queue = ledger.retry_job(id).await?;
+        let broker = Broker::connect(&config.redis).await?;
+        let retried = crate::control::retry(&ledger, &broker, id).await;
+        broker.quit().await;
+        let queue = retried?;
         if args.json {
             println!("{}", json!({ "retried": 1, "id": id, "queue": queue }));
         } else {

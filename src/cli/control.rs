@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::broker::{Broker, CancelOutcome};
 use crate::config::{self, Config};
-use crate::ledger::{Cancelled, Ledger};
+use crate::control::{self, Cancel};
+use crate::ledger::Ledger;
 
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
@@ -34,13 +34,22 @@ pub struct QueueArgs {
 pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let id = args.id;
     let ledger = Ledger::connect(&config.database).await?;
-    let (queue, previous, event) = match ledger.cancel(id).await {
-        Ok(Cancelled::Now {
+    let broker = Broker::connect(&config.redis).await?;
+    let outcome = control::cancel(&ledger, &broker, &config.events, id).await;
+    broker.quit().await;
+    let (queue, previous, redis) = match outcome {
+        Ok(Cancel::Done {
             queue,
             previous,
-            event,
-        }) => (queue, previous, event),
-        Ok(Cancelled::AlreadyFinal(status)) => {
+            redis,
+            unpublished,
+        }) => {
+            for failure in unpublished {
+                eprintln!("warning: job {id} is cancelled, but {failure}");
+            }
+            (queue, previous, redis)
+        }
+        Ok(Cancel::AlreadyFinal(status)) => {
             if args.json {
                 println!(
                     "{}",
@@ -51,31 +60,8 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
             }
             return Ok(ExitCode::from(1));
         }
-        Err(crate::ledger::Error::NotFound(_)) => {
-            anyhow::bail!("job {id} not found")
-        }
-        Err(e) => return Err(e).context("cancelling the job in the ledger"),
+        Err(e) => return Err(e.into()),
     };
-    let broker = Broker::connect(&config.redis).await?;
-    // Front ends following the job hear about it like any other status change.
-    let event = [event.to_json()];
-    if config.events.redis
-        && let Err(error) = broker.publish_events(&event).await
-    {
-        eprintln!(
-            "warning: job {id} is cancelled, but publishing its event to Redis failed: {error}"
-        );
-    }
-    if config.events.postgres
-        && let Err(error) = ledger.notify_events(&event).await
-    {
-        eprintln!("warning: job {id} is cancelled, but its NOTIFY failed: {error}");
-    }
-    let redis = broker
-        .cancel(&queue, id)
-        .await
-        .context("the ledger says cancelled, but removing the job from Redis failed")?;
-    broker.quit().await;
     if args.json {
         println!(
             "{}",

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::broker::{Broker, RedisEnqueue};
 use crate::config::Config;
 use crate::jobs::{Registry, demo};
-use crate::ledger::{Ledger, NewJob};
+use crate::ledger::{Ledger, NewJob, Status};
 use crate::runtime::Daemon;
 
 pub(super) async fn run(config: Config, log: PathBuf) -> anyhow::Result<ExitCode> {
@@ -123,11 +123,11 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     let mut unfinished = 0;
     for (via, job) in &rows {
         let detail = match (&job.result, &job.last_error) {
-            (Some(r), _) if job.status == "succeeded" => r.to_string(),
+            (Some(r), _) if job.status == Status::Succeeded => r.to_string(),
             (_, Some(e)) => e.clone(),
             _ => "-".into(),
         };
-        if !job.status().is_some_and(|s| s.is_final()) {
+        if !job.status.is_final() {
             unfinished += 1;
         }
         println!(

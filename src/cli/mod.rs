@@ -402,10 +402,9 @@ async fn status(
     } else {
         print!("{}", job_table(&job));
     }
-    let status = job.status();
-    Ok(match (wait, status) {
-        (false, _) | (true, Some(Status::Succeeded)) => ExitCode::SUCCESS,
-        (true, Some(s)) if s.is_final() => ExitCode::from(3),
+    Ok(match (wait, job.status) {
+        (false, _) | (true, Status::Succeeded) => ExitCode::SUCCESS,
+        (true, s) if s.is_final() => ExitCode::from(3),
         (true, _) => {
             // Waiting longer helps only if a daemon will run the job: say so when
             // the worker registry knows none that serves its queue.
@@ -647,7 +646,7 @@ pub fn job_rows(job: &Job) -> Vec<(&'static str, String)> {
         ("id", job.id.to_string()),
         ("kind", job.kind.clone()),
         ("queue", job.queue.clone()),
-        ("status", job.status.clone()),
+        ("status", job.status.to_string()),
         (
             "attempts",
             format!("{} of {}", job.attempts, job.max_attempts),
@@ -660,8 +659,8 @@ pub fn job_rows(job: &Job) -> Vec<(&'static str, String)> {
         ),
         // A job that succeeded after failing keeps its last failure in the
         // ledger; shown as `last_error` it would read as the job's outcome.
-        match (job.status(), &job.last_error) {
-            (Some(Status::Succeeded), Some(e)) => ("earlier_error", e.clone()),
+        match (job.status, &job.last_error) {
+            (Status::Succeeded, Some(e)) => ("earlier_error", e.clone()),
             (_, e) => ("last_error", e.clone().unwrap_or("-".into())),
         },
         ("unique_key", job.unique_key.clone().unwrap_or("-".into())),
@@ -819,7 +818,7 @@ mod tests {
             queue: "default".into(),
             kind: "fail".into(),
             payload: json!({}),
-            status: status.into(),
+            status: status.parse().unwrap(),
             priority: 0,
             attempts: 2,
             max_attempts: 3,

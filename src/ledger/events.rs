@@ -39,12 +39,12 @@ pub struct ProgressInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(rename = "type")]
-    pub kind_of_event: EventType,
+    pub event_type: EventType,
     pub id: Uuid,
     pub queue: String,
     pub kind: String,
     /// The job's status after the change (for progress events: its status then).
-    pub status: String,
+    pub status: Status,
     pub attempt: i32,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,11 +65,11 @@ impl Event {
         error: Option<&str>,
     ) -> Event {
         Event {
-            kind_of_event: EventType::Status,
+            event_type: EventType::Status,
             id,
             queue: queue.to_owned(),
             kind: kind.to_owned(),
-            status: status.as_str().to_owned(),
+            status,
             attempt,
             at,
             error: error.map(cut),

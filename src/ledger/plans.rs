@@ -11,8 +11,9 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use super::outbox::DISPATCH;
 use super::writer::{self, LATE_ERRORS, PROGRESS_UPDATE, STATUS_UPDATE};
-use super::{DISPATCH, Ledger, Result};
+use super::{Ledger, Result, Status};
 
 /// One statement's plan, as `EXPLAIN (FORMAT JSON)` gives it.
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +44,7 @@ impl Ledger {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let plan: Value = sqlx::query_scalar(explain(DISPATCH))
                 .bind(ids.len().max(1) as i64)
+                .bind(&Status::OPEN[..])
                 .fetch_one(&mut *tx)
                 .await?;
             plans.push(HotPlan {
@@ -79,6 +81,7 @@ impl Ledger {
             .bind(&tokens)
             .bind(vec![50i16; ids.len()])
             .bind(&texts)
+            .bind(&Status::FINAL[..])
             .fetch_one(&mut *tx)
             .await?;
         plans.push(HotPlan {

@@ -20,7 +20,7 @@ pub(crate) struct Running {
 
 impl Running {
     /// Registers an attempt; the guard unregisters it when dropped.
-    pub(super) fn register(self: &Arc<Self>, id: Uuid) -> (CancellationToken, RunningGuard) {
+    pub(super) fn register(self: &Arc<Self>, id: Uuid) -> (CancellationToken, CancelRegistration) {
         let token = CancellationToken::new();
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut jobs) = self.jobs.lock() {
@@ -28,7 +28,7 @@ impl Running {
         }
         (
             token,
-            RunningGuard {
+            CancelRegistration {
                 running: self.clone(),
                 id,
                 number,
@@ -53,13 +53,13 @@ impl Running {
     }
 }
 
-pub(super) struct RunningGuard {
+pub(super) struct CancelRegistration {
     running: Arc<Running>,
     id: Uuid,
     number: u64,
 }
 
-impl Drop for RunningGuard {
+impl Drop for CancelRegistration {
     fn drop(&mut self) {
         if let Ok(mut jobs) = self.running.jobs.lock()
             && jobs.get(&self.id).is_some_and(|(n, _)| *n == self.number)

@@ -323,8 +323,7 @@ async fn settle(
             .map(|r| {
                 let status = match &r.refused {
                     Some(_) => Status::Dead,
-                    None if r.run_at > now => Status::Scheduled,
-                    None => Status::Queued,
+                    None => Status::initial(r.run_at, now),
                 };
                 Event::status(r.id, queue, &r.kind, status, 0, now, r.refused.as_deref())
             })

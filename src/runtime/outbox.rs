@@ -240,11 +240,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                 let events = jobs
                     .iter()
                     .map(|j| {
-                        let status = if j.run_ms > now {
-                            Status::Scheduled
-                        } else {
-                            Status::Queued
-                        };
+                        let status = Status::initial(j.run_ms, now);
                         Event::status(j.id, queue, j.kind, status, j.attempts, at, None)
                     })
                     .collect();

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::Shared;
 use crate::error_chain;
-use crate::ledger::{Status, StatusUpdate};
+use crate::ledger::{Attempt, StatusUpdate, Transition};
 
 /// How often the orphan sweep looks for ledger jobs whose Redis copy is gone.
 const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -72,18 +72,17 @@ pub(super) async fn reaper(
                 shared.metrics.leases_expired(queue, 1);
                 shared
                     .writer
-                    .send(StatusUpdate {
-                        id: r.id,
-                        token: r.token,
-                        status: if r.dead { Status::Dead } else { Status::Queued },
-                        attempts: r.attempts,
-                        at: Utc::now(),
-                        result: None,
-                        last_error: Some(message),
-                        run_at: None,
-                        progress: None,
-                        handed_back: false,
-                    })
+                    .send(StatusUpdate::new(
+                        Attempt {
+                            id: r.id,
+                            token: r.token,
+                            number: r.attempts,
+                        },
+                        Transition::LeaseExpired {
+                            error: message,
+                            dead: r.dead,
+                        },
+                    ))
                     .await;
             }
         }

@@ -15,9 +15,9 @@ pub(crate) struct Stats {
 
 impl Stats {
     /// Counts an attempt as running until the guard is dropped.
-    pub(crate) fn running(self: &Arc<Self>) -> RunningGuard {
+    pub(crate) fn running(self: &Arc<Self>) -> RunningCount {
         self.running.fetch_add(1, Ordering::Relaxed);
-        RunningGuard(self.clone())
+        RunningCount(self.clone())
     }
 
     /// Attempts running in this daemon now.
@@ -30,9 +30,9 @@ impl Stats {
     }
 }
 
-pub(crate) struct RunningGuard(Arc<Stats>);
+pub(crate) struct RunningCount(Arc<Stats>);
 
-impl Drop for RunningGuard {
+impl Drop for RunningCount {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Relaxed);
     }

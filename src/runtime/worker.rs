@@ -18,7 +18,7 @@ use crate::broker::Heartbeat;
 use crate::broker::Leased;
 use crate::config::{BackoffConfig, OnTimeout};
 use crate::jobs::{JobContext, JobError, Progress};
-use crate::ledger::{ProgressReport, Status, StatusUpdate};
+use crate::ledger::{Attempt, ProgressReport, Status, StatusUpdate, Transition};
 
 /// The delay before the attempt after `attempt` (1-based): `base · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" (half fixed, half random) so retries of a
@@ -76,7 +76,7 @@ pub(super) async fn execute(
         // again, and every run is one counted attempt.
         match shared
             .writer
-            .admit(update(&job, Status::Running, None, None, None))
+            .admit(transition(&job, Transition::Running))
             .await
         {
             Some(true) => {}
@@ -202,20 +202,9 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
 /// Progress reports of this attempt go to the status writer, fenced by its token.
 fn progress_sink(shared: &Shared, job: &Leased) -> Progress {
     let writer = shared.writer.clone();
-    let (id, token, attempts) = (job.id, job.token, job.attempt);
+    let attempt = Attempt::from(job);
     Progress::new(move |percent, message| {
-        let sent = writer.try_send(StatusUpdate {
-            id,
-            token,
-            status: Status::Running,
-            attempts,
-            at: Utc::now(),
-            result: None,
-            last_error: None,
-            run_at: None,
-            progress: Some(ProgressReport { percent, message }),
-            handed_back: false,
-        });
+        let sent = writer.try_report_progress(attempt, ProgressReport { percent, message });
         if !sent {
             tracing::debug!("Status writer is behind; a progress report was dropped");
         }
@@ -251,21 +240,15 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
         }
         Outcome::Interrupted => {
             let accepted = persist(|| broker.release(job)).await;
-            let mut u = update(job, Status::Queued, None, None, None);
-            u.attempts = job.attempt - 1;
-            u.handed_back = true;
             tracing::info!("Job handed back unfinished at shutdown");
-            (accepted, u)
+            (accepted, transition(job, Transition::HandedBack))
         }
         Outcome::Done(Ok(result)) => {
             let accepted = complete(shared, job).await;
             if accepted {
                 tracing::debug!("Job succeeded");
             }
-            (
-                accepted,
-                update(job, Status::Succeeded, Some(result), None, None),
-            )
+            (accepted, transition(job, Transition::Succeeded { result }))
         }
         Outcome::Done(Err(JobError::Retryable {
             message,
@@ -283,7 +266,13 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             let run_at = crate::ledger::safe::after(Utc::now(), delay);
             (
                 accepted,
-                update(job, Status::Retrying, None, Some(message), Some(run_at)),
+                transition(
+                    job,
+                    Transition::Retrying {
+                        error: message,
+                        run_at,
+                    },
+                ),
             )
         }
         Outcome::Done(Err(error)) => {
@@ -299,7 +288,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             }
             (
                 accepted,
-                update(job, Status::Dead, None, Some(message), None),
+                transition(job, Transition::Dead { error: message }),
             )
         }
     };
@@ -347,25 +336,19 @@ where
         .unwrap_or(false)
 }
 
-fn update(
-    job: &Leased,
-    status: Status,
-    result: Option<Value>,
-    last_error: Option<String>,
-    run_at: Option<chrono::DateTime<Utc>>,
-) -> StatusUpdate {
-    StatusUpdate {
-        id: job.id,
-        token: job.token,
-        status,
-        attempts: job.attempt,
-        at: Utc::now(),
-        result,
-        last_error,
-        run_at,
-        progress: None,
-        handed_back: false,
+impl From<&Leased> for Attempt {
+    fn from(job: &Leased) -> Attempt {
+        Attempt {
+            id: job.id,
+            token: job.token,
+            number: job.attempt,
+        }
     }
+}
+
+/// The status write that records `transition` of this lease's attempt.
+fn transition(job: &Leased, transition: Transition) -> StatusUpdate {
+    StatusUpdate::new(Attempt::from(job), transition)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 fn json_of(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
@@ -76,9 +77,9 @@ async fn known_mix(app: &TestApp) -> Mix {
         .unwrap();
     let waiting = enqueue_in(app, "noop", json!({}), "reports").await;
     for id in succeeded {
-        assert_eq!(app.wait_final(id, 10).await.status, "succeeded");
+        assert_eq!(app.wait_final(id, 10).await.status, Status::Succeeded);
     }
-    assert_eq!(app.wait_final(dead, 10).await.status, "dead");
+    assert_eq!(app.wait_final(dead, 10).await.status, Status::Dead);
     daemon.stop().await;
     Mix {
         succeeded,
@@ -363,7 +364,7 @@ async fn retried_dead_jobs_run_once_each_across_two_daemon_processes() {
     }
     let done = app.enqueue("noop", json!({})).await;
     for id in &gated {
-        assert_eq!(app.wait_final(*id, 20).await.status, "dead");
+        assert_eq!(app.wait_final(*id, 20).await.status, Status::Dead);
     }
     app.wait_final(done, 10).await;
 
@@ -396,7 +397,7 @@ async fn retried_dead_jobs_run_once_each_across_two_daemon_processes() {
 
     for id in &gated {
         let job = app.wait_final(*id, 20).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
         assert_eq!(job.attempts, 1, "attempts start again from zero: {job:?}");
         assert!(job.finished_at.is_some());
         let detail = app.ledger.job_detail(*id).await.unwrap();
@@ -652,7 +653,7 @@ async fn retrying_a_cancelled_job_clears_the_copy_it_left_in_redis() {
     let (code, out, err) = app.cli(&["retry", &id.to_string()]);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("Redis still holds it"), "{err}");
-    assert_eq!(app.ledger.job(id).await.unwrap().status, "cancelled");
+    assert_eq!(app.ledger.job(id).await.unwrap().status, Status::Cancelled);
 
     // Out of every queue structure, but its hash left behind: retry clears it, so
     // the dispatch is not skipped and the job runs.
@@ -667,7 +668,7 @@ async fn retrying_a_cancelled_job_clears_the_copy_it_left_in_redis() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("Job {id} is queued again on `default`\n"));
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result, Some(json!({"again": true})));
     daemon.stop().await;
 }

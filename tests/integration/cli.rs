@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_enqueue_prints_only_the_id_and_status_wait_reports_success() {
@@ -548,7 +549,7 @@ async fn a_megabyte_payload_goes_in_from_a_file_or_stdin_through_sql_and_redis()
     }
     for id in ids {
         let job = app.wait_final(id, 30).await;
-        assert_eq!(job.status, "succeeded", "{:?}", job.last_error);
+        assert_eq!(job.status, Status::Succeeded, "{:?}", job.last_error);
         assert_eq!(job.payload, payload);
         assert_eq!(
             job.result.as_ref(),
@@ -636,7 +637,7 @@ async fn a_too_deep_payload_is_refused_at_the_cli_and_ends_dead_naming_the_limit
             "payload nests 10000 levels deep; jobrunner reads at most 127 levels of arrays and objects"
         )
     );
-    assert_eq!(app.wait_final(ordinary, 30).await.status, "succeeded");
+    assert_eq!(app.wait_final(ordinary, 30).await.status, Status::Succeeded);
     daemon.stop().await;
 }
 

@@ -8,6 +8,7 @@ use jobrunner::config::{CommandKindConfig, HandlerName, KindConfig};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 /// Whether the process is gone (or a zombie nobody reaped yet: it runs no more).
 fn gone(pid: i32) -> bool {
@@ -40,7 +41,7 @@ async fn a_sigkilled_daemons_running_program_dies_with_it() {
     );
     let mut daemon = app.spawn_daemon(&app.config);
     let id = app.enqueue("orphan", json!({})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     let mut pid = None;
     for _ in 0..250 {

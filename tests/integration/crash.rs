@@ -9,20 +9,21 @@ use jobrunner::jobs::{JobContext, JobResult, Registry};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_daemon_is_sigkilled_mid_run_is_rerun_by_another_daemon() {
     let app = spawn_app().await; // lease 2s
     let mut first = app.spawn_daemon(&app.config);
     let id = app.enqueue("sleep", json!({"ms": 1500})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     first.signal("KILL");
     first.wait_exit(5).expect("SIGKILL ends the daemon");
 
     let second = app.spawn_daemon(&app.config);
     let job = app.wait_final(id, 20).await;
-    assert_eq!(job.status, "succeeded", "{}", second.log_text());
+    assert_eq!(job.status, Status::Succeeded, "{}", second.log_text());
     assert_eq!(
         job.attempts, 2,
         "the killed attempt counts, the re-run succeeds"
@@ -50,7 +51,7 @@ async fn sigterm_lets_running_jobs_finish_and_exits_zero() {
         ids.push(app.enqueue("sleep", json!({"ms": 800})).await);
     }
     for id in &ids {
-        app.wait_until(*id, 15, "running", |j| j.status == "running")
+        app.wait_until(*id, 15, "running", |j| j.status == Status::Running)
             .await;
     }
     daemon.signal("TERM");
@@ -76,7 +77,7 @@ async fn a_job_still_running_at_the_drain_deadline_is_handed_back_without_losing
     app.config.runtime.drain_timeout = Duration::from_millis(300);
     let mut daemon = app.spawn_daemon(&app.config);
     let id = app.enqueue("sleep", json!({"ms": 1500})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     daemon.signal("TERM");
     let status = daemon
@@ -84,7 +85,7 @@ async fn a_job_still_running_at_the_drain_deadline_is_handed_back_without_losing
         .expect("the daemon exits at the drain deadline");
     assert!(status.success(), "exit status {status:?}");
     let job = app
-        .wait_until(id, 5, "queued", |j| j.status == "queued")
+        .wait_until(id, 5, "queued", |j| j.status == Status::Queued)
         .await;
     assert_eq!(job.attempts, 0, "a handed-back attempt does not count");
 
@@ -102,7 +103,7 @@ async fn a_second_stop_signal_exits_at_once_without_draining() {
     app.config.runtime.drain_timeout = Duration::from_secs(60);
     let mut daemon = app.spawn_daemon(&app.config);
     let id = app.enqueue("sleep", json!({"ms": 30_000})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     daemon.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -165,7 +166,7 @@ async fn two_daemons_on_one_queue_never_run_the_same_job_at_once() {
         ids.push(id);
     }
     for id in &ids {
-        assert_eq!(app.wait_final(*id, 30).await.status, "succeeded");
+        assert_eq!(app.wait_final(*id, 30).await.status, Status::Succeeded);
     }
     a.stop().await;
     b.stop().await;
@@ -182,13 +183,13 @@ async fn a_paused_workers_late_outcome_is_rejected_by_the_fencing_token() {
     app.config.runtime.lease = Duration::from_secs(1);
     let stale = app.spawn_daemon(&app.config);
     let id = app.enqueue("sleep", json!({"ms": 2500})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     stale.signal("STOP"); // a paused process: no heartbeats, lease expires
 
     let fresh = app.spawn_daemon(&app.config);
     app.wait_until(id, 15, "running attempt 2", |j| {
-        j.status == "running" && j.attempts == 2
+        j.status == Status::Running && j.attempts == 2
     })
     .await;
     stale.signal("CONT"); // its sleep is over: it tries to settle attempt 1
@@ -201,7 +202,7 @@ async fn a_paused_workers_late_outcome_is_rejected_by_the_fencing_token() {
         stale.log_text()
     );
     let job = app.wait_final(id, 15).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.result, Some(json!({"slept_ms": 2500, "attempt": 2})));
     assert!(
         stale.log_text().contains("outcome dropped"),
@@ -314,7 +315,7 @@ async fn jobs_queued_when_redis_restarts_empty_all_still_run() {
 
     for id in &ids {
         let job = app.wait_final(*id, 45).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
     }
     daemon.stop().await;
 }
@@ -340,7 +341,7 @@ async fn jobs_pending_when_a_daemon_starts_on_a_fresh_redis_run_exactly_once() {
     // pending jobs without running any of them twice.
     let daemon = app.start_daemon_with(app.config.clone(), registry).await;
     for id in &ids {
-        assert_eq!(app.wait_final(*id, 20).await.status, "succeeded");
+        assert_eq!(app.wait_final(*id, 20).await.status, Status::Succeeded);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.stop().await;

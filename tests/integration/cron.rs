@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 fn cron(schedule: &str, kind: &str) -> CronConfig {
     CronConfig {
@@ -156,7 +157,7 @@ async fn missed_fire_times_are_skipped_or_run_once_and_a_new_schedule_does_not_b
     assert_eq!(once.len(), 1, "one job for all the missed years: {once:?}");
     assert_eq!(once[0].0, latest, "for the latest missed fire time");
     let job = app.wait_final(once[0].1.expect("job id"), 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.result, Some(json!({"from": "once"})));
 
     assert_eq!(
@@ -239,7 +240,7 @@ async fn cron_run_enqueues_a_job_that_succeeds_and_cron_list_shows_it() {
     let id: Uuid = out.trim().parse().expect("prints the job id");
     let daemon = app.start_daemon().await;
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.result, Some(json!({"report": "nightly"})));
     let fired = fires(&app, "report").await;
     assert_eq!(fired.len(), 1);

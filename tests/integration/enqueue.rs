@@ -6,6 +6,7 @@ use jobrunner::broker::RedisEnqueue;
 use serde_json::json;
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_in_a_committed_sql_transaction_runs_and_echoes_its_payload() {
@@ -25,7 +26,7 @@ async fn a_job_enqueued_in_a_committed_sql_transaction_runs_and_echoes_its_paylo
     let committed = tokio::time::Instant::now();
 
     let job = app
-        .wait_until(id, 10, "succeeded", |j| j.status == "succeeded")
+        .wait_until(id, 10, "succeeded", |j| j.status == Status::Succeeded)
         .await;
     assert!(
         committed.elapsed() < Duration::from_secs(1),
@@ -81,7 +82,7 @@ async fn sql_enqueue_uses_the_kinds_configured_queue_and_attempts() {
     let job = app.wait_final(id, 10).await;
     assert_eq!(job.queue, "mail");
     assert_eq!(job.max_attempts, 7);
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     daemon.stop().await;
 }
 
@@ -101,7 +102,7 @@ async fn a_redis_direct_job_gets_a_ledger_row_and_succeeds() {
         .await
         .unwrap();
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.result, Some(json!({"from": "redis"})));
     assert_eq!(job.priority, 5);
     assert_eq!(
@@ -167,9 +168,9 @@ async fn a_delayed_job_waits_for_its_time_then_runs() {
         })
         .await
         .unwrap();
-    assert_eq!(app.ledger.job(id).await.unwrap().status, "scheduled");
+    assert_eq!(app.ledger.job(id).await.unwrap().status, Status::Scheduled);
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     let started = job.started_at.unwrap();
     assert!(
         started >= run_at,

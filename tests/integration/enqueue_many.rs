@@ -8,6 +8,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// The error Postgres gave for a statement that must fail.
 async fn refused(app: &TestApp, sql: &'static str) -> String {
@@ -34,7 +35,7 @@ async fn enqueue_many_runs_every_payload_and_returns_ids_in_order() {
     assert_eq!(ids.len(), 3);
     for (n, id) in ids.iter().enumerate() {
         let job = app.wait_final(*id, 10).await;
-        assert_eq!(job.status, "succeeded");
+        assert_eq!(job.status, Status::Succeeded);
         assert_eq!(
             job.result,
             Some(json!({"n": n + 1})),
@@ -106,11 +107,11 @@ async fn enqueue_many_honours_unique_keys_and_delays() {
     let daemon = app.start_daemon().await;
     let enqueued = tokio::time::Instant::now();
     for id in &delayed {
-        assert_eq!(app.ledger.job(*id).await.unwrap().status, "scheduled");
+        assert_eq!(app.ledger.job(*id).await.unwrap().status, Status::Scheduled);
     }
     for id in &delayed {
         let job = app.wait_final(*id, 10).await;
-        assert_eq!(job.status, "succeeded");
+        assert_eq!(job.status, Status::Succeeded);
         assert!(
             job.started_at.unwrap() >= job.run_at,
             "a delayed job starts at its time, not before"

@@ -1,6 +1,7 @@
 //! Retries, exhaustion and bad input: every job ends in a readable state and the
 //! daemon keeps serving.
 
+use jobrunner::ledger::Status;
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -12,7 +13,7 @@ async fn a_job_that_fails_twice_is_retried_and_succeeds_on_the_third_attempt() {
     let daemon = app.start_daemon().await;
     let id = app.enqueue("fail", json!({"times": 2})).await;
     let job = app.wait_final(id, 15).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.attempts, 3);
     assert_eq!(job.result, Some(json!({"failed_attempts": 2})));
     assert_eq!(
@@ -29,7 +30,7 @@ async fn a_job_that_keeps_failing_ends_dead_after_max_attempts() {
     let daemon = app.start_daemon().await;
     let id = app.enqueue("fail", json!({"times": 100})).await;
     let job = app.wait_final(id, 15).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     assert_eq!(job.attempts, 3);
     assert_eq!(
         job.last_error.as_deref(),
@@ -71,7 +72,7 @@ async fn bad_payloads_and_unknown_kinds_end_dead_and_the_daemon_keeps_serving() 
         "{job:?}"
     );
     let job = app.wait_final(extra_field, 10).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     assert!(
         job.last_error
             .as_deref()
@@ -80,14 +81,14 @@ async fn bad_payloads_and_unknown_kinds_end_dead_and_the_daemon_keeps_serving() 
         "{job:?}"
     );
     let job = app.wait_final(unknown, 10).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     assert_eq!(
         job.last_error.as_deref(),
         Some("unknown kind `no-such-kind`: no handler is registered for it")
     );
 
     let after = app.enqueue("noop", json!({"still": "serving"})).await;
-    assert_eq!(app.wait_final(after, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(after, 10).await.status, Status::Succeeded);
     daemon.stop().await;
 }
 
@@ -172,7 +173,7 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
     };
     handle.send(step(20, Status::Running, 2, None)).await;
     handle.send(step(20, Status::Succeeded, 2, None)).await;
-    app.wait_until(id, 10, "succeeded", |j| j.status == "succeeded")
+    app.wait_until(id, 10, "succeeded", |j| j.status == Status::Succeeded)
         .await;
     handle
         .send(step(
@@ -187,7 +188,11 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
         t.await.unwrap();
     }
     let job = app.ledger.job_detail(id).await.unwrap();
-    assert_eq!(job.job.status, "succeeded", "the stale status is ignored");
+    assert_eq!(
+        job.job.status,
+        Status::Succeeded,
+        "the stale status is ignored"
+    );
     assert_eq!(job.job.attempts, 2);
     assert_eq!(job.lease_token, Some(20));
     assert_eq!(

@@ -14,6 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// The most intervals that overlap at any instant.
 fn max_overlap(intervals: &[(i128, i128)]) -> usize {
@@ -226,10 +227,10 @@ async fn concurrent_enqueues_with_one_unique_key_make_one_job_until_it_finishes(
     assert_eq!(outbox, 1);
 
     let daemon = app.start_daemon().await;
-    assert_eq!(app.wait_final(first, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(first, 10).await.status, Status::Succeeded);
     let again = ledger.enqueue(&job).await.unwrap();
     assert_ne!(again, first, "a finished job no longer holds its key");
-    assert_eq!(app.wait_final(again, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(again, 10).await.status, Status::Succeeded);
     daemon.stop().await;
 }
 
@@ -322,7 +323,7 @@ async fn cancelling_a_running_job_stops_its_handler_and_it_is_not_retried() {
     let app = spawn_app().await; // lease 2s: a missed signal would still be seen by a heartbeat
     let daemons: Vec<_> = (0..2).map(|_| app.spawn_daemon(&app.config)).collect();
     let id = app.enqueue("sleep", json!({"ms": 30_000})).await;
-    app.wait_until(id, 15, "running", |j| j.status == "running")
+    app.wait_until(id, 15, "running", |j| j.status == Status::Running)
         .await;
     let (code, out, err) = app.cli(&["cancel", &id.to_string(), "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -361,7 +362,7 @@ async fn a_paused_queue_starts_nothing_new_on_any_daemon_until_resumed() {
     let app = spawn_app().await;
     let _daemons: Vec<_> = (0..2).map(|_| app.spawn_daemon(&app.config)).collect();
     let running = app.enqueue("sleep", json!({"ms": 1000})).await;
-    app.wait_until(running, 15, "running", |j| j.status == "running")
+    app.wait_until(running, 15, "running", |j| j.status == Status::Running)
         .await;
     let (code, out, err) = app.cli(&["pause", "default"]);
     assert_eq!(code, 0, "{err}");
@@ -370,7 +371,7 @@ async fn a_paused_queue_starts_nothing_new_on_any_daemon_until_resumed() {
     let waiting = enqueue_many(&app, "noop", vec![json!({}); 4]).await;
     // The running job finishes while the queue is paused.
     let job = app.wait_final(running, 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     for id in &waiting {
         let job = app.ledger.job(*id).await.unwrap();
@@ -410,10 +411,10 @@ async fn a_pause_survives_redis_losing_its_data() {
     }
     assert!(app.broker.paused("default").await.unwrap());
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(app.ledger.job(id).await.unwrap().status, "queued");
+    assert_eq!(app.ledger.job(id).await.unwrap().status, Status::Queued);
     let (code, _, err) = app.cli(&["resume", "default"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(app.wait_final(id, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(id, 10).await.status, Status::Succeeded);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,7 +200,7 @@ impl TestApp {
             .await
             .expect("read job");
         assert!(
-            job.status().is_some_and(|s| s.is_final()),
+            job.status.is_final(),
             "job {id} still {} after {secs}s: {job:?}",
             job.status
         );

@@ -10,6 +10,7 @@ use jobrunner::config::{CommandKindConfig, HandlerName, KindConfig};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 fn sh_kind(script: &str) -> KindConfig {
     let mut kind = KindConfig {
@@ -49,7 +50,7 @@ async fn a_program_gets_the_payload_on_stdin_and_its_json_stdout_is_the_result()
     let id = app.enqueue("report", json!({"month": "2026-11"})).await;
     let plain = app.enqueue("plain", json!({})).await;
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(
         job.result,
         Some(json!({
@@ -139,7 +140,7 @@ async fn a_timeout_kills_the_program_and_everything_it_started() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     assert_eq!(
         job.last_error.as_deref(),
         Some("timed out after 1s (gave up after 1 attempts)")
@@ -176,10 +177,10 @@ async fn output_with_nul_bytes_is_stored_with_replacement_characters() {
     let json_id = app.enqueue("nul-json", json!({})).await;
     let text_id = app.enqueue("nul-text", json!({})).await;
     let job = app.wait_final(json_id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result, Some(json!({"x": "a\u{FFFD}b"})));
     let job = app.wait_final(text_id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result, Some(json!({"stdout": "a\u{FFFD}b"})));
     daemon.stop().await;
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 const KIND: &str = "content-generation";
 
@@ -114,7 +115,7 @@ async fn a_template_campaign_is_ready_with_thirteen_posts_per_channel_at_ten_loc
     let id = insert_campaign(&app, NewCampaign::default()).await;
 
     let job = run_campaign(&app, id).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result.as_ref().unwrap()["posts"], 26);
 
     let row = campaign(&app, id).await;
@@ -145,7 +146,7 @@ async fn a_rerun_replaces_the_drafts_and_keeps_posts_a_person_approved() {
     let app = spawn_app().await;
     let daemon = app.start_daemon().await;
     let id = insert_campaign(&app, NewCampaign::default()).await;
-    assert_eq!(run_campaign(&app, id).await.status, "succeeded");
+    assert_eq!(run_campaign(&app, id).await.status, Status::Succeeded);
     let before = posts(&app, id).await;
     let approved = before[0].id;
     sqlx::query("UPDATE content_posts SET status = 'approved' WHERE id = $1")
@@ -155,7 +156,7 @@ async fn a_rerun_replaces_the_drafts_and_keeps_posts_a_person_approved() {
         .unwrap();
 
     let job = run_campaign(&app, id).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result.as_ref().unwrap()["kept"], 1);
     let after = posts(&app, id).await;
     assert_eq!(after.len(), before.len(), "a re-run never duplicates");
@@ -202,7 +203,7 @@ async fn posts_stay_at_ten_local_across_the_march_dst_change_in_berlin() {
         },
     )
     .await;
-    assert_eq!(run_campaign(&app, id).await.status, "succeeded");
+    assert_eq!(run_campaign(&app, id).await.status, Status::Succeeded);
     let posts = posts(&app, id).await;
     assert_eq!(posts.len(), 31);
     assert!(posts.iter().all(|p| p.local.time() == ten_oclock()));
@@ -383,7 +384,7 @@ async fn the_openai_generator_drafts_every_post_with_bounded_concurrency() {
     .await;
 
     let job = run_campaign(&app, id).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     let posts = posts(&app, id).await;
     // Two a week: days 1 and 4 of each week, and day 29 → 9 per channel.
     assert_eq!(posts.len(), 18);

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 const KIND: &str = "data-extraction";
 
@@ -232,7 +233,7 @@ async fn a_query_yields_links_headings_contacts_and_json_ld_also_through_a_redir
     let daemon = app.start_daemon().await;
     let job = app.enqueue(KIND, json!({ "query_id": query })).await;
     let done = app.wait_final(job, 20).await;
-    assert_eq!(done.status, "succeeded", "{done:?}");
+    assert_eq!(done.status, Status::Succeeded, "{done:?}");
 
     let row = query_row(&app, query).await;
     let rows = results(&app, query).await;
@@ -290,12 +291,12 @@ async fn running_the_same_query_twice_leaves_the_same_rows() {
     let daemon = app.start_daemon().await;
 
     let first = app.enqueue(KIND, json!({ "query_id": query })).await;
-    assert_eq!(app.wait_final(first, 20).await.status, "succeeded");
+    assert_eq!(app.wait_final(first, 20).await.status, Status::Succeeded);
     let rows_before = results(&app, query).await;
     let count_before = query_row(&app, query).await.result_count;
 
     let second = app.enqueue(KIND, json!({ "query_id": query })).await;
-    assert_eq!(app.wait_final(second, 20).await.status, "succeeded");
+    assert_eq!(app.wait_final(second, 20).await.status, Status::Succeeded);
     let after = query_row(&app, query).await;
     assert_eq!(after.status, "done");
     assert_eq!(after.job_id, Some(second));
@@ -323,7 +324,7 @@ async fn an_oversize_page_is_cut_off_and_what_came_before_the_cut_is_kept() {
     let daemon = app.start_daemon().await;
     let job = app.enqueue(KIND, json!({ "query_id": query })).await;
     let done = app.wait_final(job, 20).await;
-    assert_eq!(done.status, "succeeded", "{done:?}");
+    assert_eq!(done.status, Status::Succeeded, "{done:?}");
     assert_eq!(
         done.result.as_ref().unwrap()["truncated"],
         json!([site.url("/big")])

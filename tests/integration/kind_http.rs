@@ -16,6 +16,7 @@ use jobrunner::config::{HandlerName, HttpKindConfig, KindConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
+use jobrunner::ledger::Status;
 
 /// What the test server saw: when each request came and its headers and body.
 #[derive(Clone, Default)]
@@ -113,7 +114,7 @@ async fn a_signed_post_succeeds_with_the_endpoints_json_as_result() {
         .enqueue("mailer", json!({"to": "ada@example.com", "n": 1}))
         .await;
     let job = app.wait_final(id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(
         job.result,
         Some(json!({
@@ -216,7 +217,7 @@ async fn a_404_is_dead_at_once_and_a_plain_answer_is_kept_as_text() {
         "the error names the status and the body, and never the query's token"
     );
     let job = app.wait_final(plain, 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(
         job.result,
         Some(json!({"status": 200, "body": "ok, queued"}))
@@ -288,10 +289,10 @@ async fn bodies_with_nul_or_invalid_utf8_are_stored_with_replacement_characters(
     let bytes_id = app.enqueue("hook-bytes", json!({})).await;
     let broken_id = app.enqueue("hook-broken", json!({})).await;
     let job = app.wait_final(json_id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result, Some(json!({"x": "a\u{FFFD}b"})));
     let job = app.wait_final(bytes_id, 10).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(
         job.result,
         Some(json!({"status": 200, "body": "ok\u{FFFD}\u{FFFD}"}))
@@ -303,6 +304,6 @@ async fn bodies_with_nul_or_invalid_utf8_are_stored_with_replacement_characters(
         "the error keeps the body, made safe"
     );
     let good = app.enqueue("noop", json!({})).await;
-    assert_eq!(app.wait_final(good, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(good, 10).await.status, Status::Succeeded);
     daemon.stop().await;
 }

@@ -5,6 +5,8 @@
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use jobrunner::ledger::Status;
+
 use crate::helpers::{TestApp, spawn_app};
 
 const KIND: &str = "message-processing";
@@ -24,7 +26,7 @@ fn receipt(id: &str, status: &str) -> Value {
 }
 
 /// Runs one webhook job to its end and returns (status, result, last_error).
-async fn process(app: &TestApp, tenant: &str, body: Value) -> (String, Value, Option<String>) {
+async fn process(app: &TestApp, tenant: &str, body: Value) -> (Status, Value, Option<String>) {
     let id = app
         .enqueue(KIND, json!({"tenant": tenant, "webhook": body}))
         .await;
@@ -65,7 +67,7 @@ async fn a_webhook_fills_the_conversation_and_a_resend_changes_nothing() {
     }));
 
     let (status, result, _) = process(&app, "acme", body.clone()).await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, Status::Succeeded);
     assert_eq!(
         result,
         json!({"inserted": 3, "duplicates": 0, "statuses_applied": 0, "rejected": [], "ignored_changes": 0})
@@ -99,7 +101,7 @@ async fn a_webhook_fills_the_conversation_and_a_resend_changes_nothing() {
 
     let before = snapshot(db).await;
     let (status, result, _) = process(&app, "acme", body).await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, Status::Succeeded);
     assert_eq!(result["inserted"], 0);
     assert_eq!(result["duplicates"], 3);
     assert_eq!(
@@ -205,7 +207,7 @@ async fn bad_items_are_reported_and_a_webhook_with_nothing_usable_is_dead() {
         ]}},
     ]}]});
     let (status, result, _) = process(&app, "acme", mixed).await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, Status::Succeeded);
     assert_eq!(result["inserted"], 3);
     assert_eq!(
         result["rejected"],
@@ -213,14 +215,14 @@ async fn bad_items_are_reported_and_a_webhook_with_nothing_usable_is_dead() {
     );
 
     let (status, _, error) = process(&app, "acme", webhook(json!({"messages": [no_id]}))).await;
-    assert_eq!(status, "dead");
+    assert_eq!(status, Status::Dead);
     assert_eq!(
         error.as_deref(),
         Some("webhook.entry[0].changes[0].value.messages[0]: missing field `id`")
     );
 
     let (status, _, error) = process(&app, "acme", json!({"entry": "yes"})).await;
-    assert_eq!(status, "dead");
+    assert_eq!(status, Status::Dead);
     assert_eq!(
         error.as_deref(),
         Some("webhook: field `entry`: expected an array, found a string")
@@ -249,7 +251,7 @@ async fn a_message_dated_out_of_range_is_reported_and_its_neighbour_kept() {
         ]
     }));
     let (status, result, _) = process(&app, "acme", body).await;
-    assert_eq!(status, "succeeded", "{result}");
+    assert_eq!(status, Status::Succeeded, "{result}");
     assert_eq!(result["inserted"], 1, "{result}");
     let rejected = result["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2, "{result}");
@@ -278,7 +280,7 @@ async fn an_id_too_long_for_any_index_is_bad_input_never_retried() {
         text("wamid.ok", "15550001", 1_700_000_001, "fine"),
     ]}));
     let (status, result, _) = process(&app, "acme", body).await;
-    assert_eq!(status, "succeeded", "{result}");
+    assert_eq!(status, Status::Succeeded, "{result}");
     assert_eq!(result["inserted"], 1, "{result}");
     // Alone: nothing usable, so dead on the first attempt.
     let id = app

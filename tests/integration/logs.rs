@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 use crate::systemd::spawn_with_env;
+use jobrunner::ledger::Status;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_inside_a_job_carry_its_id_kind_queue_and_attempt() {
@@ -15,7 +16,7 @@ async fn json_log_lines_inside_a_job_carry_its_id_kind_queue_and_attempt() {
     let path = app.write_config(&config);
     let mut daemon = spawn_with_env(&app, &path, &[]);
     let id = app.enqueue("fail", json!({"permanent": true})).await;
-    assert_eq!(app.wait_final(id, 15).await.status, "dead");
+    assert_eq!(app.wait_final(id, 15).await.status, Status::Dead);
     daemon.signal("TERM");
     assert!(daemon.wait_exit(15).expect("exits").success());
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::harness;
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 fn client() -> reqwest::Client {
     // reqwest is built without a TLS provider; these requests are plain HTTP, but
@@ -135,13 +136,13 @@ async fn readiness_says_draining_once_the_daemon_stops() {
     wait_for_code(&base, "/readyz", 200, 5).await;
     // A job that outlives the stop request keeps the daemon draining for a while.
     let id = app.enqueue("sleep", json!({"ms": 1500})).await;
-    app.wait_until(id, 5, "running", |j| j.status == "running")
+    app.wait_until(id, 5, "running", |j| j.status == Status::Running)
         .await;
     daemon.shutdown();
     let body = wait_for_code(&base, "/readyz", 503, 2).await;
     assert_eq!(body["status"], "draining", "{body}");
     daemon.wait().await;
-    assert_eq!(app.wait_final(id, 5).await.status, "succeeded");
+    assert_eq!(app.wait_final(id, 5).await.status, Status::Succeeded);
 }
 
 /// One sample of the Prometheus text format.
@@ -598,7 +599,13 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
     let id = app.enqueue("fail", json!({"times": 1})).await;
     app.wait_final(id, 10).await;
 
-    let expected = ["queued", "running", "retrying", "running", "succeeded"];
+    let expected = [
+        Status::Queued,
+        Status::Running,
+        Status::Retrying,
+        Status::Running,
+        Status::Succeeded,
+    ];
     let mut from_redis = Vec::new();
     while from_redis.len() < expected.len() {
         let text = next_text(&mut redis_rx).await;
@@ -622,7 +629,7 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
         from_redis, from_postgres,
         "the same events, in the same order"
     );
-    let statuses: Vec<String> = from_redis
+    let statuses: Vec<Status> = from_redis
         .iter()
         .map(|t| serde_json::from_str::<Event>(t).unwrap().status)
         .collect();
@@ -796,7 +803,7 @@ async fn cancelling_a_job_publishes_a_cancelled_event() {
             break e;
         }
     };
-    assert_eq!(event.status, "cancelled");
+    assert_eq!(event.status, Status::Cancelled);
     assert_eq!(event.kind, "noop");
     assert_eq!(event.queue, "default");
     assert_eq!(event.error.as_deref(), Some("cancelled by request"));

@@ -12,6 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// A `command` kind running `script` with `/bin/sh`, failing fast.
 pub fn sh_kind(script: &str) -> KindConfig {
@@ -75,7 +76,7 @@ async fn ordinary_jobs_succeed(app: &TestApp, queue: &str, n: usize, secs: u64) 
     }
     for id in ids {
         let job = app.wait_final(id, secs).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
     }
 }
 
@@ -105,7 +106,7 @@ async fn a_run_at_the_daemon_cannot_carry_ends_dead_and_every_later_job_still_ru
 
     for id in poison {
         let job = app.wait_final(id, 5).await;
-        assert_eq!(job.status, "dead", "{job:?}");
+        assert_eq!(job.status, Status::Dead, "{job:?}");
         let error = job.last_error.as_deref().unwrap_or("");
         assert!(
             error.contains("outside the range jobrunner can schedule"),
@@ -113,7 +114,7 @@ async fn a_run_at_the_daemon_cannot_carry_ends_dead_and_every_later_job_still_ru
         );
         assert_eq!(job.attempts, 0, "it never ran: {job:?}");
     }
-    assert_eq!(app.wait_final(before, 5).await.status, "succeeded");
+    assert_eq!(app.wait_final(before, 5).await.status, Status::Succeeded);
     let started = tokio::time::Instant::now();
     ordinary_jobs_succeed(&app, "default", 40, 5).await;
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -162,10 +163,10 @@ async fn nul_bytes_in_a_commands_output_are_escaped_and_hold_up_nothing() {
     ordinary_jobs_succeed(&app, "default", 40, 5).await;
 
     let job = app.wait_final(out, 5).await;
-    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.status, Status::Succeeded, "{job:?}");
     assert_eq!(job.result, Some(json!({"stdout": "a\u{FFFD}b"})));
     let job = app.wait_final(err, 5).await;
-    assert_eq!(job.status, "dead", "{job:?}");
+    assert_eq!(job.status, Status::Dead, "{job:?}");
     let error = job.last_error.unwrap_or_default();
     assert!(error.contains("broken\u{FFFD}bytes"), "{error}");
     daemon.stop().await;
@@ -205,12 +206,12 @@ async fn a_status_postgres_refuses_ends_that_job_dead_and_the_rest_are_written()
     let started = tokio::time::Instant::now();
     for (id, payload) in &ids {
         let job = app.wait_final(*id, 10).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
         assert_eq!(job.result.as_ref(), Some(payload));
     }
     for id in &poison {
         let job = app.wait_final(*id, 5).await;
-        assert_eq!(job.status, "dead", "{job:?}");
+        assert_eq!(job.status, Status::Dead, "{job:?}");
         let error = job.last_error.unwrap_or_default();
         assert!(
             error.contains("could not store this job's succeeded status")
@@ -256,13 +257,14 @@ async fn one_queues_failing_dispatch_holds_back_no_other_queue() {
     }
     let job = app.ledger.job(stuck).await.unwrap();
     assert_eq!(
-        job.status, "queued",
+        job.status,
+        Status::Queued,
         "a broken queue is not the job's fault: it waits, not dead: {job:?}"
     );
 
     // Once the key is fixed, the waiting job goes through.
     let _: i64 = redis.del(redis_key(&app, "broken", "ready")).await.unwrap();
-    assert_eq!(app.wait_final(stuck, 10).await.status, "succeeded");
+    assert_eq!(app.wait_final(stuck, 10).await.status, Status::Succeeded);
     let _ = redis.quit().await;
     daemon.stop().await;
 }
@@ -291,14 +293,14 @@ async fn a_job_redis_refuses_alone_ends_dead_and_its_queue_goes_on() {
     let daemon = app.start_daemon().await;
 
     let job = app.wait_final(poison, 5).await;
-    assert_eq!(job.status, "dead", "{job:?}");
+    assert_eq!(job.status, Status::Dead, "{job:?}");
     let error = job.last_error.unwrap_or_default();
     assert!(
         error.contains("Redis refused to dispatch this job") && error.contains("not a job hash"),
         "{error}"
     );
     for id in neighbours {
-        assert_eq!(app.wait_final(id, 5).await.status, "succeeded");
+        assert_eq!(app.wait_final(id, 5).await.status, Status::Succeeded);
     }
     ordinary_jobs_succeed(&app, "default", 20, 3).await;
     let _ = redis.quit().await;
@@ -357,7 +359,7 @@ async fn no_job_runs_after_it_ended_however_often_redis_comes_back_empty() {
     let mut jobs = Vec::new();
     for id in &ids {
         let job = app.wait_final(*id, 60).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
         jobs.push(job);
     }
     // A late dispatch would re-run a job seconds after it ended: give it time.
@@ -569,7 +571,7 @@ async fn random_poison_never_holds_up_ordinary_jobs_or_breaks_the_daemon() {
         }
         for id in ordinary {
             let job = app.wait_final(id, 10).await;
-            assert_eq!(job.status, "succeeded", "case {items:?}: {job:?}");
+            assert_eq!(job.status, Status::Succeeded, "case {items:?}: {job:?}");
         }
         for (id, item) in waiting {
             let year: Option<i32> = match &item {
@@ -579,7 +581,7 @@ async fn random_poison_never_holds_up_ordinary_jobs_or_breaks_the_daemon() {
             if year.is_some_and(|y| (2030..10_000).contains(&y)) {
                 // A valid future time: it waits (the raw row says `queued`).
                 let job = app.ledger.job(id).await.unwrap();
-                assert_eq!(job.status, "queued", "case {items:?}: {job:?}");
+                assert_eq!(job.status, Status::Queued, "case {items:?}: {job:?}");
                 assert_eq!(job.attempts, 0, "case {items:?}: {job:?}");
                 continue;
             }

@@ -11,6 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// One command with binary-safe arguments over a fresh connection. Returns the
 /// first reply line (`+OK`, `:1`, `-ERR …`, `$n` for a bulk string).
@@ -106,7 +107,7 @@ pub async fn ordinary(app: &TestApp, n: usize) -> Vec<Uuid> {
 pub async fn all_succeed(app: &TestApp, ids: &[Uuid], secs: u64) {
     for id in ids {
         let job = app.wait_final(*id, secs).await;
-        assert_eq!(job.status, "succeeded", "{job:?}");
+        assert_eq!(job.status, Status::Succeeded, "{job:?}");
     }
 }
 
@@ -295,7 +296,7 @@ async fn an_uppercase_id_written_into_redis_ends_dead_instead_of_queued_forever(
     );
     let good = ordinary(&app, 10).await;
     let job = app.wait_final(id, 5).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     assert!(
         job.last_error
             .unwrap()
@@ -408,7 +409,7 @@ async fn rows_postgres_refuses_are_bisected_out_dead_or_quarantined_and_the_batc
         started.elapsed()
     );
     let job = app.wait_final(live, 5).await;
-    assert_eq!(job.status, "dead");
+    assert_eq!(job.status, Status::Dead);
     let error = job.last_error.unwrap_or_default();
     assert!(
         error.contains("the ledger refused this job: this test refuses the row"),

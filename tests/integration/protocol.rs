@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// The ```lua block of docs/PROTOCOL.md.
 fn documented_script() -> String {
@@ -83,7 +84,7 @@ async fn a_producer_with_a_bare_resp_client_enqueues_once_per_id() {
     );
     let daemon = app.start_daemon().await;
     let job = app.wait_final(id.parse().unwrap(), 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.result, Some(json!({"n": 1})));
     daemon.stop().await;
 }
@@ -124,7 +125,7 @@ async fn re_sending_a_finished_jobs_id_does_not_run_it_again() {
     let id = uuid::Uuid::now_v7().to_string();
     assert_eq!(enqueue(&app, &id, "noop", r#"{"run": 1}"#), Reply::Int(1));
     let first = app.wait_final(id.parse().unwrap(), 10).await;
-    assert_eq!(first.status, "succeeded");
+    assert_eq!(first.status, Status::Succeeded);
 
     assert_eq!(enqueue(&app, &id, "noop", r#"{"run": 2}"#), Reply::Int(1));
     // Once the ingest list is empty again, the re-sent copy has been dealt with.

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app};
 use crate::systemd::{NotifySocket, spawn_with_env};
+use jobrunner::ledger::Status;
 
 async fn running(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobrunner.jobs WHERE status = 'running'")
@@ -41,7 +42,7 @@ async fn sighup_raises_a_queues_concurrency_and_survives_a_broken_file() {
     }
 
     // Concurrency 1: one job runs, the rest wait.
-    app.wait_until(ids[0], 15, "running", |j| j.status == "running")
+    app.wait_until(ids[0], 15, "running", |j| j.status == Status::Running)
         .await;
     for _ in 0..20 {
         assert_eq!(running(&app).await, 1, "{}", daemon.log_text());
@@ -107,7 +108,7 @@ async fn sighup_raises_a_queues_concurrency_and_survives_a_broken_file() {
         "the daemon still runs"
     );
     for id in &ids {
-        assert_eq!(app.wait_final(*id, 20).await.status, "succeeded");
+        assert_eq!(app.wait_final(*id, 20).await.status, Status::Succeeded);
     }
 
     daemon.signal("TERM");

@@ -5,12 +5,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+use jobrunner::ledger::Status;
 
 /// The job stays `scheduled` while its time is ahead, then succeeds, starting no
 /// earlier than its `run_at`.
 async fn waits_then_runs(app: &TestApp, id: Uuid, run_at: DateTime<Utc>) {
     let job = app.ledger.job(id).await.unwrap();
-    assert_eq!(job.status, "scheduled");
+    assert_eq!(job.status, Status::Scheduled);
     assert_eq!(job.run_at, run_at);
     let before = run_at - chrono::Duration::milliseconds(500);
     if let Ok(wait) = (before - Utc::now()).to_std() {
@@ -23,7 +24,7 @@ async fn waits_then_runs(app: &TestApp, id: Uuid, run_at: DateTime<Utc>) {
         "half a second before its time the job has not started"
     );
     let job = app.wait_final(id, 15).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert!(job.started_at.expect("started") >= run_at, "{job:?}");
 }
 
@@ -65,7 +66,7 @@ async fn enqueue_at_an_rfc3339_time_waits_then_runs_and_a_past_time_runs_now() {
     let (code, out, err) = app.cli(&["enqueue", "noop", "--at", "2020-01-01T00:00:00Z"]);
     assert_eq!(code, 0, "{err}");
     let job = app.wait_final(out.trim().parse().unwrap(), 10).await;
-    assert_eq!(job.status, "succeeded");
+    assert_eq!(job.status, Status::Succeeded);
     assert!(
         job.run_at > Utc::now() - chrono::Duration::seconds(30),
         "a past time means now: {job:?}"

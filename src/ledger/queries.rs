@@ -1,13 +1,13 @@
-//! The admin commands' statements: per-queue counts, job listings, one job in
-//! full, retry, purge and the retention prune.
+//! Reads: one job, waiting for a job to end, per-status and per-queue counts,
+//! job listings and one job in full (the CLI's and the admin endpoints' reads).
 //!
 //! Every read here is shaped for an index so it stays cheap on a large table:
 //! counts of unfinished jobs read `jobs_status_idx` (unfinished rows are few), dead
 //! counts read `jobs_queue_status_idx` per queue, the last minute's throughput reads
 //! `jobs_updated_at_idx`, and listings read one status at a time (see
-//! [`Ledger::list_jobs`]). Deletes and bulk retries go in batches of ids locked
-//! with `SKIP LOCKED`, so they never hold a long lock and several daemons pruning
-//! at once do not wait on each other.
+//! [`Ledger::list_jobs`]).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,18 +15,7 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Error, Job, Ledger, Result, Status};
-
-/// Every status, in lifecycle order: the order listings and tables use.
-pub const ALL_STATUSES: [Status; 7] = [
-    Status::Scheduled,
-    Status::Queued,
-    Status::Running,
-    Status::Retrying,
-    Status::Succeeded,
-    Status::Dead,
-    Status::Cancelled,
-];
+use super::{ALL_STATUSES, Error, INGEST_GRACE, Job, Ledger, Result, Status};
 
 /// One queue as `jobrunner queues` shows it: counts from the ledger.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -61,7 +50,7 @@ pub struct JobSummary {
     pub id: Uuid,
     pub queue: String,
     pub kind: String,
-    pub status: String,
+    pub status: Status,
     pub priority: i32,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -83,19 +72,58 @@ pub struct JobDetail {
     /// The fencing token of the attempt the row reflects.
     pub lease_token: Option<i64>,
 }
-
-/// Which dead jobs `retry --dead` takes.
-#[derive(Debug, Clone, Default)]
-pub struct DeadFilter {
-    pub queue: Option<String>,
-    pub kind: Option<String>,
-}
-
 const SUMMARY_COLUMNS: &str = "id, queue, kind, status, priority, attempts, max_attempts, \
                                LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at, \
                                created_at, finished_at, last_error";
-
 impl Ledger {
+    pub async fn job(&self, id: Uuid) -> Result<Job> {
+        sqlx::query_as::<_, Job>(
+            // run_at is clamped to what chrono can decode: a row holding
+            // `infinity` must read, not panic the reader.
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
+                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
+                    progress, progress_message
+             FROM jobrunner.jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound(id))
+    }
+
+    /// Polls until the job is final or `timeout` passes; returns the last row read.
+    /// A job enqueued straight into Redis has no row until the daemon ingests it, so
+    /// "not found" counts as "not yet" for [`INGEST_GRACE`].
+    pub async fn wait_final(&self, id: Uuid, timeout: Option<Duration>) -> Result<Job> {
+        let start = tokio::time::Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        loop {
+            let job = match self.job(id).await {
+                Err(Error::NotFound(_)) if start.elapsed() < INGEST_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => other?,
+            };
+            let done = job.status.is_final();
+            if done || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(job);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Counts of jobs per status, for the demo and the benchmark.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) FROM jobrunner.jobs GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Counts per queue for every queue in `configured` and every queue that has
     /// unfinished jobs, sorted by name.
     pub async fn queue_counts(&self, configured: &[String]) -> Result<Vec<QueueCounts>> {
@@ -118,14 +146,15 @@ impl Ledger {
                         LEAST(GREATEST(min(run_at) FILTER (WHERE status = 'queued'),
                                        '1970-01-01Z'), '9999-12-31T23:59:59Z') END AS oldest
              FROM jobrunner.jobs
-             WHERE status IN ('scheduled', 'queued', 'running', 'retrying')
+             WHERE status = ANY($1)
              GROUP BY queue, status",
         )
+        .bind(&Status::OPEN[..])
         .fetch_all(&self.pool)
         .await?;
         for row in rows {
             let queue: String = row.get("queue");
-            let status: String = row.get("status");
+            let status: Status = row.get("status");
             let n: i64 = row.get("n");
             let entry = by_queue
                 .entry(queue.clone())
@@ -133,13 +162,13 @@ impl Ledger {
                     queue,
                     ..QueueCounts::default()
                 });
-            match status.as_str() {
-                "scheduled" => entry.scheduled = n,
-                "queued" => {
+            match status {
+                Status::Scheduled => entry.scheduled = n,
+                Status::Queued => {
                     entry.ready = n;
                     entry.oldest_waiting_since = row.get("oldest");
                 }
-                "running" => entry.running = n,
+                Status::Running => entry.running = n,
                 _ => entry.retrying = n,
             }
         }
@@ -161,11 +190,12 @@ impl Ledger {
                  FROM jobrunner.jobs
                  WHERE updated_at >= now() - interval '1 minute'
                    AND finished_at >= now() - interval '1 minute'
-                   AND status IN ('succeeded', 'dead')
+                   AND status = ANY($2)
                  GROUP BY queue
              ) m ON m.queue = q.queue",
         )
         .bind(&queues)
+        .bind(&[Status::Succeeded, Status::Dead][..])
         .fetch_all(&self.pool)
         .await?;
         for row in rows {
@@ -245,139 +275,5 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(Error::NotFound(id))
-    }
-
-    /// Puts a dead or cancelled job back to `queued` with its attempts reset, and in
-    /// the outbox so a daemon dispatches it. Its error history is kept. Returns the
-    /// job's queue. Fails with [`Error::NotRetryable`] for a job that is not final
-    /// or succeeded, and [`Error::NotFound`] for an unknown id.
-    pub async fn retry_job(&self, id: Uuid) -> Result<String> {
-        let mut tx = self.pool.begin().await?;
-        let queue: Option<String> = sqlx::query_scalar(
-            "UPDATE jobrunner.jobs
-             SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
-                 started_at = NULL, result = NULL, updated_at = now()
-             WHERE id = $1 AND status IN ('dead', 'cancelled')
-             RETURNING queue",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(queue) = queue else {
-            drop(tx);
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM jobrunner.jobs WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            return Err(match status {
-                Some(status) => Error::NotRetryable { id, status },
-                None => Error::NotFound(id),
-            });
-        };
-        // `revive`: the job ended, and Redis keeps a tombstone for it a while.
-        sqlx::query(
-            "INSERT INTO jobrunner.outbox (id, revive) VALUES ($1, true)
-             ON CONFLICT (id) DO UPDATE SET revive = true",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::ENQUEUED_CHANNEL)
-            .bind(&queue)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(queue)
-    }
-
-    /// Retries every dead job matching `filter`, `batch` per transaction. Only jobs
-    /// that were dead when this call began: one that is retried, runs and dies again
-    /// meanwhile is not taken twice. Returns how many were retried.
-    pub async fn retry_dead(&self, filter: &DeadFilter, batch: i64) -> Result<u64> {
-        let began: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?;
-        let mut total = 0;
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "WITH retried AS (
-                     UPDATE jobrunner.jobs
-                     SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
-                         started_at = NULL, result = NULL, updated_at = now()
-                     WHERE id = ANY(ARRAY(
-                             SELECT id FROM jobrunner.jobs
-                             WHERE status = 'dead' AND updated_at < $1
-                               AND ($2::text IS NULL OR queue = $2)
-                               AND ($3::text IS NULL OR kind = $3)
-                             ORDER BY created_at LIMIT $4
-                             FOR UPDATE SKIP LOCKED))
-                       AND status = 'dead'
-                     RETURNING id, queue),
-                 outboxed AS (
-                     INSERT INTO jobrunner.outbox (id, revive) SELECT id, true FROM retried
-                     ON CONFLICT (id) DO UPDATE SET revive = true),
-                 notified AS (
-                     SELECT pg_notify($5, queue) FROM (SELECT DISTINCT queue FROM retried) q)
-                 SELECT (SELECT count(*) FROM retried) + 0 * (SELECT count(*) FROM notified)",
-            )
-            .bind(began)
-            .bind(&filter.queue)
-            .bind(&filter.kind)
-            .bind(batch)
-            .bind(super::ENQUEUED_CHANNEL)
-            .fetch_one(&self.pool)
-            .await?;
-            total += n as u64;
-            if n < batch {
-                break;
-            }
-        }
-        Ok(total)
-    }
-
-    /// How many final jobs of `status` ended before `cutoff` (a purge's dry run).
-    pub async fn count_final_before(&self, status: Status, cutoff: DateTime<Utc>) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM jobrunner.jobs
-             WHERE status = $1 AND created_at < $2 AND finished_at < $2",
-        )
-        .bind(status.as_str())
-        .bind(cutoff)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Deletes up to `batch` jobs of a final `status` that ended before `cutoff`.
-    /// Returns how many it deleted; fewer than `batch` means none are left (or the
-    /// rest are locked by another pruner, which deletes them).
-    ///
-    /// A job is created before it ends, so `created_at < cutoff` is implied by
-    /// `finished_at < cutoff`; saying it lets `jobs_status_idx` bound the scan.
-    pub async fn delete_final_batch(
-        &self,
-        status: Status,
-        cutoff: DateTime<Utc>,
-        batch: i64,
-    ) -> Result<u64> {
-        if !status.is_final() {
-            return Ok(0);
-        }
-        let done = sqlx::query(
-            "DELETE FROM jobrunner.jobs
-             WHERE id = ANY(ARRAY(
-                     SELECT id FROM jobrunner.jobs
-                     WHERE status = $1 AND created_at < $2 AND finished_at < $2
-                     ORDER BY created_at LIMIT $3
-                     FOR UPDATE SKIP LOCKED))
-               AND status = $1",
-        )
-        .bind(status.as_str())
-        .bind(cutoff)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
     }
 }

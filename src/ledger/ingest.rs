@@ -1,0 +1,222 @@
+//! Ingest: recording jobs producers put straight into Redis.
+//!
+//! A batch goes in with one `INSERT … FROM UNNEST`; a row Postgres refuses is
+//! found by halving the batch, recorded `dead`, or quarantined when even that fails.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Error, Ledger, NewQuarantine, Result, Status};
+
+/// A job a producer put straight into Redis, to be recorded in the ledger.
+#[derive(Debug, Clone)]
+pub struct IngestedJob {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// Set when the job is refused at ingest (bad payload): it is recorded `dead`.
+    pub refused: Option<String>,
+}
+
+/// What [`Ledger::insert_ingested`] did besides inserting.
+#[derive(Debug, Default)]
+pub struct IngestOutcome {
+    /// Ids whose row already existed and is final: a producer re-sent them.
+    pub finished: Vec<Uuid>,
+    /// Ids that Postgres refused even as `dead`: quarantined instead.
+    pub quarantined: Vec<Uuid>,
+}
+
+impl Ledger {
+    /// Records jobs producers put straight into Redis. Idempotent: a row that exists
+    /// already is left alone, so a re-ingest after a crash does no harm. Returns the
+    /// ids whose row already exists *and is final*: a producer re-sent a finished
+    /// job's id, and it must not run again.
+    ///
+    /// A row Postgres refuses (bad data the script could not see) does not block the
+    /// batch: the batch is retried row by row and each refused row is recorded
+    /// `dead` with the reason, so one bad job never stalls a queue.
+    pub async fn insert_ingested(&self, jobs: &mut [IngestedJob]) -> Result<IngestOutcome> {
+        let mut outcome = IngestOutcome::default();
+        // A data error names no row: halve the batch until the culprits stand alone,
+        // so one poison row costs about 2·log2(n) statements, and the rest go in.
+        // A transient error returns at once; the caller retries the whole batch,
+        // which the `ON CONFLICT DO NOTHING` makes harmless for the parts done.
+        let mut pending = Vec::new();
+        pending.push(0..jobs.len());
+        while let Some(range) = pending.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let part = &mut jobs[range.clone()];
+            match self.insert_ingested_batch(part).await {
+                Ok(ids) => outcome.finished.extend(ids),
+                Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
+                    if part.len() > 1 {
+                        let mid = range.start + part.len() / 2;
+                        pending.push(mid..range.end);
+                        pending.push(range.start..mid);
+                    } else {
+                        let reason = format!("the ledger refused this job: {}", e.message());
+                        if self.refuse_ingested(&mut part[0], reason).await? {
+                            outcome.quarantined.push(part[0].id);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Records one ingested job Postgres refused as `dead`, with every value it
+    /// carries made as plain as possible; if even that is refused, quarantines it.
+    /// True when it was quarantined.
+    async fn refuse_ingested(&self, job: &mut IngestedJob, reason: String) -> Result<bool> {
+        let now = Utc::now();
+        job.refused = Some(match job.refused.take() {
+            Some(earlier) => format!("{earlier}; {reason}"),
+            None => reason,
+        });
+        job.run_at = now;
+        job.created_at = now;
+        job.priority = job.priority.clamp(-1000, 1000);
+        job.max_attempts = job.max_attempts.max(1);
+        match self.insert_ingested_batch(std::slice::from_mut(job)).await {
+            Ok(_) => Ok(false),
+            Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
+                let raw = serde_json::json!({
+                    "id": job.id, "kind": job.kind, "payload": job.payload,
+                    "priority": job.priority, "max_attempts": job.max_attempts,
+                })
+                .to_string();
+                let error = format!(
+                    "{}; recording it dead failed too: {}",
+                    job.refused.as_deref().unwrap_or_default(),
+                    e.message()
+                );
+                self.quarantine(&NewQuarantine {
+                    source: "ingest",
+                    queue: Some(&job.queue),
+                    job_id: Some(job.id),
+                    raw: &raw,
+                    error: &error,
+                })
+                .await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_ingested_batch(&self, jobs: &[IngestedJob]) -> Result<Vec<Uuid>> {
+        let mut cols = IngestColumns::default();
+        for job in jobs {
+            cols.push(job);
+        }
+        let ids = cols.ids.clone();
+        let mut conn = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobrunner.jobs
+               (id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
+                last_error, finished_at)
+             SELECT u.id, u.queue, u.kind, u.payload::jsonb, u.status, u.priority, u.max_attempts,
+                    u.run_at, u.created_at, u.last_error,
+                    CASE WHEN u.status = 'dead' THEN now() END
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                         $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[])
+               AS u(id, queue, kind, payload, status, priority, max_attempts, run_at, created_at,
+                    last_error)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(cols.ids)
+        .bind(cols.queues)
+        .bind(cols.kinds)
+        .bind(cols.payloads)
+        .bind(cols.statuses)
+        .bind(cols.priorities)
+        .bind(cols.max_attempts)
+        .bind(cols.run_ats)
+        .bind(cols.created_ats)
+        .bind(cols.errors)
+        .fetch_all(&mut *tx)
+        .await?;
+        let inserted: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+        let existing: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| !inserted.contains(id))
+            .collect();
+        // Rows that existed before this insert and are final: the statement above
+        // left them alone, and their ids must not run again. Usually there are none.
+        let finished = if existing.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM jobrunner.jobs
+                 WHERE id = ANY($1) AND status = ANY($2)",
+            )
+            .bind(existing)
+            .bind(&Status::FINAL[..])
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(finished)
+    }
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (constraint violation): the row is
+/// wrong, not the connection.
+fn is_data_error(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+#[derive(Default)]
+struct IngestColumns {
+    ids: Vec<Uuid>,
+    queues: Vec<String>,
+    kinds: Vec<String>,
+    payloads: Vec<String>,
+    statuses: Vec<&'static str>,
+    priorities: Vec<i32>,
+    max_attempts: Vec<i32>,
+    run_ats: Vec<DateTime<Utc>>,
+    created_ats: Vec<DateTime<Utc>>,
+    errors: Vec<Option<String>>,
+}
+
+impl IngestColumns {
+    fn push(&mut self, job: &IngestedJob) {
+        let (status, payload) = match &job.refused {
+            // A refused payload may not be JSON at all: keep the text as a JSON string.
+            Some(_) => (
+                Status::Dead,
+                Value::String(crate::pgtext::safe(&job.payload).into_owned()).to_string(),
+            ),
+            None => (Status::initial(job.run_at, Utc::now()), job.payload.clone()),
+        };
+        self.ids.push(job.id);
+        self.queues.push(job.queue.clone());
+        self.kinds.push(job.kind.clone());
+        self.payloads.push(payload);
+        self.statuses.push(status.as_str());
+        self.priorities.push(job.priority);
+        self.max_attempts.push(job.max_attempts);
+        self.run_ats.push(job.run_at);
+        self.created_ats.push(job.created_at);
+        self.errors.push(
+            job.refused
+                .as_deref()
+                .map(|e| crate::pgtext::safe(e).into_owned()),
+        );
+    }
+}

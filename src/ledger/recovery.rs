@@ -1,0 +1,70 @@
+//! Recovery: finding jobs whose Redis copy is gone and putting them back in the
+//! outbox, after Redis came back empty or when the orphan sweep finds one missing.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Ledger, Result, Status};
+
+impl Ledger {
+    /// Puts every job that is not final back in the outbox: used when Redis came
+    /// back empty. Returns how many rows it marked.
+    pub async fn redispatch_all(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "INSERT INTO jobrunner.outbox (id)
+             SELECT id FROM jobrunner.jobs
+             WHERE status = ANY($1)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&Status::OPEN[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts the given jobs back in the outbox (their Redis copy was found missing),
+    /// unless a status write touched them after `before`.
+    pub async fn redispatch_stale(&self, ids: &[Uuid], before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "INSERT INTO jobrunner.outbox (id)
+             SELECT id FROM jobrunner.jobs
+             WHERE id = ANY($1) AND updated_at < $2
+               AND status = ANY($3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .bind(before)
+        .bind(&Status::OPEN[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// One page of dispatched, non-final jobs untouched since `before`, ordered by id
+    /// after `after`: the candidates whose Redis copy the orphan sweep checks.
+    pub async fn stale_page(
+        &self,
+        before: DateTime<Utc>,
+        after: Uuid,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.queue FROM jobrunner.jobs j
+             WHERE j.status = ANY($4)
+               AND j.updated_at < $1 AND j.id > $2
+               AND NOT EXISTS (SELECT 1 FROM jobrunner.outbox o WHERE o.id = j.id)
+             ORDER BY j.id LIMIT $3",
+        )
+        .bind(before)
+        .bind(after)
+        .bind(limit)
+        .bind(&Status::OPEN[..])
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<Uuid, _>(0), r.get::<String, _>(1)))
+            .collect())
+    }
+}

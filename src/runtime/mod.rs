@@ -248,7 +248,7 @@ impl Daemon {
         });
         let shutdown = CancellationToken::new();
         if let Some(addr) = admin_addr {
-            crate::admin::log_listening(addr);
+            crate::http::log_listening(addr);
         }
         let admin = AdminParts {
             listener,
@@ -256,7 +256,7 @@ impl Daemon {
             relay: relay_task,
         };
         let admin_state = sse.map(|events| {
-            crate::admin::AdminState::new(
+            crate::http::HttpState::new(
                 shared.ledger.clone(),
                 shared.broker.clone(),
                 shared.metrics.clone(),
@@ -390,7 +390,7 @@ async fn supervise(
     acker_tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     admin: AdminParts,
-    admin_state: Option<crate::admin::AdminState>,
+    admin_state: Option<crate::http::HttpState>,
 ) {
     // The loops the daemon cannot work without; the watchdog stops pinging
     // systemd, and `/readyz` fails, if one of them ends early. (The subscriber
@@ -398,7 +398,7 @@ async fn supervise(
     let alive = watchdog::Liveness::new(shutdown.clone());
     // The admin listener serves through the drain (readiness says 503 then).
     let admin_task = match (admin.listener, admin_state) {
-        (Some(listener), Some(state)) => Some(tokio::spawn(crate::admin::serve(
+        (Some(listener), Some(state)) => Some(tokio::spawn(crate::http::serve(
             listener,
             state.with_broken(alive.ended_early()),
             admin.stop.clone(),

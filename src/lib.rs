@@ -15,13 +15,14 @@
 //! - [`metrics`]: the process's counters and histograms, rendered by `http`.
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`cli`]: the command-line interface over the modules above.
-//! - [`bench`]: the throughput and latency benchmark.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
+//!
+//! The benchmark (`jobrunner bench`) is not part of the library: it is a module of
+//! the binary, added to the command line through [`cli::Layer`].
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod batch;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

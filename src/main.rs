@@ -1,10 +1,30 @@
 //! The `jobrunner` binary: parse the command line, run it, map the outcome to an
-//! exit code. Everything else lives in the library.
+//! exit code. The core lives in the library; the binary adds the layers above it
+//! (the benchmark, `bench/`) to the core's command line through `cli::Layer`.
+
+mod bench;
 
 use std::process::ExitCode;
 
+use jobrunner::config::Config;
+
+/// The commands the binary adds to the core's.
+#[derive(Debug, clap::Subcommand)]
+enum Layers {
+    /// Measure enqueue rate, end-to-end throughput, pickup latency and memory.
+    Bench(bench::BenchArgs),
+}
+
+impl jobrunner::cli::Layer for Layers {
+    async fn run(self, config: Config) -> anyhow::Result<ExitCode> {
+        match self {
+            Layers::Bench(args) => bench::run(config, args).await,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = jobrunner::cli::parse();
+    let cli = jobrunner::cli::parse::<Layers>();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,5 +41,29 @@ fn main() -> ExitCode {
             eprintln!("jobrunner: {}", jobrunner::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_benchmark_is_a_subcommand_with_help_for_every_argument_and_the_environment_notes() {
+        let mut command = jobrunner::cli::command::<super::Layers>();
+        command.build();
+        let bench = command
+            .find_subcommand("bench")
+            .expect("bench is on the command line");
+        let missing: Vec<String> = bench
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version" | "config"))
+            .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        let notes = bench
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(notes.contains("JOBRUNNER_CONFIG"), "after help: {notes}");
     }
 }

@@ -58,16 +58,16 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 `status --wait` saw the job end
     about = "A background job-runner daemon: Postgres ledger, Redis dispatch",
     after_help = ENVIRONMENT_HELP
 )]
-pub struct Cli {
+pub struct Cli<L: Layer = NoLayer> {
     /// Config file (default: ./config/jobrunner.toml, then /etc/jobrunner/jobrunner.toml).
     #[arg(long, global = true, env = "JOBRUNNER_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Command<L>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Command<L: Layer = NoLayer> {
     /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once);
     /// SIGHUP reloads the config file.
     Run {
@@ -108,8 +108,9 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         log_file: Option<PathBuf>,
     },
-    /// Measure enqueue rate, end-to-end throughput, pickup latency and memory.
-    Bench(crate::bench::BenchArgs),
+    /// The commands of the layers above the core (the binary's benchmark).
+    #[command(flatten)]
+    Layer(L),
     /// Print the effective configuration (passwords hidden).
     Config {
         /// Print one JSON document instead of TOML.
@@ -216,29 +217,47 @@ pub enum CompletionShell {
     Fish,
 }
 
+/// Subcommands that a layer above the core adds to `jobrunner`: the binary adds
+/// the benchmark this way, and a user's own binary can add its commands the same
+/// way. They are parsed with the core's, show in its help, completions and man
+/// pages, and run after the config is loaded and telemetry is installed.
+pub trait Layer: Subcommand + std::fmt::Debug + Send + 'static {
+    fn run(self, config: Config) -> impl Future<Output = anyhow::Result<ExitCode>> + Send;
+}
+
+/// The command line of the core alone, with no layer's commands.
+#[derive(Debug, Subcommand)]
+pub enum NoLayer {}
+
+impl Layer for NoLayer {
+    async fn run(self, _config: Config) -> anyhow::Result<ExitCode> {
+        match self {}
+    }
+}
+
 /// The command line as clap sees it, with the environment and exit-code notes
 /// below every subcommand's help too. Completions and man pages come from it.
-pub fn command() -> clap::Command {
+pub fn command<L: Layer>() -> clap::Command {
     fn with_notes(command: clap::Command) -> clap::Command {
         command
             .after_help(ENVIRONMENT_HELP)
             .mut_subcommands(with_notes)
     }
-    with_notes(Cli::command())
+    with_notes(Cli::<L>::command())
 }
 
 /// Parses the process's arguments; on a usage error prints it and exits 2.
-pub fn parse() -> Cli {
-    let matches = command().get_matches();
+pub fn parse<L: Layer>() -> Cli<L> {
+    let matches = command::<L>().get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 /// Runs one subcommand to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
     // These two describe the command line itself: no config, no services.
     match &cli.command {
-        Command::Completions { shell } => return print_completions(*shell),
-        Command::Manpages { dir } => return write_manpages(dir),
+        Command::Completions { shell } => return print_completions::<L>(*shell),
+        Command::Manpages { dir } => return write_manpages::<L>(dir),
         // Everything else reads the config.
         _ => {}
     }
@@ -276,7 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => status(config, id, json, wait, timeout).await,
-        Command::Bench(args) => crate::bench::run(config, args).await,
+        Command::Layer(layer) => layer.run(config).await,
         Command::Config { json } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&config.to_json()?)?);
@@ -297,8 +316,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workers(args) => admin::workers(config, args).await,
         Command::Quarantine(args) => quarantine::run(config, args).await,
         Command::Demo { .. } => demo::run(config, demo_log).await,
-        Command::Completions { shell } => print_completions(shell),
-        Command::Manpages { dir } => write_manpages(&dir),
+        Command::Completions { shell } => print_completions::<L>(shell),
+        Command::Manpages { dir } => write_manpages::<L>(&dir),
     }
 }
 
@@ -441,7 +460,7 @@ async fn live_daemons_serving(config: &Config, queue: &str) -> anyhow::Result<us
         .count())
 }
 
-fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
+fn print_completions<L: Layer>(shell: CompletionShell) -> anyhow::Result<ExitCode> {
     let shell = match shell {
         CompletionShell::Bash => clap_complete::Shell::Bash,
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
@@ -450,7 +469,7 @@ fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
     // Into memory first: writing to a Vec cannot fail, where clap_complete panics
     // on a closed stdout (`jobrunner completions bash | head`).
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command(), "jobrunner", &mut script);
+    clap_complete::generate(shell, &mut command::<L>(), "jobrunner", &mut script);
     std::io::stdout()
         .write_all(&script)
         .context("writing the completion script")?;
@@ -459,9 +478,9 @@ fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
 
 /// Writes jobrunner.1 and one page per visible subcommand (jobrunner-enqueue.1, …)
 /// into `dir`, which is created if missing.
-fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn write_manpages<L: Layer>(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    clap_mangen::generate_to(command(), dir)
+    clap_mangen::generate_to(command::<L>(), dir)
         .with_context(|| format!("writing the man pages into {}", dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -706,7 +725,7 @@ mod tests {
 
     #[test]
     fn every_argument_and_option_has_help_text() {
-        let mut command = command();
+        let mut command = command::<NoLayer>();
         command.build();
         let mut args = Vec::new();
         all_args(&command, "jobrunner", &mut args);
@@ -721,7 +740,7 @@ mod tests {
 
     #[test]
     fn every_help_page_names_the_environment_that_matters() {
-        let mut command = command();
+        let mut command = command::<NoLayer>();
         command.build();
         for sub in command
             .get_subcommands_mut()
@@ -752,7 +771,7 @@ mod tests {
 
     #[test]
     fn status_values_on_the_command_line_are_the_ledger_s_statuses() {
-        let command = command();
+        let command = command::<NoLayer>();
         let jobs = command.find_subcommand("jobs").unwrap();
         let status = jobs
             .get_arguments()
@@ -794,7 +813,7 @@ mod tests {
                 "1d",
             ],
         ] {
-            let error = command().try_get_matches_from(args).unwrap_err();
+            let error = command::<NoLayer>().try_get_matches_from(args).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
             assert!(
                 matches!(
@@ -806,7 +825,7 @@ mod tests {
             );
         }
         assert!(
-            command()
+            command::<NoLayer>()
                 .try_get_matches_from(["jobrunner", "enqueue", "noop", "--priority", "-1000"])
                 .is_ok()
         );

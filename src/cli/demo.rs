@@ -55,7 +55,9 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     let site = demo::FixtureSite::start()
         .await
         .context("starting the demo's fixture site")?;
-    config.data_extraction.allow_hosts.push("127.0.0.1".into());
+    let mut extraction: crate::jobs::DataExtractionConfig = config.section();
+    extraction.allow_hosts.push("127.0.0.1".into());
+    config.set_section(&extraction);
 
     let ledger = Ledger::connect(&config.database).await?;
     ledger.migrate().await.context("applying migrations")?;

@@ -261,7 +261,7 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         // Everything else reads the config.
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let config = Config::load(cli.config.as_deref(), &crate::jobs::sections())?;
     let quiet = !matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
     let mut log = config.log.clone();
     if quiet && std::env::var_os("RUST_LOG").is_none() {
@@ -532,7 +532,7 @@ async fn run_daemon(
 /// does not load is logged and changes nothing; the daemon keeps running.
 fn reload(daemon: &Daemon, path: Option<&std::path::Path>, notifier: &crate::runtime::Notifier) {
     notifier.reloading();
-    match Config::load(path) {
+    match Config::load(path, &crate::jobs::sections()) {
         Ok(new) => {
             let origin = new.origin.clone();
             let report = daemon.reload(new);

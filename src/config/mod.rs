@@ -11,21 +11,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod builtin_kinds;
 mod cron;
 mod flow;
 mod kinds;
 mod observe;
 mod retention;
 mod secret;
+mod sections;
 
-pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
 pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 pub use observe::{AdminConfig, EventsConfig};
 pub use retention::RetentionConfig;
 pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
+pub use sections::{Claim, Section};
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
@@ -54,8 +54,11 @@ pub enum Error {
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
 /// The whole effective configuration of one daemon or CLI invocation.
+///
+/// Not `deny_unknown_fields`: unknown top-level tables land in `sections`, and
+/// [`Config::from_toml_with`] refuses every one that no layer claimed.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
@@ -65,10 +68,6 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings; a kind that is not listed uses [`KindConfig::default`].
     pub kinds: BTreeMap<String, KindConfig>,
-    /// Settings of the `content-generation` kind.
-    pub content_generation: ContentGenerationConfig,
-    /// Settings of the built-in `data-extraction` kind.
-    pub data_extraction: DataExtractionConfig,
     /// Cron schedules (`[cron.NAME]`); every daemon runs them, each fire time once.
     pub cron: BTreeMap<String, CronConfig>,
     /// How long final jobs are kept before the daemon deletes them.
@@ -77,6 +76,11 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where job status changes are published.
     pub events: EventsConfig,
+    /// The top-level tables that layers above the core claimed (see
+    /// [`Section`]), by name, in their normalised form (defaults filled in).
+    /// Read one with [`Config::section`].
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, serde_json::Value>,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
@@ -183,12 +187,11 @@ impl Default for Config {
             log: LogConfig::default(),
             queues,
             kinds: BTreeMap::new(),
-            content_generation: ContentGenerationConfig::default(),
-            data_extraction: DataExtractionConfig::default(),
             cron: BTreeMap::new(),
             retention: RetentionConfig::default(),
             admin: AdminConfig::default(),
             events: EventsConfig::default(),
+            sections: BTreeMap::new(),
             origin: "built-in defaults".to_owned(),
         }
     }
@@ -260,7 +263,8 @@ impl Default for QueueConfig {
 impl Config {
     /// Loads the file named by `explicit`, else the first of [`SEARCH_PATH`] that
     /// exists, else the defaults; then applies environment overrides and validates.
-    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+    /// The file may hold the top-level tables that `claims` name.
+    pub fn load(explicit: Option<&Path>, claims: &[Claim]) -> Result<Config> {
         let found = match explicit {
             Some(path) => Some(path.to_path_buf()),
             None => SEARCH_PATH.iter().map(PathBuf::from).find(|p| p.is_file()),
@@ -271,9 +275,13 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                Config::from_toml(&text, &path.display().to_string())?
+                Config::from_toml_with(&text, &path.display().to_string(), claims)?
             }
-            None => Config::default(),
+            None => {
+                let mut config = Config::default();
+                config.claim(claims)?;
+                config
+            }
         };
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
@@ -281,14 +289,75 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; `origin` names it in errors. Does not validate.
+    /// Parses TOML text of the core's sections alone; `origin` names it in
+    /// errors. Does not validate.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        Config::from_toml_with(text, origin, &[])
+    }
+
+    /// Parses TOML text that may also hold the top-level tables `claims` name;
+    /// each is read and checked by its layer's type. Does not validate the rest.
+    pub fn from_toml_with(text: &str, origin: &str, claims: &[Claim]) -> Result<Config> {
         let mut config: Config = toml::from_str(text).map_err(|e| Error::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().trim_end_matches('.').to_owned(),
         })?;
         config.origin = origin.to_owned();
+        config.claim(claims)?;
         Ok(config)
+    }
+
+    /// Refuses every extra top-level table that no claim names, then reads each
+    /// claimed one through its type (an absent one gets its defaults).
+    fn claim(&mut self, claims: &[Claim]) -> Result {
+        if let Some(unknown) = self
+            .sections
+            .keys()
+            .find(|name| !claims.iter().any(|c| c.name() == name.as_str()))
+        {
+            return Err(Error::Parse {
+                path: self.origin.clone(),
+                message: format!("unknown top-level key `{unknown}`"),
+            });
+        }
+        for claim in claims {
+            let value = self
+                .sections
+                .remove(claim.name())
+                .unwrap_or_else(|| serde_json::json!({}));
+            let normalised = claim
+                .normalize(value)
+                .map_err(|(key, reason)| Error::Invalid {
+                    origin: self.origin.clone(),
+                    key: if key.is_empty() {
+                        claim.name().to_owned()
+                    } else {
+                        format!("{}.{key}", claim.name())
+                    },
+                    reason,
+                })?;
+            self.sections.insert(claim.name().to_owned(), normalised);
+        }
+        Ok(())
+    }
+
+    /// A layer's section: the claimed table as its type reads it, or its
+    /// defaults when the config holds none (a config built in code).
+    pub fn section<S: Section>(&self) -> S {
+        self.sections
+            .get(S::NAME)
+            // The stored value was written by `S` itself when it was claimed or
+            // set, so reading it back cannot fail; the defaults are the fallback
+            // for a value a caller put in `sections` by hand.
+            .and_then(|value| serde_json::from_value(value.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces a layer's section (tests and the demo adjust settings in code).
+    pub fn set_section<S: Section>(&mut self, section: &S) {
+        if let Ok(value) = sections::to_value(section) {
+            self.sections.insert(S::NAME.to_owned(), value);
+        }
     }
 
     /// `JOBRUNNER_DATABASE_URL` / `JOBRUNNER_REDIS_URL` win, then `DATABASE_URL` /
@@ -435,45 +504,6 @@ impl Config {
                 return bad(&key, &reason);
             }
         }
-        let content = &self.content_generation;
-        if !content.openai_base_url.starts_with("http://")
-            && !content.openai_base_url.starts_with("https://")
-        {
-            return bad(
-                "content_generation.openai_base_url",
-                "must start with http:// or https://",
-            );
-        }
-        if content.openai_model.is_empty() {
-            return bad("content_generation.openai_model", "must not be empty");
-        }
-        if content.openai_api_key_env.is_empty()
-            || !content
-                .openai_api_key_env
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return bad(
-                "content_generation.openai_api_key_env",
-                "must be an environment variable name (letters, digits and '_')",
-            );
-        }
-        if content.request_timeout.is_zero() {
-            return bad("content_generation.request_timeout", "must be above zero");
-        }
-        if !(1..=64).contains(&content.max_concurrent_drafts) {
-            return bad(
-                "content_generation.max_concurrent_drafts",
-                "must be from 1 to 64",
-            );
-        }
-        self.data_extraction
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key: format!("data_extraction.{key}"),
-                reason,
-            })?;
         self.retention
             .validate()
             .map_err(|(key, reason)| Error::Invalid {
@@ -749,47 +779,59 @@ mod tests {
         assert_eq!(again.kind("c").handler, Some(HandlerName::Command));
     }
 
+    /// A section a layer above the core might claim.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Shop {
+        items: u32,
+        #[serde(with = "humantime_serde")]
+        restock: Duration,
+    }
+
+    impl Section for Shop {
+        const NAME: &'static str = "shop";
+        fn validate(&self) -> std::result::Result<(), (String, String)> {
+            if self.items > 10 {
+                return Err(("items".into(), "must be at most 10".into()));
+            }
+            Ok(())
+        }
+    }
+
     #[test]
-    fn an_unknown_content_generator_is_rejected_with_its_key() {
-        let err = Config::from_toml("[content_generation]\ngenerator = \"gpt\"\n", "c.toml")
+    fn a_top_level_table_no_layer_claims_is_refused() {
+        let err = Config::from_toml("[shop]\nitems = 1\n", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.toml") && err.contains("gpt"), "{err}");
-    }
-
-    #[test]
-    fn a_content_api_key_env_must_be_a_variable_name() {
-        let config = Config::from_toml(
-            "[content_generation]\nopenai_api_key_env = \"sk-123 oops\"\n",
-            "c.toml",
-        )
-        .unwrap();
-        let text = config.validate().unwrap_err().to_string();
         assert!(
-            text.contains("content_generation.openai_api_key_env"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_data_extraction_allow_list_entry_with_a_scheme_names_the_key() {
-        let config = Config::from_toml(
-            "[data_extraction]\nallow_hosts = [\"http://intranet\"]\n",
-            "d.toml",
-        )
-        .unwrap();
-        let err = config.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("key `data_extraction.allow_hosts`") && err.contains("http://intranet"),
+            err.contains("c.toml") && err.contains("unknown top-level key `shop`"),
             "{err}"
         );
-        let ok = Config::from_toml(
-            "[data_extraction]\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"intranet.local\"]\nfetch_timeout = \"5s\"\n",
-            "d.toml",
-        )
-        .unwrap();
-        ok.validate().unwrap();
-        assert_eq!(ok.data_extraction.fetch_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_claimed_section_is_read_checked_and_printed_by_its_own_type() {
+        let claims = [Claim::of::<Shop>()];
+        let config =
+            Config::from_toml_with("[shop]\nitems = 3\nrestock = \"5m\"\n", "c.toml", &claims)
+                .unwrap();
+        let shop: Shop = config.section();
+        assert_eq!((shop.items, shop.restock), (3, Duration::from_secs(300)));
+        assert!(config.to_toml().contains("[shop]"), "{}", config.to_toml());
+
+        let typo = Config::from_toml_with("[shop]\nitemz = 3\n", "c.toml", &claims)
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("c.toml") && typo.contains("itemz"), "{typo}");
+        let invalid = Config::from_toml_with("[shop]\nitems = 11\n", "c.toml", &claims)
+            .unwrap_err()
+            .to_string();
+        assert!(invalid.contains("key `shop.items`"), "{invalid}");
+
+        // Absent from the file: the section's defaults, printed too.
+        let absent = Config::from_toml_with("", "c.toml", &claims).unwrap();
+        assert_eq!(absent.section::<Shop>(), Shop::default());
+        assert!(absent.to_toml().contains("[shop]"));
     }
 
     #[test]

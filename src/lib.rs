@@ -17,8 +17,9 @@
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
 //!
-//! The benchmark (`jobrunner bench`) is not part of the library: it is a module of
-//! the binary, added to the command line through [`cli::Layer`].
+//! The demo and the benchmark (`jobrunner demo`, `jobrunner bench`) are not part
+//! of the library: they are modules of the binary, added to the command line
+//! through [`cli::Layer`].
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 

@@ -1,8 +1,12 @@
 //! The `jobrunner` binary: parse the command line, run it, map the outcome to an
 //! exit code. The core lives in the library; the binary adds the layers above it
-//! (the benchmark, `bench/`) to the core's command line through `cli::Layer`.
+//! (the demo, `demo/`, and the benchmark, `bench/`) to the core's command line
+//! through `cli::Layer`.
 
 mod bench;
+mod demo;
+
+use std::path::PathBuf;
 
 use std::process::ExitCode;
 
@@ -11,13 +15,35 @@ use jobrunner::config::Config;
 /// The commands the binary adds to the core's.
 #[derive(Debug, clap::Subcommand)]
 enum Layers {
+    /// Set up, enqueue demo jobs of the built-in kinds, run them and show their status.
+    Demo {
+        /// Where the in-process daemon's log goes (default: jobrunner-demo.log in the
+        /// temporary directory); the demo names it, and shows its end when something fails.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+    },
     /// Measure enqueue rate, end-to-end throughput, pickup latency and memory.
     Bench(bench::BenchArgs),
 }
 
 impl jobrunner::cli::Layer for Layers {
+    fn log_file(&self) -> Option<PathBuf> {
+        match self {
+            Layers::Demo { log_file } => Some(
+                log_file
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("jobrunner-demo.log")),
+            ),
+            Layers::Bench(_) => None,
+        }
+    }
+
     async fn run(self, config: Config) -> anyhow::Result<ExitCode> {
         match self {
+            Layers::Demo { .. } => {
+                let log = self.log_file().unwrap_or_default();
+                demo::run(config, log).await
+            }
             Layers::Bench(args) => bench::run(config, args).await,
         }
     }

@@ -83,14 +83,7 @@ pub enum Command<L: Layer = NoLayer> {
         #[arg(long, value_parser = humantime::parse_duration, requires = "wait")]
         timeout: Option<Duration>,
     },
-    /// Set up, enqueue demo jobs of the built-in kinds, run them and show their status.
-    Demo {
-        /// Where the in-process daemon's log goes (default: jobrunner-demo.log in the
-        /// temporary directory); the demo names it, and shows its end when something fails.
-        #[arg(long, value_name = "PATH")]
-        log_file: Option<PathBuf>,
-    },
-    /// The commands of the layers above the core (the binary's benchmark).
+    /// The commands of the layers above the core (the binary's demo and benchmark).
     #[command(flatten)]
     Layer(L),
     /// Print the effective configuration (passwords hidden).
@@ -200,10 +193,17 @@ pub enum CompletionShell {
 }
 
 /// Subcommands that a layer above the core adds to `jobrunner`: the binary adds
-/// the benchmark this way, and a user's own binary can add its commands the same
+/// the demo and the benchmark this way, and a user's own binary can add its commands the same
 /// way. They are parsed with the core's, show in its help, completions and man
 /// pages, and run after the config is loaded and telemetry is installed.
 pub trait Layer: Subcommand + std::fmt::Debug + Send + 'static {
+    /// Where this command's log goes, at info, when it runs a daemon whose lines
+    /// would get in the way of what it prints (the demo); `None`: stderr, at warn
+    /// unless `RUST_LOG` says otherwise.
+    fn log_file(&self) -> Option<PathBuf> {
+        None
+    }
+
     fn run(self, config: Config) -> impl Future<Output = anyhow::Result<ExitCode>> + Send;
 }
 

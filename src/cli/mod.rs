@@ -14,7 +14,6 @@ mod args;
 mod control;
 mod cron;
 mod daemon;
-mod demo;
 mod jobs;
 mod quarantine;
 mod queues;
@@ -27,7 +26,6 @@ pub use args::{
 pub use table::{job_rows, job_table, key_value_table};
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,29 +47,27 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let config = Config::load(cli.config.as_deref(), &crate::jobs::sections())?;
-    let quiet = !matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
+    let log_file = match &cli.command {
+        Command::Layer(layer) => layer.log_file(),
+        _ => None,
+    };
+    let quiet = !matches!(cli.command, Command::Run { .. }) && log_file.is_none();
     let mut log = config.log.clone();
     if quiet && std::env::var_os("RUST_LOG").is_none() {
         log.level = "warn".into();
     }
-    // The demo's daemon logs at info to its own file, out of the table's way.
-    let demo_log = match &cli.command {
-        Command::Demo { log_file } => {
-            let path = log_file
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("jobrunner-demo.log"));
+    match log_file {
+        // A layer's daemon (the demo's) logs at info to its own file, out of the
+        // way of what the command prints.
+        Some(path) => {
             let file = std::fs::File::create(&path)
-                .with_context(|| format!("creating the demo's log file {}", path.display()))?;
+                .with_context(|| format!("creating the log file {}", path.display()))?;
             // RUST_LOG still overrides this (telemetry reads it first).
             log.level = "info".into();
             crate::telemetry::init_to_file(&log, file);
-            path
         }
-        _ => {
-            crate::telemetry::init(&log);
-            PathBuf::new()
-        }
-    };
+        None => crate::telemetry::init(&log),
+    }
     match cli.command {
         Command::Run { migrate } => {
             daemon::run_daemon(config, cli.config.as_deref(), migrate).await
@@ -104,7 +100,6 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         Command::Purge(args) => jobs::purge(config, args).await,
         Command::Workers(args) => queues::workers(config, args).await,
         Command::Quarantine(args) => quarantine::run(config, args).await,
-        Command::Demo { .. } => demo::run(config, demo_log).await,
         Command::Completions { shell } => print_completions::<L>(shell),
         Command::Manpages { dir } => write_manpages::<L>(&dir),
     }

@@ -8,7 +8,6 @@
 mod command;
 mod content_generation;
 mod data_extraction;
-pub mod demo;
 mod diagnostic;
 mod http;
 mod message_processing;

@@ -73,23 +73,28 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_benchmark_is_a_subcommand_with_help_for_every_argument_and_the_environment_notes() {
+    fn the_binarys_commands_have_help_for_every_argument_and_the_environment_notes() {
         let mut command = jobrunner::cli::command::<super::Layers>();
         command.build();
-        let bench = command
-            .find_subcommand("bench")
-            .expect("bench is on the command line");
-        let missing: Vec<String> = bench
-            .get_arguments()
-            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version" | "config"))
-            .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
-            .map(|a| a.get_id().to_string())
-            .collect();
-        assert!(missing.is_empty(), "no help text: {missing:?}");
-        let notes = bench
-            .get_after_help()
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        assert!(notes.contains("JOBRUNNER_CONFIG"), "after help: {notes}");
+        for name in ["demo", "bench"] {
+            let sub = command
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("{name} is on the command line"));
+            let missing: Vec<String> = sub
+                .get_arguments()
+                .filter(|a| !matches!(a.get_id().as_str(), "help" | "version" | "config"))
+                .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
+                .map(|a| a.get_id().to_string())
+                .collect();
+            assert!(missing.is_empty(), "{name}: no help text: {missing:?}");
+            let notes = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                notes.contains("JOBRUNNER_CONFIG"),
+                "{name}: after help: {notes}"
+            );
+        }
     }
 }

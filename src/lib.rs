@@ -12,22 +12,24 @@
 //! - [`control`]: cancel and retry one job, over the ledger and Redis.
 //! - [`scheduler`]: cron schedules that fire once across all daemons.
 //! - [`jobs`]: the `Handler` trait, the registry and the built-in kinds.
-//! - [`admin`]: the HTTP listener: health, readiness, metrics, job lookups, SSE events.
-//! - [`metrics`]: the process's counters and histograms, rendered by `admin`.
+//! - [`http`]: the HTTP listener (`[admin]` in the config): health, readiness, metrics, job lookups, SSE events.
+//! - [`metrics`]: the process's counters and histograms, rendered by `http`.
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`cli`]: the command-line interface over the modules above.
-//! - [`bench`]: the throughput and latency benchmark.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
+//!
+//! The demo and the benchmark (`jobrunner demo`, `jobrunner bench`) are not part
+//! of the library: they are modules of the binary, added to the command line
+//! through [`cli::Layer`].
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
-pub mod admin;
 pub mod batch;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! The process's metrics: counters and histograms that the runtime, the ledger and
 //! the broker's callers record into, rendered in the Prometheus text format (0.0.4)
-//! by `admin` at `/metrics`.
+//! by `http` at `/metrics`.
 //!
 //! Storage and rendering are `metrics-exporter-prometheus`'s. Each [`Metrics`]
 //! owns its own recorder and is passed explicitly; nothing is installed as the
@@ -15,7 +15,7 @@
 //! value, as before). A counter is an atomic add; a histogram sample goes into the
 //! exporter's lock-free buffer until [`Metrics::upkeep`] or a scrape folds it into
 //! buckets. Only a kind the daemon does not know pays for a registry lookup. Nothing here does I/O; gauges that need Redis or Postgres are read at
-//! scrape time by `admin` and passed to [`Metrics::render`].
+//! scrape time by `http` and passed to [`Metrics::render`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};

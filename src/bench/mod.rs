@@ -35,9 +35,9 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
 
-use crate::broker::{Broker, RedisEnqueue};
-use crate::config::{Config, QueueConfig};
-use crate::ledger::Ledger;
+use jobrunner::broker::{Broker, RedisEnqueue};
+use jobrunner::config::{Config, QueueConfig};
+use jobrunner::ledger::Ledger;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -167,9 +167,12 @@ impl Scratch {
     async fn create(base: &Config) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
         let admin_url = base.database.url.expose().to_owned();
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .with_context(|| format!("connecting to {}", crate::config::redact_url(&admin_url)))?;
+        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
+            format!(
+                "connecting to {}",
+                jobrunner::config::redact_url(&admin_url)
+            )
+        })?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut admin)
             .await
@@ -276,7 +279,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
 
     let path = scratch.dir.join("bench.toml");
     // The daemon needs the real URLs: write them, not the printed form.
-    let text = crate::config::with_secrets_exposed(|| toml::to_string(config))?;
+    let text = jobrunner::config::with_secrets_exposed(|| toml::to_string(config))?;
     std::fs::write(&path, text)?;
     if !args.json {
         eprintln!("Starting the daemon...");

@@ -1,4 +1,7 @@
-//! The command line: clap definitions and one thin function per subcommand.
+//! The command line: one thin function per subcommand. The clap definitions are
+//! in `args.rs`, the daemon's command in `daemon.rs`, the tables people read in
+//! `table.rs`; `jobs.rs` (`jobs`, `inspect`, `retry`, `purge`) and `queues.rs`
+//! (`queues`, `workers`) are the admin commands.
 //!
 //! This is the binary's edge: it turns errors into a message on stderr and an exit
 //! code (`anyhow` lives here and in `main.rs` only). Exit codes: 0 success, 1 error,
@@ -7,267 +10,68 @@
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
 //! `ledger`, `broker` and `runtime`.
 
-mod admin;
+mod args;
 mod control;
 mod cron;
-mod demo;
+mod daemon;
+mod jobs;
 mod quarantine;
+mod queues;
+mod table;
+
+pub(crate) use args::parse_job_id;
+pub use args::{
+    Cli, Command, CompletionShell, EnqueueCommand, Layer, NoLayer, VERSION, Via, command, parse,
+};
+pub use table::{job_rows, job_table, key_value_table};
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::broker::{Broker, RedisEnqueue};
 use crate::config::{self, Config};
-use crate::jobs::Registry;
-use crate::ledger::{Job, Ledger, NewJob, Status};
-use crate::runtime::Daemon;
-
-/// `jobrunner --version`: the release, the commit it was built from and the
-/// newest migration it expects (build.rs finds both).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("JOBRUNNER_GIT_COMMIT"),
-    ", schema ",
-    env!("JOBRUNNER_SCHEMA_VERSION"),
-    ")"
-);
-
-/// Printed below every `--help`: the variables that change what a command does.
-const ENVIRONMENT_HELP: &str = "\
-Environment:
-  JOBRUNNER_CONFIG        Config file, as --config
-  JOBRUNNER_DATABASE_URL  Postgres URL (else DATABASE_URL); overrides database.url
-  JOBRUNNER_REDIS_URL     Redis URL (else REDIS_URL); overrides redis.url
-  RUST_LOG                Log filter, e.g. jobrunner=debug; overrides log.level
-
-Exit codes: 0 success, 1 error, 2 usage error, 3 `status --wait` saw the job end other than succeeded";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "jobrunner",
-    version = VERSION,
-    about = "A background job-runner daemon: Postgres ledger, Redis dispatch",
-    after_help = ENVIRONMENT_HELP
-)]
-pub struct Cli {
-    /// Config file (default: ./config/jobrunner.toml, then /etc/jobrunner/jobrunner.toml).
-    #[arg(long, global = true, env = "JOBRUNNER_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the daemon until SIGTERM or SIGINT (a second signal exits at once);
-    /// SIGHUP reloads the config file.
-    Run {
-        /// Apply pending migrations before starting.
-        #[arg(long)]
-        migrate: bool,
-    },
-    /// Apply pending database migrations, or check that none is pending.
-    Migrate {
-        /// Apply nothing: exit 0 when the schema is current, 1 with the reason otherwise.
-        #[arg(long)]
-        check: bool,
-        /// Print one JSON document instead of a sentence.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Enqueue a job and print its id.
-    Enqueue(EnqueueCommand),
-    /// Show one job.
-    Status {
-        /// The job's id (a UUID).
-        #[arg(value_parser = parse_job_id)]
-        id: Uuid,
-        /// Print a JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Wait until the job ends; exit 0 only if it succeeded.
-        #[arg(long)]
-        wait: bool,
-        /// With --wait: give up after this long, e.g. 30s (exit 1).
-        #[arg(long, value_parser = humantime::parse_duration, requires = "wait")]
-        timeout: Option<Duration>,
-    },
-    /// Set up, enqueue demo jobs of the built-in kinds, run them and show their status.
-    Demo {
-        /// Where the in-process daemon's log goes (default: jobrunner-demo.log in the
-        /// temporary directory); the demo names it, and shows its end when something fails.
-        #[arg(long, value_name = "PATH")]
-        log_file: Option<PathBuf>,
-    },
-    /// Measure enqueue rate, end-to-end throughput, pickup latency and memory.
-    Bench(crate::bench::BenchArgs),
-    /// Print the effective configuration (passwords hidden).
-    Config {
-        /// Print one JSON document instead of TOML.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cron schedules ([cron.NAME]): list them, or run one now.
-    Cron {
-        #[command(subcommand)]
-        command: cron::CronCommand,
-    },
-    /// Cancel a job: a waiting job never runs, a running one is told to stop.
-    Cancel(control::CancelArgs),
-    /// Pause a queue on every daemon: nothing new starts, running jobs finish.
-    Pause(control::QueueArgs),
-    /// Resume a paused queue.
-    Resume(control::QueueArgs),
-    /// Per queue: ready, scheduled, running, retrying and dead jobs, pause, oldest wait, last minute's ends.
-    Queues(admin::QueuesArgs),
-    /// List jobs, newest first.
-    Jobs(admin::JobsArgs),
-    /// Show one job in full: every column, each attempt's error, where it is in Redis.
-    Inspect(admin::InspectArgs),
-    /// Run a dead or cancelled job again, or every dead job with --dead.
-    Retry(admin::RetryArgs),
-    /// Delete final jobs that ended before a cutoff, in small batches.
-    Purge(admin::PurgeArgs),
-    /// The daemons running now.
-    Workers(admin::WorkersArgs),
-    /// Items read from Redis that could not be recorded as jobs, newest first.
-    Quarantine(quarantine::QuarantineArgs),
-    /// Print a shell completion script (bash, zsh or fish) to standard output.
-    #[command(hide = true)]
-    Completions {
-        /// The shell to complete for.
-        #[arg(value_enum)]
-        shell: CompletionShell,
-    },
-    /// Write the man pages (jobrunner.1, jobrunner-SUBCOMMAND.1) into a directory.
-    #[command(hide = true)]
-    Manpages {
-        /// The directory to write them into (created if missing).
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct EnqueueCommand {
-    /// The job's kind: a built-in one (noop, sleep, content-generation, …) or one
-    /// configured under [kinds.NAME].
-    kind: String,
-    /// The payload as JSON; `-` reads it from standard input.
-    #[arg(long, default_value = "{}", value_name = "JSON")]
-    payload: String,
-    /// Read the payload from this file (for payloads larger than a command line holds).
-    #[arg(long, value_name = "PATH", conflicts_with = "payload")]
-    payload_file: Option<PathBuf>,
-    /// The queue (default: the kind's configured queue, else `default`).
-    #[arg(long)]
-    queue: Option<String>,
-    /// Higher runs first, from -1000 to 1000.
-    #[arg(
-        long,
-        default_value_t = 0,
-        allow_hyphen_values = true,
-        value_parser = clap::value_parser!(i32).range(-1000..=1000)
-    )]
-    priority: i32,
-    /// Run no earlier than this from now, e.g. 30s or 10m.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    delay: Option<Duration>,
-    /// Run no earlier than this time, in RFC 3339 (2026-12-01T09:00:00Z); a past
-    /// time means now.
-    #[arg(long, conflicts_with = "delay", value_parser = parse_rfc3339)]
-    at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Most attempts before the job is dead (default: the kind's max_attempts).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
-    max_attempts: Option<i32>,
-    /// Enqueue through SQL (transactional outbox) or straight into Redis.
-    #[arg(long, value_enum, default_value_t = Via::Sql)]
-    via: Via,
-    /// While an unfinished job holds this key, print its id instead of adding
-    /// a job (SQL only).
-    #[arg(long)]
-    unique_key: Option<String>,
-    /// Print one JSON document ({"id", "kind", "queue", "via"}) instead of the id alone.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Via {
-    Sql,
-    Redis,
-}
-
-/// The shells `jobrunner completions` writes for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompletionShell {
-    Bash,
-    Zsh,
-    Fish,
-}
-
-/// The command line as clap sees it, with the environment and exit-code notes
-/// below every subcommand's help too. Completions and man pages come from it.
-pub fn command() -> clap::Command {
-    fn with_notes(command: clap::Command) -> clap::Command {
-        command
-            .after_help(ENVIRONMENT_HELP)
-            .mut_subcommands(with_notes)
-    }
-    with_notes(Cli::command())
-}
-
-/// Parses the process's arguments; on a usage error prints it and exits 2.
-pub fn parse() -> Cli {
-    let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
-}
+use crate::ledger::{Ledger, NewJob, Status};
 
 /// Runs one subcommand to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
     // These two describe the command line itself: no config, no services.
     match &cli.command {
-        Command::Completions { shell } => return print_completions(*shell),
-        Command::Manpages { dir } => return write_manpages(dir),
+        Command::Completions { shell } => return print_completions::<L>(*shell),
+        Command::Manpages { dir } => return write_manpages::<L>(dir),
         // Everything else reads the config.
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref())?;
-    let quiet = !matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
+    let config = Config::load(cli.config.as_deref(), &crate::jobs::sections())?;
+    let log_file = match &cli.command {
+        Command::Layer(layer) => layer.log_file(),
+        _ => None,
+    };
+    let quiet = !matches!(cli.command, Command::Run { .. }) && log_file.is_none();
     let mut log = config.log.clone();
     if quiet && std::env::var_os("RUST_LOG").is_none() {
         log.level = "warn".into();
     }
-    // The demo's daemon logs at info to its own file, out of the table's way.
-    let demo_log = match &cli.command {
-        Command::Demo { log_file } => {
-            let path = log_file
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("jobrunner-demo.log"));
+    match log_file {
+        // A layer's daemon (the demo's) logs at info to its own file, out of the
+        // way of what the command prints.
+        Some(path) => {
             let file = std::fs::File::create(&path)
-                .with_context(|| format!("creating the demo's log file {}", path.display()))?;
+                .with_context(|| format!("creating the log file {}", path.display()))?;
             // RUST_LOG still overrides this (telemetry reads it first).
             log.level = "info".into();
             crate::telemetry::init_to_file(&log, file);
-            path
         }
-        _ => {
-            crate::telemetry::init(&log);
-            PathBuf::new()
-        }
-    };
+        None => crate::telemetry::init(&log),
+    }
     match cli.command {
-        Command::Run { migrate } => run_daemon(config, cli.config.as_deref(), migrate).await,
+        Command::Run { migrate } => {
+            daemon::run_daemon(config, cli.config.as_deref(), migrate).await
+        }
         Command::Migrate { check, json } => migrate(config, check, json).await,
         Command::Enqueue(args) => enqueue(config, args).await,
         Command::Status {
@@ -276,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => status(config, id, json, wait, timeout).await,
-        Command::Bench(args) => crate::bench::run(config, args).await,
+        Command::Layer(layer) => layer.run(config).await,
         Command::Config { json } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&config.to_json()?)?);
@@ -289,16 +93,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => control::cancel(config, args).await,
         Command::Pause(args) => control::pause(config, args).await,
         Command::Resume(args) => control::resume(config, args).await,
-        Command::Queues(args) => admin::queues(config, args).await,
-        Command::Jobs(args) => admin::jobs(config, args).await,
-        Command::Inspect(args) => admin::inspect(config, args).await,
-        Command::Retry(args) => admin::retry(config, args).await,
-        Command::Purge(args) => admin::purge(config, args).await,
-        Command::Workers(args) => admin::workers(config, args).await,
+        Command::Queues(args) => queues::queues(config, args).await,
+        Command::Jobs(args) => jobs::jobs(config, args).await,
+        Command::Inspect(args) => jobs::inspect(config, args).await,
+        Command::Retry(args) => jobs::retry(config, args).await,
+        Command::Purge(args) => jobs::purge(config, args).await,
+        Command::Workers(args) => queues::workers(config, args).await,
         Command::Quarantine(args) => quarantine::run(config, args).await,
-        Command::Demo { .. } => demo::run(config, demo_log).await,
-        Command::Completions { shell } => print_completions(shell),
-        Command::Manpages { dir } => write_manpages(&dir),
+        Command::Completions { shell } => print_completions::<L>(shell),
+        Command::Manpages { dir } => write_manpages::<L>(&dir),
     }
 }
 
@@ -440,7 +243,7 @@ async fn live_daemons_serving(config: &Config, queue: &str) -> anyhow::Result<us
         .count())
 }
 
-fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
+fn print_completions<L: Layer>(shell: CompletionShell) -> anyhow::Result<ExitCode> {
     let shell = match shell {
         CompletionShell::Bash => clap_complete::Shell::Bash,
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
@@ -449,7 +252,7 @@ fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
     // Into memory first: writing to a Vec cannot fail, where clap_complete panics
     // on a closed stdout (`jobrunner completions bash | head`).
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command(), "jobrunner", &mut script);
+    clap_complete::generate(shell, &mut command::<L>(), "jobrunner", &mut script);
     std::io::stdout()
         .write_all(&script)
         .context("writing the completion script")?;
@@ -458,96 +261,11 @@ fn print_completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
 
 /// Writes jobrunner.1 and one page per visible subcommand (jobrunner-enqueue.1, …)
 /// into `dir`, which is created if missing.
-fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn write_manpages<L: Layer>(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    clap_mangen::generate_to(command(), dir)
+    clap_mangen::generate_to(command::<L>(), dir)
         .with_context(|| format!("writing the man pages into {}", dir.display()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The daemon: start, tell systemd it is ready, reload on SIGHUP, drain on
-/// SIGTERM/SIGINT, exit 0.
-async fn run_daemon(
-    config: Config,
-    path: Option<&std::path::Path>,
-    migrate: bool,
-) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{SignalKind, signal};
-    // Before anything slow: SIGHUP's default action ends the process, and
-    // `systemctl reload` may come early.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let notifier = crate::runtime::Notifier::from_env();
-    if migrate {
-        let ledger = Ledger::connect(&config.database).await?;
-        ledger.migrate().await.context("applying migrations")?;
-        tracing::info!(
-            version = crate::ledger::schema_version(),
-            "Migrations applied"
-        );
-    }
-    let registry = Registry::builtin(&config);
-    let daemon = Daemon::start_notifying(config, registry, notifier.clone()).await?;
-    notifier.ready();
-    let shutdown = daemon.shutdown_token();
-    let draining = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("Stop requested; draining (send the signal again to exit at once)");
-        shutdown.cancel();
-        wait_for_signal().await;
-        tracing::warn!("Second stop signal; exiting without draining");
-        std::process::exit(130);
-    });
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => reload(&daemon, path, &notifier),
-            _ = draining.cancelled() => break,
-        }
-    }
-    daemon.wait().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// SIGHUP: read the same file (and environment) again and apply it. A file that
-/// does not load is logged and changes nothing; the daemon keeps running.
-fn reload(daemon: &Daemon, path: Option<&std::path::Path>, notifier: &crate::runtime::Notifier) {
-    notifier.reloading();
-    match Config::load(path) {
-        Ok(new) => {
-            let origin = new.origin.clone();
-            let report = daemon.reload(new);
-            tracing::info!(
-                config = origin,
-                applied = report.applied.len(),
-                needs_restart = report.needs_restart.len(),
-                "Config reloaded"
-            );
-        }
-        Err(error) => tracing::error!(
-            error = %crate::error_chain(&error),
-            "Config reload failed; keeping the running config"
-        ),
-    }
-    notifier.ready();
-}
-
-/// SIGTERM or SIGINT, whichever comes first: both mean "stop".
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 impl EnqueueCommand {
@@ -614,84 +332,12 @@ impl EnqueueCommand {
     }
 }
 
-/// A job id argument: a UUID, or a usage error (exit 2) that says so.
-pub(crate) fn parse_job_id(text: &str) -> Result<Uuid, String> {
-    text.parse().map_err(|_| {
-        format!("`{text}` is not a job id (a UUID such as 01a2032f-77c1-7992-99ca-a1aa94ed1ed1)")
-    })
-}
-
-/// `--at`: an RFC 3339 time with its offset, e.g. 2026-12-01T09:00:00Z.
-fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| {
-            format!("`{text}` is not an RFC 3339 time like 2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00 ({e})")
-        })
-}
-
-/// One job as a two-column table for people.
-pub fn job_table(job: &Job) -> String {
-    key_value_table(&job_rows(job))
-}
-
-/// The rows `status` and `inspect` show for a job, in order.
-pub fn job_rows(job: &Job) -> Vec<(&'static str, String)> {
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or("-".to_owned(), |t| {
-            t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
-        })
-    };
-    vec![
-        ("id", job.id.to_string()),
-        ("kind", job.kind.clone()),
-        ("queue", job.queue.clone()),
-        ("status", job.status.to_string()),
-        (
-            "attempts",
-            format!("{} of {}", job.attempts, job.max_attempts),
-        ),
-        ("priority", job.priority.to_string()),
-        ("payload", job.payload.to_string()),
-        (
-            "result",
-            job.result.as_ref().map_or("-".into(), Value::to_string),
-        ),
-        // A job that succeeded after failing keeps its last failure in the
-        // ledger; shown as `last_error` it would read as the job's outcome.
-        match (job.status, &job.last_error) {
-            (Status::Succeeded, Some(e)) => ("earlier_error", e.clone()),
-            (_, e) => ("last_error", e.clone().unwrap_or("-".into())),
-        },
-        ("unique_key", job.unique_key.clone().unwrap_or("-".into())),
-        (
-            "progress",
-            match (job.progress, &job.progress_message) {
-                (Some(p), Some(m)) => format!("{p}% {m}"),
-                (Some(p), None) => format!("{p}%"),
-                _ => "-".into(),
-            },
-        ),
-        ("run_at", time(Some(job.run_at))),
-        ("created_at", time(Some(job.created_at))),
-        ("started_at", time(job.started_at)),
-        ("finished_at", time(job.finished_at)),
-        ("updated_at", time(Some(job.updated_at))),
-    ]
-}
-
-/// Rows of `key value`, the keys padded to one column (at least 12 wide, so the
-/// usual keys line up the same in `status` and `inspect`).
-pub fn key_value_table(rows: &[(&str, String)]) -> String {
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0).max(12);
-    rows.iter()
-        .map(|(k, v)| format!("{k:<width$} {v}\n"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::ValueEnum;
+
     use super::*;
+    use crate::ledger::Job;
 
     /// Every argument of every command, with the path of commands leading to it.
     fn all_args(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
@@ -705,7 +351,7 @@ mod tests {
 
     #[test]
     fn every_argument_and_option_has_help_text() {
-        let mut command = command();
+        let mut command = command::<NoLayer>();
         command.build();
         let mut args = Vec::new();
         all_args(&command, "jobrunner", &mut args);
@@ -720,7 +366,7 @@ mod tests {
 
     #[test]
     fn every_help_page_names_the_environment_that_matters() {
-        let mut command = command();
+        let mut command = command::<NoLayer>();
         command.build();
         for sub in command
             .get_subcommands_mut()
@@ -751,7 +397,7 @@ mod tests {
 
     #[test]
     fn status_values_on_the_command_line_are_the_ledger_s_statuses() {
-        let command = command();
+        let command = command::<NoLayer>();
         let jobs = command.find_subcommand("jobs").unwrap();
         let status = jobs
             .get_arguments()
@@ -793,7 +439,7 @@ mod tests {
                 "1d",
             ],
         ] {
-            let error = command().try_get_matches_from(args).unwrap_err();
+            let error = command::<NoLayer>().try_get_matches_from(args).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
             assert!(
                 matches!(
@@ -805,7 +451,7 @@ mod tests {
             );
         }
         assert!(
-            command()
+            command::<NoLayer>()
                 .try_get_matches_from(["jobrunner", "enqueue", "noop", "--priority", "-1000"])
                 .is_ok()
         );

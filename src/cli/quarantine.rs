@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::admin::{stamp, table};
+use super::table::{stamp, table};
 use crate::config::Config;
 use crate::ledger::{Ledger, Quarantined};
 

@@ -7,27 +7,33 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod builtin_kinds;
 mod cron;
 mod flow;
 mod kinds;
 mod observe;
 mod retention;
+mod runtime;
 mod schedule;
 mod secret;
+mod sections;
+mod services;
+mod validate;
 
-pub use builtin_kinds::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig};
 pub use cron::{CatchUp, CronConfig};
 pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 pub use observe::{AdminConfig, EventsConfig};
 pub use retention::RetentionConfig;
+pub use runtime::{LogConfig, LogFormat, QueueConfig, RuntimeConfig};
 pub use schedule::{Schedule, ScheduleError};
 pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
+pub use sections::{Claim, Section};
+pub use services::{DatabaseConfig, RedisConfig};
+use validate::NAME_RULE;
+pub use validate::valid_name;
 
 /// Where the daemon looks for its file when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config/jobrunner.toml", "/etc/jobrunner/jobrunner.toml"];
@@ -56,8 +62,11 @@ pub enum Error {
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
 /// The whole effective configuration of one daemon or CLI invocation.
+///
+/// Not `deny_unknown_fields`: unknown top-level tables land in `sections`, and
+/// [`Config::from_toml_with`] refuses every one that no layer claimed.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
@@ -67,10 +76,6 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-kind settings; a kind that is not listed uses [`KindConfig::default`].
     pub kinds: BTreeMap<String, KindConfig>,
-    /// Settings of the `content-generation` kind.
-    pub content_generation: ContentGenerationConfig,
-    /// Settings of the built-in `data-extraction` kind.
-    pub data_extraction: DataExtractionConfig,
     /// Cron schedules (`[cron.NAME]`); every daemon runs them, each fire time once.
     pub cron: BTreeMap<String, CronConfig>,
     /// How long final jobs are kept before the daemon deletes them.
@@ -79,99 +84,14 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where job status changes are published.
     pub events: EventsConfig,
+    /// The top-level tables that layers above the core claimed (see
+    /// [`Section`]), by name, in their normalised form (defaults filled in).
+    /// Read one with [`Config::section`].
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, serde_json::Value>,
     /// Where this configuration came from, for error messages. Not a key.
     #[serde(skip)]
     pub origin: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// Printed with its password hidden (see [`SecretUrl`]).
-    pub url: SecretUrl,
-    pub max_connections: u32,
-    pub min_connections: u32,
-    #[serde(with = "humantime_serde")]
-    pub acquire_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_lifetime: Duration,
-    /// Ping a pooled connection before handing it out, so a restarted Postgres costs
-    /// one failed ping rather than one failed job.
-    pub test_before_acquire: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// Printed with its password hidden (see [`SecretUrl`]).
-    pub url: SecretUrl,
-    /// Connections in the shared pool (blocking-free commands only).
-    pub pool_size: usize,
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Every command fails after this long instead of hanging on a half-dead socket.
-    #[serde(with = "humantime_serde")]
-    pub command_timeout: Duration,
-    /// Reconnect backoff starts here and doubles up to `reconnect_max_delay`, forever.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_min_delay: Duration,
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max_delay: Duration,
-    /// Every key starts with this; tests give each daemon its own prefix.
-    pub key_prefix: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuntimeConfig {
-    /// How long a fetched job is leased before another daemon may run it again.
-    #[serde(with = "humantime_serde")]
-    pub lease: Duration,
-    /// Most jobs taken from one queue in one round trip.
-    pub fetch_batch: usize,
-    /// On SIGTERM, running jobs get this long to finish before they are handed back.
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// How often expired leases are returned and Redis is checked for a lost epoch.
-    #[serde(with = "humantime_serde")]
-    pub reap_interval: Duration,
-    /// Safety-net sweep of the SQL outbox, in case a NOTIFY was missed.
-    #[serde(with = "humantime_serde")]
-    pub sweep_interval: Duration,
-    /// An idle fetch loop polls this often even without a wake-up message.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Most status changes written to Postgres in one statement.
-    pub status_batch_max: usize,
-    /// Status writers committing side by side (each job always uses the same one).
-    pub status_writers: usize,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// An `EnvFilter` directive such as `info` or `jobrunner=debug,sqlx=warn`.
-    pub level: String,
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// Most jobs of this queue running at once in this daemon.
-    pub concurrency: usize,
-    /// Most jobs of this queue leased per period across all daemons.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -185,76 +105,12 @@ impl Default for Config {
             log: LogConfig::default(),
             queues,
             kinds: BTreeMap::new(),
-            content_generation: ContentGenerationConfig::default(),
-            data_extraction: DataExtractionConfig::default(),
             cron: BTreeMap::new(),
             retention: RetentionConfig::default(),
             admin: AdminConfig::default(),
             events: EventsConfig::default(),
+            sections: BTreeMap::new(),
             origin: "built-in defaults".to_owned(),
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            // The role and database scripts/demo.sh creates; production sets the
-            // URL in the environment (JOBRUNNER_DATABASE_URL).
-            url: "postgres://jobrunner:jobrunner@127.0.0.1:5432/jobrunner".into(),
-            max_connections: 16,
-            min_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(1800),
-            test_before_acquire: true,
-        }
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379/0".into(),
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(5),
-            command_timeout: Duration::from_secs(5),
-            reconnect_min_delay: Duration::from_millis(100),
-            reconnect_max_delay: Duration::from_secs(5),
-            key_prefix: "jobrunner".to_owned(),
-        }
-    }
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            lease: Duration::from_secs(30),
-            fetch_batch: 64,
-            drain_timeout: Duration::from_secs(30),
-            reap_interval: Duration::from_secs(1),
-            sweep_interval: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(250),
-            status_batch_max: 1000,
-            status_writers: 2,
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info,sqlx=warn".to_owned(),
-            format: LogFormat::Pretty,
-        }
-    }
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            concurrency: 32,
-            rate_limit: None,
         }
     }
 }
@@ -262,7 +118,8 @@ impl Default for QueueConfig {
 impl Config {
     /// Loads the file named by `explicit`, else the first of [`SEARCH_PATH`] that
     /// exists, else the defaults; then applies environment overrides and validates.
-    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+    /// The file may hold the top-level tables that `claims` name.
+    pub fn load(explicit: Option<&Path>, claims: &[Claim]) -> Result<Config> {
         let found = match explicit {
             Some(path) => Some(path.to_path_buf()),
             None => SEARCH_PATH.iter().map(PathBuf::from).find(|p| p.is_file()),
@@ -273,9 +130,13 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                Config::from_toml(&text, &path.display().to_string())?
+                Config::from_toml_with(&text, &path.display().to_string(), claims)?
             }
-            None => Config::default(),
+            None => {
+                let mut config = Config::default();
+                config.claim(claims)?;
+                config
+            }
         };
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
@@ -283,14 +144,75 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; `origin` names it in errors. Does not validate.
+    /// Parses TOML text of the core's sections alone; `origin` names it in
+    /// errors. Does not validate.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        Config::from_toml_with(text, origin, &[])
+    }
+
+    /// Parses TOML text that may also hold the top-level tables `claims` name;
+    /// each is read and checked by its layer's type. Does not validate the rest.
+    pub fn from_toml_with(text: &str, origin: &str, claims: &[Claim]) -> Result<Config> {
         let mut config: Config = toml::from_str(text).map_err(|e| Error::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().trim_end_matches('.').to_owned(),
         })?;
         config.origin = origin.to_owned();
+        config.claim(claims)?;
         Ok(config)
+    }
+
+    /// Refuses every extra top-level table that no claim names, then reads each
+    /// claimed one through its type (an absent one gets its defaults).
+    fn claim(&mut self, claims: &[Claim]) -> Result {
+        if let Some(unknown) = self
+            .sections
+            .keys()
+            .find(|name| !claims.iter().any(|c| c.name() == name.as_str()))
+        {
+            return Err(Error::Parse {
+                path: self.origin.clone(),
+                message: format!("unknown top-level key `{unknown}`"),
+            });
+        }
+        for claim in claims {
+            let value = self
+                .sections
+                .remove(claim.name())
+                .unwrap_or_else(|| serde_json::json!({}));
+            let normalised = claim
+                .normalize(value)
+                .map_err(|(key, reason)| Error::Invalid {
+                    origin: self.origin.clone(),
+                    key: if key.is_empty() {
+                        claim.name().to_owned()
+                    } else {
+                        format!("{}.{key}", claim.name())
+                    },
+                    reason,
+                })?;
+            self.sections.insert(claim.name().to_owned(), normalised);
+        }
+        Ok(())
+    }
+
+    /// A layer's section: the claimed table as its type reads it, or its
+    /// defaults when the config holds none (a config built in code).
+    pub fn section<S: Section>(&self) -> S {
+        self.sections
+            .get(S::NAME)
+            // The stored value was written by `S` itself when it was claimed or
+            // set, so reading it back cannot fail; the defaults are the fallback
+            // for a value a caller put in `sections` by hand.
+            .and_then(|value| serde_json::from_value(value.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces a layer's section (tests and the demo adjust settings in code).
+    pub fn set_section<S: Section>(&mut self, section: &S) {
+        if let Ok(value) = sections::to_value(section) {
+            self.sections.insert(S::NAME.to_owned(), value);
+        }
     }
 
     /// `JOBRUNNER_DATABASE_URL` / `JOBRUNNER_REDIS_URL` win, then `DATABASE_URL` /
@@ -303,237 +225,6 @@ impl Config {
         if let Some(url) = pick("JOBRUNNER_REDIS_URL", "REDIS_URL") {
             self.redis.url = url.into();
         }
-    }
-
-    pub fn validate(&self) -> Result {
-        let bad = |key: &str, reason: &str| {
-            Err(Error::Invalid {
-                origin: self.origin.clone(),
-                key: key.to_owned(),
-                reason: reason.to_owned(),
-            })
-        };
-        let database_url = self.database.url.expose();
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return bad(
-                "database.url",
-                "must start with postgres:// or postgresql://",
-            );
-        }
-        if self.database.max_connections < 2 {
-            return bad(
-                "database.max_connections",
-                "must be at least 2 (one is held by the outbox listener)",
-            );
-        }
-        if self.database.min_connections > self.database.max_connections {
-            return bad(
-                "database.min_connections",
-                "must not exceed database.max_connections",
-            );
-        }
-        let redis_url = self.redis.url.expose();
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
-            return bad("redis.url", "must start with redis:// or rediss://");
-        }
-        if self.redis.pool_size == 0 {
-            return bad("redis.pool_size", "must be at least 1");
-        }
-        if self.redis.command_timeout.is_zero() {
-            return bad(
-                "redis.command_timeout",
-                "must be above zero, or a half-dead socket hangs the daemon",
-            );
-        }
-        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
-            return bad(
-                "redis.key_prefix",
-                "must be non-empty and contain no braces",
-            );
-        }
-        if self.runtime.lease < Duration::from_millis(300) {
-            return bad("runtime.lease", "must be at least 300ms");
-        }
-        if self.runtime.fetch_batch == 0 {
-            return bad("runtime.fetch_batch", "must be at least 1");
-        }
-        if self.runtime.status_batch_max == 0 {
-            return bad("runtime.status_batch_max", "must be at least 1");
-        }
-        if !(1..=16).contains(&self.runtime.status_writers) {
-            return bad("runtime.status_writers", "must be from 1 to 16");
-        }
-        if self.runtime.status_writers + 2 > self.database.max_connections as usize {
-            return bad(
-                "runtime.status_writers",
-                "needs database.max_connections of at least status_writers + 2",
-            );
-        }
-        for (key, value) in [
-            ("runtime.reap_interval", self.runtime.reap_interval),
-            ("runtime.sweep_interval", self.runtime.sweep_interval),
-            ("runtime.poll_interval", self.runtime.poll_interval),
-        ] {
-            if value.is_zero() {
-                return bad(key, "must be above zero");
-            }
-        }
-        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
-            return bad("log.level", &format!("not a log filter: {e}"));
-        }
-        for (name, queue) in &self.queues {
-            if !valid_name(name) {
-                return bad(&format!("queues.{name}"), NAME_RULE);
-            }
-            if queue.concurrency == 0 {
-                return bad(&format!("queues.{name}.concurrency"), "must be at least 1");
-            }
-            if let Some(limit) = &queue.rate_limit
-                && let Err((key, reason)) =
-                    flow::validate_rate_limit(&format!("queues.{name}.rate_limit"), limit, false)
-            {
-                return bad(&key, &reason);
-            }
-        }
-        for (name, kind) in &self.kinds {
-            if !valid_name(name) {
-                return bad(&format!("kinds.{name}"), NAME_RULE);
-            }
-            if !valid_name(&kind.queue) {
-                return bad(&format!("kinds.{name}.queue"), NAME_RULE);
-            }
-            if kind.max_attempts < 1 {
-                return bad(&format!("kinds.{name}.max_attempts"), "must be at least 1");
-            }
-            if kind.timeout.is_zero() {
-                return bad(&format!("kinds.{name}.timeout"), "must be above zero");
-            }
-            if kind.backoff.max < kind.backoff.base {
-                return bad(
-                    &format!("kinds.{name}.backoff.max"),
-                    "must not be below backoff.base",
-                );
-            }
-            if kind.concurrency == Some(0) {
-                return bad(&format!("kinds.{name}.concurrency"), "must be at least 1");
-            }
-            if let Some(limit) = &kind.rate_limit
-                && let Err((key, reason)) =
-                    flow::validate_rate_limit(&format!("kinds.{name}.rate_limit"), limit, true)
-            {
-                return bad(&key, &reason);
-            }
-            if let Some(template) = &kind.unique_key
-                && let Err(reason) = flow::validate_unique_key(template)
-            {
-                return bad(&format!("kinds.{name}.unique_key"), &reason);
-            }
-            if let Err((key, reason)) = kinds::validate_handler(name, kind) {
-                return bad(&key, &reason);
-            }
-        }
-        for (name, cron) in &self.cron {
-            if let Err((key, reason)) = cron::validate(name, cron) {
-                return bad(&key, &reason);
-            }
-        }
-        let content = &self.content_generation;
-        if !content.openai_base_url.starts_with("http://")
-            && !content.openai_base_url.starts_with("https://")
-        {
-            return bad(
-                "content_generation.openai_base_url",
-                "must start with http:// or https://",
-            );
-        }
-        if content.openai_model.is_empty() {
-            return bad("content_generation.openai_model", "must not be empty");
-        }
-        if content.openai_api_key_env.is_empty()
-            || !content
-                .openai_api_key_env
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return bad(
-                "content_generation.openai_api_key_env",
-                "must be an environment variable name (letters, digits and '_')",
-            );
-        }
-        if content.request_timeout.is_zero() {
-            return bad("content_generation.request_timeout", "must be above zero");
-        }
-        if !(1..=64).contains(&content.max_concurrent_drafts) {
-            return bad(
-                "content_generation.max_concurrent_drafts",
-                "must be from 1 to 64",
-            );
-        }
-        self.data_extraction
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key: format!("data_extraction.{key}"),
-                reason,
-            })?;
-        self.retention
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key: format!("retention.{key}"),
-                reason,
-            })?;
-        self.admin
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key,
-                reason,
-            })?;
-        Ok(())
-    }
-
-    /// Checks what the configuration expects of this machine: every
-    /// `hmac_secret_env` variable is set, every absolute `program` and every
-    /// `working_dir` exists. Separate from [`Config::validate`] so that stays a pure
-    /// function of the file; `is_set` is a parameter so tests need not touch the
-    /// process environment.
-    pub fn check_environment(&self, is_set: impl Fn(&str) -> bool) -> Result {
-        let bad = |key: String, reason: String| {
-            Err(Error::Invalid {
-                origin: self.origin.clone(),
-                key,
-                reason,
-            })
-        };
-        for (name, kind) in &self.kinds {
-            if let Some(var) = kind.http.as_ref().and_then(|h| h.hmac_secret_env.as_ref())
-                && !is_set(var)
-            {
-                return bad(
-                    format!("kinds.{name}.http.hmac_secret_env"),
-                    format!("the environment variable `{var}` is not set or is empty"),
-                );
-            }
-            if let Some(command) = &kind.command {
-                let program = Path::new(&command.program);
-                if program.is_absolute() && !program.is_file() {
-                    return bad(
-                        format!("kinds.{name}.command.program"),
-                        format!("`{}` does not exist or is not a file", command.program),
-                    );
-                }
-                if let Some(dir) = &command.working_dir
-                    && !dir.is_dir()
-                {
-                    return bad(
-                        format!("kinds.{name}.command.working_dir"),
-                        format!("`{}` is not a directory", dir.display()),
-                    );
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The settings for `kind`, falling back to the defaults for unlisted kinds.
@@ -555,18 +246,10 @@ impl Config {
     }
 }
 
-const NAME_RULE: &str = "names may hold only letters, digits, '-', '_' and '.' (1 to 64 of them)";
-
-/// Queue and kind names end up in Redis keys and SQL; keep them plain.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -751,47 +434,59 @@ mod tests {
         assert_eq!(again.kind("c").handler, Some(HandlerName::Command));
     }
 
+    /// A section a layer above the core might claim.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Shop {
+        items: u32,
+        #[serde(with = "humantime_serde")]
+        restock: Duration,
+    }
+
+    impl Section for Shop {
+        const NAME: &'static str = "shop";
+        fn validate(&self) -> std::result::Result<(), (String, String)> {
+            if self.items > 10 {
+                return Err(("items".into(), "must be at most 10".into()));
+            }
+            Ok(())
+        }
+    }
+
     #[test]
-    fn an_unknown_content_generator_is_rejected_with_its_key() {
-        let err = Config::from_toml("[content_generation]\ngenerator = \"gpt\"\n", "c.toml")
+    fn a_top_level_table_no_layer_claims_is_refused() {
+        let err = Config::from_toml("[shop]\nitems = 1\n", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.toml") && err.contains("gpt"), "{err}");
-    }
-
-    #[test]
-    fn a_content_api_key_env_must_be_a_variable_name() {
-        let config = Config::from_toml(
-            "[content_generation]\nopenai_api_key_env = \"sk-123 oops\"\n",
-            "c.toml",
-        )
-        .unwrap();
-        let text = config.validate().unwrap_err().to_string();
         assert!(
-            text.contains("content_generation.openai_api_key_env"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_data_extraction_allow_list_entry_with_a_scheme_names_the_key() {
-        let config = Config::from_toml(
-            "[data_extraction]\nallow_hosts = [\"http://intranet\"]\n",
-            "d.toml",
-        )
-        .unwrap();
-        let err = config.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("key `data_extraction.allow_hosts`") && err.contains("http://intranet"),
+            err.contains("c.toml") && err.contains("unknown top-level key `shop`"),
             "{err}"
         );
-        let ok = Config::from_toml(
-            "[data_extraction]\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"intranet.local\"]\nfetch_timeout = \"5s\"\n",
-            "d.toml",
-        )
-        .unwrap();
-        ok.validate().unwrap();
-        assert_eq!(ok.data_extraction.fetch_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_claimed_section_is_read_checked_and_printed_by_its_own_type() {
+        let claims = [Claim::of::<Shop>()];
+        let config =
+            Config::from_toml_with("[shop]\nitems = 3\nrestock = \"5m\"\n", "c.toml", &claims)
+                .unwrap();
+        let shop: Shop = config.section();
+        assert_eq!((shop.items, shop.restock), (3, Duration::from_secs(300)));
+        assert!(config.to_toml().contains("[shop]"), "{}", config.to_toml());
+
+        let typo = Config::from_toml_with("[shop]\nitemz = 3\n", "c.toml", &claims)
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("c.toml") && typo.contains("itemz"), "{typo}");
+        let invalid = Config::from_toml_with("[shop]\nitems = 11\n", "c.toml", &claims)
+            .unwrap_err()
+            .to_string();
+        assert!(invalid.contains("key `shop.items`"), "{invalid}");
+
+        // Absent from the file: the section's defaults, printed too.
+        let absent = Config::from_toml_with("", "c.toml", &claims).unwrap();
+        assert_eq!(absent.section::<Shop>(), Shop::default());
+        assert!(absent.to_toml().contains("[shop]"));
     }
 
     #[test]

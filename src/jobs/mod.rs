@@ -8,11 +8,11 @@
 mod command;
 mod content_generation;
 mod data_extraction;
-pub mod demo;
 mod diagnostic;
 mod http;
 mod message_processing;
 pub mod payload;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
+
+pub use settings::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig, sections};
 
 /// Everything a handler may know about the attempt it runs.
 #[derive(Debug, Clone)]
@@ -159,7 +161,7 @@ impl Registry {
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
         content_generation::register(&mut registry, config);
-        data_extraction::register(&mut registry, &config.data_extraction);
+        data_extraction::register(&mut registry, &config.section());
         message_processing::register(&mut registry);
         // Configured kinds come last: a kind an admin configured with a generic
         // handler replaces a built-in of the same name.

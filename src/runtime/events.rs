@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Published;
 use crate::broker::{Broker, Received};
 use crate::config::EventsConfig;
 use crate::error_chain;
+use crate::http::Published;
 use crate::ledger::{Event, Ledger};
 use crate::metrics::{Channel, Metrics, Path};
 
@@ -124,15 +124,15 @@ pub(super) fn sse_feed(
     events: &EventsConfig,
     broker: &Broker,
     stop: &CancellationToken,
-) -> (crate::admin::EventFeed, Option<tokio::task::JoinHandle<()>>) {
+) -> (crate::http::EventFeed, Option<tokio::task::JoinHandle<()>>) {
     if !events.redis {
-        return (crate::admin::EventFeed::new(SSE_BUFFER, None), None);
+        return (crate::http::EventFeed::new(SSE_BUFFER, None), None);
     }
     let (ready_tx, ready) = watch::channel(false);
     let wanted = Arc::new(Notify::new());
-    let feed = crate::admin::EventFeed::new(
+    let feed = crate::http::EventFeed::new(
         SSE_BUFFER,
-        Some(crate::admin::FeedDemand {
+        Some(crate::http::FeedDemand {
             wanted: wanted.clone(),
             ready,
         }),

@@ -230,7 +230,7 @@ impl Daemon {
         });
         let shutdown = CancellationToken::new();
         if let Some(addr) = admin_addr {
-            crate::admin::log_listening(addr);
+            crate::http::log_listening(addr);
         }
         let admin = supervise::AdminParts {
             listener,
@@ -238,7 +238,7 @@ impl Daemon {
             relay: relay_task,
         };
         let admin_state = sse.map(|events| {
-            crate::admin::AdminState::new(
+            crate::http::HttpState::new(
                 shared.ledger.clone(),
                 shared.broker.clone(),
                 shared.metrics.clone(),

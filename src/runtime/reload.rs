@@ -75,9 +75,6 @@ fn restart_reason(path: &[String]) -> Option<&'static str> {
         ["kinds", _, "queue" | "max_attempts" | "unique_key"] => {
             Some("copied to jobrunner.kinds at start")
         }
-        ["content_generation" | "data_extraction", ..] => {
-            Some("the built-in kinds read their settings at start")
-        }
         _ => None,
     }
 }
@@ -112,6 +109,10 @@ pub(super) fn plan(
     for d in diffs {
         let reason = restart_reason(&d.path).or(match d.path.as_slice() {
             [a, b] if a == "log" && b == "level" => log_level_fixed,
+            // A layer's section (`Config::sections`) is read when its layer starts.
+            [a, ..] if running.sections.contains_key(a) || new.sections.contains_key(a) => {
+                Some("the layer that claims this section reads it at start")
+            }
             _ => None,
         });
         let change = Change {

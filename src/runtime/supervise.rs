@@ -34,7 +34,7 @@ pub(super) async fn supervise(
     acker_tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     admin: AdminParts,
-    admin_state: Option<crate::admin::AdminState>,
+    admin_state: Option<crate::http::HttpState>,
 ) {
     // The loops the daemon cannot work without; the watchdog stops pinging
     // systemd, and `/readyz` fails, if one of them ends early. (The subscriber
@@ -42,7 +42,7 @@ pub(super) async fn supervise(
     let alive = watchdog::Liveness::new(shutdown.clone());
     // The admin listener serves through the drain (readiness says 503 then).
     let admin_task = match (admin.listener, admin_state) {
-        (Some(listener), Some(state)) => Some(tokio::spawn(crate::admin::serve(
+        (Some(listener), Some(state)) => Some(tokio::spawn(crate::http::serve(
             listener,
             state.with_broken(alive.ended_early()),
             admin.stop.clone(),

@@ -311,12 +311,13 @@ impl FakeOpenAi {
     /// A config whose openai generator points here.
     fn config(&self, app: &TestApp) -> Config {
         let mut config = app.config.clone();
-        let content = &mut config.content_generation;
+        let mut content: jobrunner::jobs::ContentGenerationConfig = config.section();
         content.openai_base_url = self.url.clone();
         content.openai_model = MODEL.into();
         content.openai_api_key_env = KEY_ENV.into();
         content.request_timeout = Duration::from_secs(5);
         content.max_concurrent_drafts = 2;
+        config.set_section(&content);
         config
     }
 }
@@ -502,7 +503,9 @@ async fn a_missing_api_key_variable_is_named_and_fails_the_campaign() {
     let app = spawn_app().await;
     let mut config = app.config.clone();
     let unset = format!("JOBRUNNER_TEST_UNSET_{}", Uuid::now_v7().simple());
-    config.content_generation.openai_api_key_env = unset.clone();
+    let mut content: jobrunner::jobs::ContentGenerationConfig = config.section();
+    content.openai_api_key_env = unset.clone();
+    config.set_section(&content);
     let daemon = app
         .start_daemon_with(config.clone(), Registry::builtin(&config))
         .await;

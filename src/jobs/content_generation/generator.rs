@@ -12,7 +12,8 @@ use chrono::NaiveDateTime;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{ContentGenerationConfig, Secret};
+use crate::config::Secret;
+use crate::jobs::ContentGenerationConfig;
 use crate::jobs::JobError;
 
 /// Everything a generator may know about the post it drafts.

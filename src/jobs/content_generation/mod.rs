@@ -23,12 +23,13 @@ use uuid::Uuid;
 use self::calendar::Slot;
 use self::generator::{Draft, DraftRequest, Generator, OpenAi, Template};
 use super::{JobContext, JobError, JobResult, Registry};
-use crate::config::{Config, ContentGenerationConfig, ContentGenerator};
+use crate::config::Config;
+use crate::jobs::{ContentGenerationConfig, ContentGenerator};
 
 pub const KIND: &str = "content-generation";
 
 pub(super) fn register(registry: &mut Registry, config: &Config) {
-    let kind = Arc::new(ContentGeneration::new(&config.content_generation));
+    let kind = Arc::new(ContentGeneration::new(&config.section()));
     registry.register(KIND, move |ctx: JobContext| {
         let kind = Arc::clone(&kind);
         async move { kind.run(ctx).await }

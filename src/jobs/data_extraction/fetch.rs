@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::guard::{Guard, GuardedResolver, Refused, find_refused};
-use crate::config::DataExtractionConfig;
+use crate::jobs::DataExtractionConfig;
 
 /// Pages of all jobs of this kind fetched at once in one daemon.
 const MAX_IN_FLIGHT: usize = 8;

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use self::extract::{Record, Topic};
 use self::fetch::Fetcher;
 use super::{Handler, JobContext, JobError, JobResult, Registry};
-use crate::config::DataExtractionConfig;
+use crate::jobs::DataExtractionConfig;
 
 pub const KIND: &str = "data-extraction";
 

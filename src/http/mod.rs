@@ -1,8 +1,8 @@
-//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/jobs/{id}` and
+//! The HTTP listener (configured by `[admin]`): `/healthz`, `/readyz`, `/metrics`, `/jobs/{id}` and
 //! `/events` (Server-Sent Events), for ops and for front ends that show a job's
 //! status without polling. docs/OBSERVABILITY.md lists the endpoints and metrics.
 //!
-//! The daemon (`runtime`) binds the listener, hands [`serve`] an [`AdminState`]
+//! The daemon (`runtime`) binds the listener, hands [`serve`] an [`HttpState`]
 //! and stops it with the drain. Every answer is computed from the ledger, the
 //! broker and the metrics registry; this module keeps no job state of its own.
 //!
@@ -101,7 +101,7 @@ pub struct Published {
 
 /// Everything the handlers read. Cheap to clone.
 #[derive(Clone)]
-pub struct AdminState {
+pub struct HttpState {
     pub ledger: Ledger,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
@@ -124,7 +124,7 @@ struct Readiness {
     postgres: Result<(), String>,
 }
 
-impl AdminState {
+impl HttpState {
     pub fn new(
         ledger: Ledger,
         broker: Broker,
@@ -132,8 +132,8 @@ impl AdminState {
         queues: Vec<String>,
         events: EventFeed,
         draining: CancellationToken,
-    ) -> AdminState {
-        AdminState {
+    ) -> HttpState {
+        HttpState {
             ledger,
             broker,
             metrics,
@@ -146,14 +146,14 @@ impl AdminState {
     }
 
     /// Readiness also fails once `broken` is cancelled.
-    pub fn with_broken(mut self, broken: CancellationToken) -> AdminState {
+    pub fn with_broken(mut self, broken: CancellationToken) -> HttpState {
         self.broken = broken;
         self
     }
 }
 
 /// Serves until `stop` fires; open SSE streams end then too.
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: CancellationToken) {
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, stop: CancellationToken) {
     let app = router(state, stop.clone());
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -168,7 +168,7 @@ pub fn log_listening(addr: SocketAddr) {
     tracing::info!(admin.addr = %addr, "Admin listener on http://{addr}");
 }
 
-fn router(state: AdminState, stop: CancellationToken) -> Router {
+fn router(state: HttpState, stop: CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -176,7 +176,7 @@ fn router(state: AdminState, stop: CancellationToken) -> Router {
         .route("/jobs/{id}", get(job))
         .route(
             "/events",
-            get(move |s: State<AdminState>, q: axum::extract::RawQuery| {
+            get(move |s: State<HttpState>, q: axum::extract::RawQuery| {
                 sse::events(s, q, stop.clone(), KEEP_ALIVE)
             }),
         )
@@ -187,7 +187,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
+async fn readyz(State(state): State<HttpState>) -> Response {
     if state.draining.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -223,7 +223,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 /// Probes both services, or reuses an answer younger than [`READY_CACHE`].
-async fn readiness(state: &AdminState) -> Readiness {
+async fn readiness(state: &HttpState) -> Readiness {
     if let Some((at, r)) = state
         .ready_cache
         .lock()
@@ -264,7 +264,7 @@ async fn readiness(state: &AdminState) -> Readiness {
     r
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> Response {
+async fn metrics_text(State(state): State<HttpState>) -> Response {
     let mut samples: Vec<Sample> = Vec::new();
     samples.push((
         metrics::UP,
@@ -345,7 +345,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn job(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+async fn job(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Uuid>() else {
         return (
             StatusCode::BAD_REQUEST,

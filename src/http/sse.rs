@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{AdminState, Published};
+use super::{HttpState, Published};
 use crate::ledger::{Event, EventType};
 
 /// Which events a client asked for.
@@ -65,7 +65,7 @@ impl Filter {
 }
 
 pub(super) async fn events(
-    State(state): State<AdminState>,
+    State(state): State<HttpState>,
     RawQuery(query): RawQuery,
     stop: CancellationToken,
     keep_alive: Duration,

@@ -1,9 +1,12 @@
 //! Settings of the built-in kinds that need more than `[kinds.NAME]`:
-//! `[content_generation]` and `[data_extraction]`.
+//! `[content_generation]` and `[data_extraction]`. They are sections the kinds
+//! claim (`config::Section`); the core config does not name them.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Claim, Section};
 
 /// The `content-generation` kind: which generator drafts posts, and how to reach an
 /// OpenAI-compatible endpoint.
@@ -80,9 +83,53 @@ impl Default for DataExtractionConfig {
     }
 }
 
-impl DataExtractionConfig {
+/// The sections the built-in kinds claim in the config file.
+pub fn sections() -> Vec<Claim> {
+    vec![
+        Claim::of::<ContentGenerationConfig>(),
+        Claim::of::<DataExtractionConfig>(),
+    ]
+}
+
+impl Section for ContentGenerationConfig {
+    const NAME: &'static str = "content_generation";
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+        if !self.openai_base_url.starts_with("http://")
+            && !self.openai_base_url.starts_with("https://")
+        {
+            return bad("openai_base_url", "must start with http:// or https://");
+        }
+        if self.openai_model.is_empty() {
+            return bad("openai_model", "must not be empty");
+        }
+        if self.openai_api_key_env.is_empty()
+            || !self
+                .openai_api_key_env
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(
+                "openai_api_key_env",
+                "must be an environment variable name (letters, digits and '_')",
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request_timeout", "must be above zero");
+        }
+        if !(1..=64).contains(&self.max_concurrent_drafts) {
+            return bad("max_concurrent_drafts", "must be from 1 to 64");
+        }
+        Ok(())
+    }
+}
+
+impl Section for DataExtractionConfig {
+    const NAME: &'static str = "data_extraction";
+
     /// Checks the section; an error is the key (within the section) and the reason.
-    pub(super) fn validate(&self) -> std::result::Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
         for host in &self.allow_hosts {
             let plain = host.trim_start_matches('[').trim_end_matches(']');
@@ -111,5 +158,48 @@ impl DataExtractionConfig {
             return bad("per_host_concurrency", "must be from 1 to 64".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml_with(text, "c.toml", &sections()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_unknown_content_generator_is_rejected_with_its_file() {
+        let err = parse("[content_generation]\ngenerator = \"gpt\"\n").unwrap_err();
+        assert!(err.contains("c.toml") && err.contains("gpt"), "{err}");
+    }
+
+    #[test]
+    fn a_content_api_key_env_must_be_a_variable_name() {
+        let err =
+            parse("[content_generation]\nopenai_api_key_env = \"sk-123 oops\"\n").unwrap_err();
+        assert!(
+            err.contains("content_generation.openai_api_key_env"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_data_extraction_allow_list_entry_with_a_scheme_names_the_key() {
+        let err = parse("[data_extraction]\nallow_hosts = [\"http://intranet\"]\n").unwrap_err();
+        assert!(
+            err.contains("key `data_extraction.allow_hosts`") && err.contains("http://intranet"),
+            "{err}"
+        );
+        let ok = parse(
+            "[data_extraction]\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"intranet.local\"]\nfetch_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        let extraction: DataExtractionConfig = ok.section();
+        assert_eq!(extraction.fetch_timeout, Duration::from_secs(5));
+        assert_eq!(extraction.allow_hosts.len(), 3);
     }
 }

@@ -1,4 +1,4 @@
-//! The admin commands: `queues`, `jobs`, `inspect`, `retry`, `purge`, `workers`.
+//! The job commands: `jobs`, `inspect`, `retry`, `purge`.
 //!
 //! Each prints a human table by default and one JSON document with `--json`
 //! (stable field names, for scripts). Exit codes: 0 done, 1 an error (unknown id, a
@@ -15,23 +15,16 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::broker::{Broker, RedisJobState, WorkerEntry};
+use super::table::{age, clip, plural, stamp, table};
+use crate::broker::{Broker, RedisJobState};
 use crate::config::Config;
 use crate::ledger::{DeadFilter, JobFilter, Ledger, Status};
 
 /// Most rows one bulk retry or purge statement touches.
 const BATCH: i64 = 1000;
-
-#[derive(Debug, Args)]
-pub struct QueuesArgs {
-    /// Print one JSON document instead of a table.
-    #[arg(long)]
-    json: bool,
-}
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
@@ -105,13 +98,6 @@ pub struct PurgeArgs {
     json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct WorkersArgs {
-    /// Print one JSON document instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
 /// `purge --status`: the final members of [`Status`], and only those.
 fn final_status_parser() -> impl clap::builder::TypedValueParser<Value = Status> {
     let finals = Status::value_variants()
@@ -131,89 +117,6 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     })?;
     let d = chrono::Duration::from_std(d).map_err(|_| format!("`{text}` is too long"))?;
     Ok(Utc::now() - d)
-}
-
-/// One queue's row: the ledger's counts plus what Redis says.
-#[derive(Debug, Serialize)]
-struct QueueView {
-    #[serde(flatten)]
-    counts: crate::ledger::QueueCounts,
-    /// Seconds since the oldest waiting job became due.
-    oldest_waiting_secs: Option<i64>,
-    paused: bool,
-    /// Jobs in the queue's Redis ready set (dispatched, not yet fetched).
-    redis_ready: i64,
-}
-
-pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::connect(&config.database).await?;
-    let broker = Broker::connect(&config.redis).await?;
-    let configured: Vec<String> = config.queues.keys().cloned().collect();
-    let counts = ledger
-        .queue_counts(&configured)
-        .await
-        .context("counting jobs per queue")?;
-    let now = Utc::now();
-    let mut views = Vec::with_capacity(counts.len());
-    for c in counts {
-        let paused = broker.paused(&c.queue).await?;
-        let (redis_ready, ..) = broker.depth(&c.queue).await?;
-        views.push(QueueView {
-            oldest_waiting_secs: c
-                .oldest_waiting_since
-                .map(|t| now.signed_duration_since(t).num_seconds().max(0)),
-            counts: c,
-            paused,
-            redis_ready,
-        });
-    }
-    broker.quit().await;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "queues": views }))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows = views
-        .iter()
-        .map(|v| {
-            let c = &v.counts;
-            vec![
-                c.queue.clone(),
-                c.ready.to_string(),
-                c.scheduled.to_string(),
-                c.running.to_string(),
-                c.retrying.to_string(),
-                c.dead.to_string(),
-                if v.paused { "yes" } else { "no" }.to_owned(),
-                v.oldest_waiting_secs.map_or("-".into(), age),
-                c.succeeded_last_minute.to_string(),
-                c.dead_last_minute.to_string(),
-                v.redis_ready.to_string(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "QUEUE",
-                "READY",
-                "SCHEDULED",
-                "RUNNING",
-                "RETRYING",
-                "DEAD",
-                "PAUSED",
-                "OLDEST WAIT",
-                "OK LAST MIN",
-                "DEAD LAST MIN",
-                "IN REDIS",
-            ],
-            rows,
-        )
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
@@ -449,171 +352,9 @@ pub async fn purge(config: Config, args: PurgeArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Debug, Serialize)]
-struct WorkerView {
-    #[serde(flatten)]
-    entry: WorkerEntry,
-    /// `live`, `draining`, or `gone` (no heartbeat lately: it died without saying).
-    state: &'static str,
-}
-
-pub async fn workers(config: Config, args: WorkersArgs) -> anyhow::Result<ExitCode> {
-    let broker = Broker::connect(&config.redis).await?;
-    let entries = broker
-        .workers()
-        .await
-        .context("reading the worker registry")?;
-    broker.quit().await;
-    let now = Utc::now();
-    let views: Vec<WorkerView> = entries
-        .into_iter()
-        .map(|entry| WorkerView {
-            state: if entry.is_stale(now) {
-                "gone"
-            } else if entry.draining {
-                "draining"
-            } else {
-                "live"
-            },
-            entry,
-        })
-        .collect();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "workers": views }))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    if views.is_empty() {
-        println!("No daemon is registered");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows = views
-        .iter()
-        .map(|v| {
-            let e = &v.entry;
-            vec![
-                e.id.to_string(),
-                e.host.clone(),
-                e.pid.to_string(),
-                e.version.clone(),
-                e.queues.join(","),
-                e.running.to_string(),
-                age(now.signed_duration_since(e.started_at).num_seconds()),
-                age(now.signed_duration_since(e.heartbeat_at).num_seconds()),
-                v.state.to_owned(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "ID",
-                "HOST",
-                "PID",
-                "VERSION",
-                "QUEUES",
-                "RUNNING",
-                "UP",
-                "HEARTBEAT",
-                "STATE",
-            ],
-            rows,
-        )
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Aligned columns, two spaces apart; the last column is not padded.
-pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&headers).chain(rows.iter()) {
-        let last = row.len().saturating_sub(1);
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i == last {
-                line.push_str(cell);
-            } else {
-                let pad = w - cell.chars().count();
-                line.push_str(cell);
-                line.extend(std::iter::repeat_n(' ', pad + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A duration in seconds for people, two units at most: `42s`, `3m12s`, `5h07m`, `2d3h`.
-fn age(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-pub(super) fn stamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
-}
-
-fn clip(text: &str, max: usize) -> String {
-    let one_line = text.replace('\n', " ");
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
-}
-
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        word.to_owned()
-    } else {
-        format!("{word}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_read_like_people_say_them() {
-        assert_eq!(age(-3), "0s");
-        assert_eq!(age(42), "42s");
-        assert_eq!(age(192), "3m12s");
-        assert_eq!(age(5 * 3600 + 7 * 60 + 9), "5h07m");
-        assert_eq!(age(2 * 86_400 + 3 * 3600), "2d3h");
-    }
-
-    #[test]
-    fn a_table_aligns_every_column_to_its_widest_cell() {
-        let text = table(
-            &["A", "LONG HEADER", "C"],
-            vec![
-                vec!["wide cell".into(), "1".into(), "x".into()],
-                vec!["b".into(), "22".into(), "".into()],
-            ],
-        );
-        assert_eq!(
-            text,
-            "A          LONG HEADER  C\nwide cell  1            x\nb          22\n"
-        );
-    }
 
     #[test]
     fn since_takes_a_time_or_a_duration_back_from_now() {

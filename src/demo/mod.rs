@@ -13,13 +13,15 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::broker::{Broker, RedisEnqueue};
-use crate::config::Config;
-use crate::jobs::{Registry, demo};
-use crate::ledger::{Ledger, NewJob, Status};
-use crate::runtime::Daemon;
+use jobrunner::broker::{Broker, RedisEnqueue};
+use jobrunner::config::Config;
+use jobrunner::jobs::Registry;
+use jobrunner::ledger::{Ledger, NewJob, Status};
+use jobrunner::runtime::Daemon;
 
-pub(super) async fn run(config: Config, log: PathBuf) -> anyhow::Result<ExitCode> {
+mod fixtures;
+
+pub async fn run(config: Config, log: PathBuf) -> anyhow::Result<ExitCode> {
     println!("The demo daemon's log goes to {}", log.display());
     let outcome = run_jobs(config).await;
     if outcome.is_err() {
@@ -52,10 +54,12 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     fail.max_attempts = 3;
     // The extraction demo reads a page this process serves on loopback, which the
     // SSRF guard refuses unless allowed.
-    let site = demo::FixtureSite::start()
+    let site = fixtures::FixtureSite::start()
         .await
         .context("starting the demo's fixture site")?;
-    config.data_extraction.allow_hosts.push("127.0.0.1".into());
+    let mut extraction: jobrunner::jobs::DataExtractionConfig = config.section();
+    extraction.allow_hosts.push("127.0.0.1".into());
+    config.set_section(&extraction);
 
     let ledger = Ledger::connect(&config.database).await?;
     ledger.migrate().await.context("applying migrations")?;
@@ -68,8 +72,8 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
         ..NewJob::default()
     };
     let pool = ledger.pool();
-    let campaign = demo::create_campaign(pool).await?;
-    let query = demo::create_extraction_query(pool, &site.url()).await?;
+    let campaign = fixtures::create_campaign(pool).await?;
+    let query = fixtures::create_extraction_query(pool, &site.url()).await?;
     let mut jobs = Vec::new();
     for (what, job) in [
         (
@@ -77,7 +81,10 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
             sql("content-generation", json!({ "campaign_id": campaign })),
         ),
         ("SQL", sql("data-extraction", json!({ "query_id": query }))),
-        ("SQL", sql("message-processing", demo::webhook_payload())),
+        (
+            "SQL",
+            sql("message-processing", fixtures::webhook_payload()),
+        ),
         ("SQL", sql("noop", json!({"hello": "world"}))),
         ("SQL", sql("sleep", json!({"ms": 300}))),
         ("SQL", sql("fail", json!({"times": 1}))),
@@ -142,7 +149,7 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     println!();
     println!("What the built-in kinds produced:");
-    for line in demo::summary(ledger.pool(), campaign, query).await? {
+    for line in fixtures::summary(ledger.pool(), campaign, query).await? {
         println!("{line}");
     }
     drop(site);

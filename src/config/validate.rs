@@ -1,0 +1,213 @@
+//! `Config::validate` (a pure function of the file: every key in range, names
+//! plain, the kinds' tables whole) and `Config::check_environment` (what the
+//! file expects of this machine: variables set, programs and directories present).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, Error, Result, cron, flow, kinds};
+
+impl Config {
+    pub fn validate(&self) -> Result {
+        let bad = |key: &str, reason: &str| {
+            Err(Error::Invalid {
+                origin: self.origin.clone(),
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        let database_url = self.database.url.expose();
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return bad(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections < 2 {
+            return bad(
+                "database.max_connections",
+                "must be at least 2 (one is held by the outbox listener)",
+            );
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return bad(
+                "database.min_connections",
+                "must not exceed database.max_connections",
+            );
+        }
+        let redis_url = self.redis.url.expose();
+        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+            return bad("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size", "must be at least 1");
+        }
+        if self.redis.command_timeout.is_zero() {
+            return bad(
+                "redis.command_timeout",
+                "must be above zero, or a half-dead socket hangs the daemon",
+            );
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return bad(
+                "redis.key_prefix",
+                "must be non-empty and contain no braces",
+            );
+        }
+        if self.runtime.lease < Duration::from_millis(300) {
+            return bad("runtime.lease", "must be at least 300ms");
+        }
+        if self.runtime.fetch_batch == 0 {
+            return bad("runtime.fetch_batch", "must be at least 1");
+        }
+        if self.runtime.status_batch_max == 0 {
+            return bad("runtime.status_batch_max", "must be at least 1");
+        }
+        if !(1..=16).contains(&self.runtime.status_writers) {
+            return bad("runtime.status_writers", "must be from 1 to 16");
+        }
+        if self.runtime.status_writers + 2 > self.database.max_connections as usize {
+            return bad(
+                "runtime.status_writers",
+                "needs database.max_connections of at least status_writers + 2",
+            );
+        }
+        for (key, value) in [
+            ("runtime.reap_interval", self.runtime.reap_interval),
+            ("runtime.sweep_interval", self.runtime.sweep_interval),
+            ("runtime.poll_interval", self.runtime.poll_interval),
+        ] {
+            if value.is_zero() {
+                return bad(key, "must be above zero");
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return bad("log.level", &format!("not a log filter: {e}"));
+        }
+        for (name, queue) in &self.queues {
+            if !valid_name(name) {
+                return bad(&format!("queues.{name}"), NAME_RULE);
+            }
+            if queue.concurrency == 0 {
+                return bad(&format!("queues.{name}.concurrency"), "must be at least 1");
+            }
+            if let Some(limit) = &queue.rate_limit
+                && let Err((key, reason)) =
+                    flow::validate_rate_limit(&format!("queues.{name}.rate_limit"), limit, false)
+            {
+                return bad(&key, &reason);
+            }
+        }
+        for (name, kind) in &self.kinds {
+            if !valid_name(name) {
+                return bad(&format!("kinds.{name}"), NAME_RULE);
+            }
+            if !valid_name(&kind.queue) {
+                return bad(&format!("kinds.{name}.queue"), NAME_RULE);
+            }
+            if kind.max_attempts < 1 {
+                return bad(&format!("kinds.{name}.max_attempts"), "must be at least 1");
+            }
+            if kind.timeout.is_zero() {
+                return bad(&format!("kinds.{name}.timeout"), "must be above zero");
+            }
+            if kind.backoff.max < kind.backoff.base {
+                return bad(
+                    &format!("kinds.{name}.backoff.max"),
+                    "must not be below backoff.base",
+                );
+            }
+            if kind.concurrency == Some(0) {
+                return bad(&format!("kinds.{name}.concurrency"), "must be at least 1");
+            }
+            if let Some(limit) = &kind.rate_limit
+                && let Err((key, reason)) =
+                    flow::validate_rate_limit(&format!("kinds.{name}.rate_limit"), limit, true)
+            {
+                return bad(&key, &reason);
+            }
+            if let Some(template) = &kind.unique_key
+                && let Err(reason) = flow::validate_unique_key(template)
+            {
+                return bad(&format!("kinds.{name}.unique_key"), &reason);
+            }
+            if let Err((key, reason)) = kinds::validate_handler(name, kind) {
+                return bad(&key, &reason);
+            }
+        }
+        for (name, cron) in &self.cron {
+            if let Err((key, reason)) = cron::validate(name, cron) {
+                return bad(&key, &reason);
+            }
+        }
+        self.retention
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key: format!("retention.{key}"),
+                reason,
+            })?;
+        self.admin
+            .validate()
+            .map_err(|(key, reason)| Error::Invalid {
+                origin: self.origin.clone(),
+                key,
+                reason,
+            })?;
+        Ok(())
+    }
+
+    /// Checks what the configuration expects of this machine: every
+    /// `hmac_secret_env` variable is set, every absolute `program` and every
+    /// `working_dir` exists. Separate from [`Config::validate`] so that stays a pure
+    /// function of the file; `is_set` is a parameter so tests need not touch the
+    /// process environment.
+    pub fn check_environment(&self, is_set: impl Fn(&str) -> bool) -> Result {
+        let bad = |key: String, reason: String| {
+            Err(Error::Invalid {
+                origin: self.origin.clone(),
+                key,
+                reason,
+            })
+        };
+        for (name, kind) in &self.kinds {
+            if let Some(var) = kind.http.as_ref().and_then(|h| h.hmac_secret_env.as_ref())
+                && !is_set(var)
+            {
+                return bad(
+                    format!("kinds.{name}.http.hmac_secret_env"),
+                    format!("the environment variable `{var}` is not set or is empty"),
+                );
+            }
+            if let Some(command) = &kind.command {
+                let program = Path::new(&command.program);
+                if program.is_absolute() && !program.is_file() {
+                    return bad(
+                        format!("kinds.{name}.command.program"),
+                        format!("`{}` does not exist or is not a file", command.program),
+                    );
+                }
+                if let Some(dir) = &command.working_dir
+                    && !dir.is_dir()
+                {
+                    return bad(
+                        format!("kinds.{name}.command.working_dir"),
+                        format!("`{}` is not a directory", dir.display()),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) const NAME_RULE: &str =
+    "names may hold only letters, digits, '-', '_' and '.' (1 to 64 of them)";
+
+/// Queue and kind names end up in Redis keys and SQL; keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

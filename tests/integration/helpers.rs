@@ -3,12 +3,13 @@
 //! tests. Daemons run in-process (`start_daemon`) or as real processes
 //! (`spawn_daemon`) for crash and signal tests.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use jobrunner::broker::Broker;
-use jobrunner::config::{Config, KindConfig, QueueConfig};
+use jobrunner::config::{CommandKindConfig, Config, HandlerName, KindConfig, QueueConfig};
 use jobrunner::jobs::Registry;
 use jobrunner::ledger::{Job, Ledger, NewJob};
 use jobrunner::runtime::Daemon;
@@ -288,4 +289,23 @@ impl Drop for DaemonProcess {
             );
         }
     }
+}
+
+/// A `command` kind running `script` with `/bin/sh`, failing fast.
+pub fn sh_kind(script: &str) -> KindConfig {
+    let mut kind = KindConfig {
+        max_attempts: 3,
+        handler: Some(HandlerName::Command),
+        command: Some(CommandKindConfig {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            dead_exit_codes: vec![3],
+            env: BTreeMap::new(),
+            working_dir: None,
+        }),
+        ..KindConfig::default()
+    };
+    kind.backoff.base = Duration::from_millis(20);
+    kind.backoff.max = Duration::from_millis(50);
+    kind
 }

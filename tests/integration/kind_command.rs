@@ -2,33 +2,13 @@
 //! scripts): what the program receives, how its exit ends the job, and that a
 //! timeout leaves no process behind.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use jobrunner::config::{CommandKindConfig, HandlerName, KindConfig};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{sh_kind, spawn_app};
 use jobrunner::ledger::Status;
-
-fn sh_kind(script: &str) -> KindConfig {
-    let mut kind = KindConfig {
-        max_attempts: 3,
-        handler: Some(HandlerName::Command),
-        command: Some(CommandKindConfig {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            dead_exit_codes: vec![3],
-            env: BTreeMap::new(),
-            working_dir: None,
-        }),
-        ..KindConfig::default()
-    };
-    kind.backoff.base = Duration::from_millis(20);
-    kind.backoff.max = Duration::from_millis(50);
-    kind
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_gets_the_payload_on_stdin_and_its_json_stdout_is_the_result() {

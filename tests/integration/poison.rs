@@ -3,35 +3,15 @@
 //! writer), then checks that the poison ends `dead` with a readable error and
 //! that ordinary jobs enqueued right after it all succeed within seconds.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jobrunner::config::{CommandKindConfig, HandlerName, KindConfig, QueueConfig};
+use jobrunner::config::QueueConfig;
 use jobrunner::ledger::NewJob;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, sh_kind, spawn_app};
 use jobrunner::ledger::Status;
-
-/// A `command` kind running `script` with `/bin/sh`, failing fast.
-pub fn sh_kind(script: &str) -> KindConfig {
-    let mut kind = KindConfig {
-        max_attempts: 3,
-        handler: Some(HandlerName::Command),
-        command: Some(CommandKindConfig {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            dead_exit_codes: vec![3],
-            env: BTreeMap::new(),
-            working_dir: None,
-        }),
-        ..KindConfig::default()
-    };
-    kind.backoff.base = Duration::from_millis(20);
-    kind.backoff.max = Duration::from_millis(50);
-    kind
-}
 
 /// Writes a job row and its outbox row straight into the tables, as a row
 /// written before validation existed (or by a hand-written INSERT) would be.

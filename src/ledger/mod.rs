@@ -5,7 +5,8 @@
 //! `outbox.rs` (the dispatch statement and [`OutboxBatch`]), `ingest.rs` (jobs
 //! producers put straight into Redis), `recovery.rs` (putting jobs Redis lost back
 //! in the outbox), `queries.rs` (reads), `control.rs` (cancel, retry, pause, purge),
-//! `writer/` (the batched status writer), `events.rs`, `cron.rs`, `quarantine.rs`,
+//! `schema.rs` (migrations, the ledger's and those of the kinds above the core, and
+//! the schema check), `writer/` (the batched status writer), `events.rs`, `cron.rs`, `quarantine.rs`,
 //! `plans.rs` (the hot statements' plans) and `safe.rs`.
 //!
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
@@ -21,6 +22,7 @@ mod quarantine;
 mod queries;
 mod recovery;
 pub mod safe;
+mod schema;
 mod status;
 mod writer;
 
@@ -45,6 +47,7 @@ pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
 pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
+pub use schema::{migrator, schema_version};
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
     Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,
@@ -126,18 +129,6 @@ pub struct Ledger {
     metrics: Arc<Metrics>,
 }
 
-fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!();
-    migrator.dangerous_set_table_name("jobrunner._sqlx_migrations");
-    migrator.create_schema("jobrunner");
-    migrator
-}
-
-/// The newest migration this binary knows.
-pub fn schema_version() -> i64 {
-    migrator().iter().map(|m| m.version).max().unwrap_or(0)
-}
-
 impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
@@ -199,50 +190,11 @@ impl Ledger {
         &self.pool
     }
 
-    /// Applies every pending migration. Safe to run from several processes at once:
-    /// the migrator takes an advisory lock.
-    pub async fn migrate(&self) -> Result {
-        migrator().run(&self.pool).await?;
-        Ok(())
-    }
-
     /// `SELECT 1` on a pooled connection: does Postgres answer? (The daemon's
     /// watchdog check.)
     pub async fn probe(&self) -> Result {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Fails with [`Error::SchemaOutdated`] unless every migration this binary
-    /// knows has been applied.
-    pub async fn check_schema(&self) -> Result {
-        let needed = schema_version();
-        let applied: Option<i64> = match sqlx::query_scalar(
-            "SELECT max(version) FROM jobrunner._sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await
-        {
-            Ok(v) => v,
-            // 42P01: undefined table, 3F000: undefined schema: never migrated.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42P01") | Some("3F000")) =>
-            {
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match applied {
-            Some(v) if v >= needed => Ok(()),
-            Some(v) => Err(Error::SchemaOutdated {
-                found: format!("version {v}"),
-                needed,
-            }),
-            None => Err(Error::SchemaOutdated {
-                found: "no jobrunner schema".into(),
-                needed,
-            }),
-        }
     }
 
     /// Copies per-kind defaults from the config so SQL producers that give only a

@@ -129,7 +129,7 @@ impl Daemon {
         notifier: Notifier,
     ) -> Result<Daemon> {
         let ledger = Ledger::connect(&config.database).await?;
-        ledger.check_schema().await?;
+        ledger.check_schema(registry.migrations()).await?;
         ledger.sync_kinds(&config).await?;
         let broker = Broker::connect(&config.redis).await?;
         let listener = bind_admin(&config)?;

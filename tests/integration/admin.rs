@@ -502,7 +502,7 @@ async fn retention_prunes_final_jobs_past_their_ttl_and_keeps_the_rest() {
     config.retention.interval = Duration::from_millis(100);
     config.retention.batch = 2;
     let daemon = app
-        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let mut succeeded = Vec::new();
     for n in 0..5 {

@@ -49,7 +49,7 @@ async fn template() -> &'static str {
                 .await
                 .expect("connect to template");
             Ledger::from_pool(pool.clone())
-                .migrate()
+                .migrate(&jobrunner_kinds::migrations())
                 .await
                 .expect("migrate the template database");
             pool.close().await;
@@ -115,7 +115,7 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// An in-process daemon with the built-in kinds.
     pub async fn start_daemon(&self) -> Daemon {
-        self.start_daemon_with(self.config.clone(), Registry::builtin(&self.config))
+        self.start_daemon_with(self.config.clone(), jobrunner_kinds::registry(&self.config))
             .await
     }
 

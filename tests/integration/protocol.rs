@@ -11,7 +11,7 @@ use jobrunner::ledger::Status;
 
 /// The ```lua block of docs/PROTOCOL.md.
 fn documented_script() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
         .expect("docs/PROTOCOL.md");
     let start = doc.find("```lua\n").expect("a ```lua block") + "```lua\n".len();
     let end = start + doc[start..].find("\n```").expect("end of the lua block");

@@ -242,7 +242,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         return;
     };
     assert!(version.status.success());
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/jobrunner.service");
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/jobrunner.service");
     let text = std::fs::read_to_string(unit).expect("systemd/jobrunner.service");
     for line in [
         "Type=notify",

@@ -15,7 +15,6 @@ use serde_json::json;
 
 use jobrunner::broker::{Broker, RedisEnqueue};
 use jobrunner::config::Config;
-use jobrunner::jobs::Registry;
 use jobrunner::ledger::{Ledger, NewJob, Status};
 use jobrunner::runtime::Daemon;
 
@@ -57,12 +56,15 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     let site = fixtures::FixtureSite::start()
         .await
         .context("starting the demo's fixture site")?;
-    let mut extraction: jobrunner::jobs::DataExtractionConfig = config.section();
+    let mut extraction: jobrunner_kinds::DataExtractionConfig = config.section();
     extraction.allow_hosts.push("127.0.0.1".into());
     config.set_section(&extraction);
 
     let ledger = Ledger::connect(&config.database).await?;
-    ledger.migrate().await.context("applying migrations")?;
+    ledger
+        .migrate(&jobrunner_kinds::migrations())
+        .await
+        .context("applying migrations")?;
     ledger.sync_kinds(&config).await?;
     let broker = Broker::connect(&config.redis).await?;
 
@@ -111,7 +113,7 @@ async fn run_jobs(mut config: Config) -> anyhow::Result<ExitCode> {
     jobs.push(("Redis", redis_id));
 
     println!("Enqueued {} demo jobs; running them...", jobs.len());
-    let registry = Registry::builtin(&config);
+    let registry = jobrunner::cli::registry::<crate::Layers>(&config);
     let daemon = Daemon::start_with(config, registry, ledger.clone(), broker);
     let mut rows = Vec::new();
     for (via, id) in &jobs {

@@ -12,9 +12,9 @@ use chrono::NaiveDateTime;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Secret;
-use crate::jobs::ContentGenerationConfig;
-use crate::jobs::JobError;
+use crate::ContentGenerationConfig;
+use jobrunner::config::Secret;
+use jobrunner::jobs::JobError;
 
 /// Everything a generator may know about the post it drafts.
 #[derive(Debug, Clone)]
@@ -82,7 +82,12 @@ impl OpenAi {
             .timeout(config.request_timeout)
             .user_agent(concat!("jobrunner/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", crate::error_chain(&e)));
+            .map_err(|e| {
+                format!(
+                    "cannot build the HTTP client: {}",
+                    jobrunner::error_chain(&e)
+                )
+            });
         OpenAi {
             client,
             url: format!(
@@ -129,7 +134,7 @@ impl Generator for OpenAiDrafter<'_> {
             .map_err(|e| {
                 JobError::retryable(format!(
                     "openai request to {url} failed: {}",
-                    crate::error_chain(&e)
+                    jobrunner::error_chain(&e)
                 ))
             })?;
         let status = response.status();
@@ -137,7 +142,7 @@ impl Generator for OpenAiDrafter<'_> {
         let text = response.text().await.map_err(|e| {
             JobError::retryable(format!(
                 "openai reply from {url} broke off: {}",
-                crate::error_chain(&e)
+                jobrunner::error_chain(&e)
             ))
         })?;
         if status.as_u16() == 429 || status.is_server_error() {

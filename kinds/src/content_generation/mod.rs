@@ -22,13 +22,13 @@ use uuid::Uuid;
 
 use self::calendar::Slot;
 use self::generator::{Draft, DraftRequest, Generator, OpenAi, Template};
-use super::{JobContext, JobError, JobResult, Registry};
-use crate::config::Config;
-use crate::jobs::{ContentGenerationConfig, ContentGenerator};
+use crate::{ContentGenerationConfig, ContentGenerator};
+use jobrunner::config::Config;
+use jobrunner::jobs::{JobContext, JobError, JobResult, Registry};
 
 pub const KIND: &str = "content-generation";
 
-pub(super) fn register(registry: &mut Registry, config: &Config) {
+pub(crate) fn register(registry: &mut Registry, config: &Config) {
     let kind = Arc::new(ContentGeneration::new(&config.section()));
     registry.register(KIND, move |ctx: JobContext| {
         let kind = Arc::clone(&kind);
@@ -87,7 +87,7 @@ impl ContentGeneration {
         {
             tracing::warn!(
                 campaign.id = %campaign.id,
-                error = %crate::error_chain(&e),
+                error = %jobrunner::error_chain(&e),
                 "Cannot record the content campaign's failure"
             );
         }
@@ -242,7 +242,7 @@ fn prefix(error: JobError, what: impl std::fmt::Display) -> JobError {
 fn db_error(campaign_id: Uuid, doing: &str, error: &sqlx::Error) -> JobError {
     JobError::retryable(format!(
         "content campaign {campaign_id}: cannot {doing}: {}",
-        crate::error_chain(error)
+        jobrunner::error_chain(error)
     ))
 }
 

@@ -14,11 +14,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{JobContext, JobError, JobResult, Registry};
+use jobrunner::jobs::{JobContext, JobError, JobResult, Registry};
 
-pub(super) const KIND: &str = "message-processing";
+pub const KIND: &str = "message-processing";
 
-pub(super) fn register(registry: &mut Registry) {
+pub(crate) fn register(registry: &mut Registry) {
     registry.register(KIND, run);
 }
 
@@ -238,7 +238,7 @@ async fn apply(
 /// written, so retrying is pointless; anything else (a lost connection, a pool
 /// timeout, a deadlock) may pass on the next attempt.
 fn db_error(doing: &str, error: sqlx::Error) -> JobError {
-    let message = format!("{doing}: {}", crate::error_chain(&error));
+    let message = format!("{doing}: {}", jobrunner::error_chain(&error));
     let class = error
         .as_database_error()
         .and_then(|e| e.code())
@@ -451,7 +451,7 @@ fn timestamp(message: &Map<String, Value>) -> Result<DateTime<Utc>, String> {
         .filter(|s| (0..=MAX_UNIX_SECONDS).contains(s))
         .and_then(|s| DateTime::from_timestamp(s, 0))
         .ok_or_else(|| {
-            let shown = crate::pgtext::truncate(&value.to_string(), 64).to_owned();
+            let shown = jobrunner::pgtext::truncate(&value.to_string(), 64).to_owned();
             format!(
                 "field `timestamp`: expected Unix seconds in the years 1970-9999, found {shown}"
             )
@@ -461,7 +461,7 @@ fn timestamp(message: &Map<String, Value>) -> Result<DateTime<Utc>, String> {
 /// Postgres text cannot hold NUL; a NUL in a provider's text is replaced rather
 /// than failing the message.
 fn clean(text: &str) -> String {
-    crate::pgtext::safe(text).into_owned()
+    jobrunner::pgtext::safe(text).into_owned()
 }
 
 /// A required string field that goes into a unique index: longer than `max` bytes

@@ -1,7 +1,8 @@
 //! The `jobrunner` binary: parse the command line, run it, map the outcome to an
-//! exit code. The core lives in the library; the binary adds the layers above it
-//! (the demo, `demo/`, and the benchmark, `bench/`) to the core's command line
-//! through `cli::Layer`.
+//! exit code. The core lives in the `jobrunner` library; the binary adds the
+//! layers above it to the core's command line through `cli::Layer`: the business
+//! kinds (`jobrunner-kinds`: their handlers, config sections and migrations), the
+//! demo (`demo/`) and the benchmark (`bench/`).
 
 mod bench;
 mod demo;
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 
 use std::process::ExitCode;
 
-use jobrunner::config::Config;
+use jobrunner::config::{Claim, Config};
+use jobrunner::jobs::Registry;
+use sqlx::migrate::Migration;
 
 /// The commands the binary adds to the core's.
 #[derive(Debug, clap::Subcommand)]
@@ -46,6 +49,18 @@ impl jobrunner::cli::Layer for Layers {
             }
             Layers::Bench(args) => bench::run(config, args).await,
         }
+    }
+
+    fn sections() -> Vec<Claim> {
+        jobrunner_kinds::sections()
+    }
+
+    fn register(config: &Config, registry: &mut Registry) {
+        jobrunner_kinds::register(config, registry);
+    }
+
+    fn migrations() -> Vec<Migration> {
+        jobrunner_kinds::migrations()
     }
 }
 

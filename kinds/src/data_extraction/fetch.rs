@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::guard::{Guard, GuardedResolver, Refused, find_refused};
-use crate::jobs::DataExtractionConfig;
+use crate::DataExtractionConfig;
 
 /// Pages of all jobs of this kind fetched at once in one daemon.
 const MAX_IN_FLIGHT: usize = 8;
@@ -110,7 +110,7 @@ impl Fetcher {
                 env!("CARGO_PKG_VERSION")
             ))
             .build()
-            .map_err(|e| Error::Client(crate::error_chain(&e)))?;
+            .map_err(|e| Error::Client(jobrunner::error_chain(&e)))?;
         Ok(Fetcher {
             client,
             guard,

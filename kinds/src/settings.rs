@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Claim, Section};
+use jobrunner::config::{Claim, Section};
 
 /// The `content-generation` kind: which generator drafts posts, and how to reach an
 /// OpenAI-compatible endpoint.
@@ -164,7 +164,7 @@ impl Section for DataExtractionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use jobrunner::config::Config;
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::from_toml_with(text, "c.toml", &sections()).map_err(|e| e.to_string())

@@ -2,7 +2,7 @@
 //! source pages, extracts the records that match its topic and upserts them into
 //! `extraction_results`, then sets the query's status and count.
 //!
-//! It owns the kind's two tables (`migrations/20261122000005_extraction.sql`) and
+//! It owns the kind's two tables (`kinds/migrations/20261122000005_extraction.sql`) and
 //! nothing else in Postgres. It must never fetch a URL the SSRF guard (`guard`)
 //! refused, never parse HTML on an async thread, and never write results one row
 //! per statement. Re-running a job upserts the same rows again (idempotent).
@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use self::extract::{Record, Topic};
 use self::fetch::Fetcher;
-use super::{Handler, JobContext, JobError, JobResult, Registry};
-use crate::jobs::DataExtractionConfig;
+use crate::DataExtractionConfig;
+use jobrunner::jobs::{Handler, JobContext, JobError, JobResult, Registry};
 
 pub const KIND: &str = "data-extraction";
 
@@ -38,7 +38,7 @@ const UPSERT_BATCH: usize = 500;
 /// entries hold at most about 2,700 bytes.
 const MAX_URL_BYTES: usize = 2048;
 
-pub(super) fn register(registry: &mut Registry, config: &DataExtractionConfig) {
+pub(crate) fn register(registry: &mut Registry, config: &DataExtractionConfig) {
     match DataExtraction::new(config) {
         Ok(kind) => {
             registry.register(KIND, kind);
@@ -297,7 +297,7 @@ async fn set_status(
 ) -> Result<(), JobError> {
     let source_errors = source_errors.map(|v| {
         let mut v = v.clone();
-        crate::pgtext::safe_json(&mut v);
+        jobrunner::pgtext::safe_json(&mut v);
         v
     });
     // No `source_errors` leaves the column alone when a run starts, so the errors
@@ -330,7 +330,7 @@ async fn store(
 ) -> Result<i32, sqlx::Error> {
     // Text from fetched pages is made safe for Postgres here, whatever path it took;
     // a URL too long for the unique index could never be stored and is skipped.
-    let safe = |t: &str| crate::pgtext::safe(t).into_owned();
+    let safe = |t: &str| jobrunner::pgtext::safe(t).into_owned();
     let kept: Vec<&Record> = records
         .iter()
         .filter(|r| r.url.len() <= MAX_URL_BYTES)
@@ -340,7 +340,7 @@ async fn store(
             "Skipped records whose URL is longer than {MAX_URL_BYTES} bytes");
     }
     let source_errors = source_errors.map(|mut v| {
-        crate::pgtext::safe_json(&mut v);
+        jobrunner::pgtext::safe_json(&mut v);
         v
     });
     let mut tx = db.begin().await?;
@@ -409,7 +409,7 @@ async fn store(
 fn db_error(id: Uuid, error: &sqlx::Error) -> JobError {
     let message = format!(
         "extraction query {id}: database error: {}",
-        crate::error_chain(error)
+        jobrunner::error_chain(error)
     );
     let class = error
         .as_database_error()

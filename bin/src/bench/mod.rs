@@ -255,7 +255,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
     producers_db.max_connections = 32;
     producers_db.acquire_timeout = Duration::from_secs(120);
     let ledger = Ledger::connect(&producers_db).await?;
-    ledger.migrate().await?;
+    ledger.migrate(&jobrunner_kinds::migrations()).await?;
     let broker = Broker::connect(&config.redis).await?;
     let pool = ledger.pool().clone();
     let mut report = Report::default();

@@ -107,13 +107,9 @@ pub async fn retry(ledger: &Ledger, broker: &Broker, id: Uuid) -> Result<String>
 }
 
 /// Publishes events outside the daemon, on the channels `events` turns on, in
-/// order. Returns a description of each channel that failed; an event is a
-/// notification and the ledger row stays the truth, so a failure is reported,
-/// not retried.
-///
-/// FIXME: the daemon's `runtime::events::Publisher::publish` does the same for
-/// its batches (with failure isolation and metrics); the two should become one
-/// function there, and this one should call it.
+/// order, the way the daemon does ([`crate::runtime::deliver`]). Returns a
+/// description of each failure; an event is a notification and the ledger row
+/// stays the truth, so a failure is reported, not retried.
 pub async fn publish(
     ledger: &Ledger,
     broker: &Broker,
@@ -121,19 +117,25 @@ pub async fn publish(
     batch: &[Event],
 ) -> Vec<String> {
     let json: Vec<String> = batch.iter().map(Event::to_json).collect();
+    let delivery = crate::runtime::deliver(ledger, broker, events, &json).await;
     let mut failed = Vec::new();
-    if events.redis
-        && let Err(error) = broker.publish_events(&json).await
-    {
-        failed.push(format!(
-            "publishing to Redis failed: {}",
-            crate::error_chain(&error)
-        ));
+    if let Some(out) = delivery.redis {
+        failed.extend(failures("publishing to Redis", out));
     }
-    if events.postgres
-        && let Err(error) = ledger.notify_events(&json).await
-    {
-        failed.push(format!("NOTIFY failed: {}", crate::error_chain(&error)));
+    if let Some(out) = delivery.postgres {
+        failed.extend(failures("NOTIFY", out));
     }
     failed
+}
+
+/// "`doing` failed: reason" for a channel's transient failure and each refused event.
+fn failures<E: std::error::Error + 'static>(
+    doing: &str,
+    out: crate::batch::Isolated<(), E>,
+) -> Vec<String> {
+    out.transient
+        .iter()
+        .chain(out.poison.iter().map(|(_, e)| e))
+        .map(|e| format!("{doing} failed: {}", crate::error_chain(e)))
+        .collect()
 }

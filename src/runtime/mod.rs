@@ -50,6 +50,7 @@ use crate::jobs::Registry;
 use crate::ledger::{self, Ledger, StatusWriter, WriterHandle};
 use crate::metrics::Metrics;
 
+pub use events::{Delivery, deliver};
 pub use notify::Notifier;
 pub use reload::{Change, ReloadReport};
 pub use worker::backoff;

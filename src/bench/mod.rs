@@ -157,7 +157,9 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// The scratch database, key prefix and config the bench daemon runs with.
 struct Scratch {
-    admin_url: String,
+    /// The base config's connection (its URL, password file and TLS), for the
+    /// scratch database's CREATE and DROP.
+    admin: jobrunner::ledger::PgConnectOptions,
     db_name: String,
     config: Config,
     dir: std::path::PathBuf,
@@ -167,12 +169,10 @@ impl Scratch {
     async fn create(base: &Config) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
         let admin_url = base.database.url.expose().to_owned();
-        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
-            format!(
-                "connecting to {}",
-                jobrunner::config::redact_url(&admin_url)
-            )
-        })?;
+        let (admin_options, _) = jobrunner::ledger::connect_options(&base.database)?;
+        let mut admin = PgConnection::connect_with(&admin_options)
+            .await
+            .with_context(|| format!("connecting to {}", base.database.url))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut admin)
             .await
@@ -201,7 +201,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("jobrunner-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch {
-            admin_url,
+            admin: admin_options,
             db_name,
             config,
             dir,
@@ -218,7 +218,7 @@ impl Scratch {
             eprintln!("Kept database {}", self.db_name);
             return;
         }
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+        if let Ok(mut admin) = PgConnection::connect_with(&self.admin).await {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name);
             if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut admin)

@@ -20,6 +20,7 @@ mod schedule;
 mod secret;
 mod sections;
 mod services;
+mod tls;
 mod validate;
 
 pub use cron::{CatchUp, CronConfig};
@@ -31,7 +32,8 @@ pub use runtime::{LogConfig, LogFormat, QueueConfig, RuntimeConfig};
 pub use schedule::{Schedule, ScheduleError};
 pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
 pub use sections::{Claim, Section};
-pub use services::{DatabaseConfig, RedisConfig};
+pub use services::{CREDENTIALS_DIRECTORY, CredentialError, DatabaseConfig, RedisConfig};
+pub use tls::{PgTls, RedisTls, RootCert, SslMode, redis_url_uses_tls};
 use validate::NAME_RULE;
 pub use validate::valid_name;
 
@@ -140,7 +142,7 @@ impl Config {
         };
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
-        config.check_environment(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))?;
+        config.check_environment(|name| std::env::var(name).ok())?;
         Ok(config)
     }
 
@@ -216,7 +218,11 @@ impl Config {
     }
 
     /// `JOBRUNNER_DATABASE_URL` / `JOBRUNNER_REDIS_URL` win, then `DATABASE_URL` /
-    /// `REDIS_URL`. The lookup is a parameter so tests need not touch the process env.
+    /// `REDIS_URL`; `JOBRUNNER_DATABASE_PASSWORD_FILE` and
+    /// `JOBRUNNER_REDIS_PASSWORD_FILE` set the password files. A password file
+    /// given as a bare name is a systemd credential, found in
+    /// `$CREDENTIALS_DIRECTORY`. The lookup is a parameter so tests need not
+    /// touch the process env.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         let pick = |a: &str, b: &str| var(a).or_else(|| var(b)).filter(|v| !v.is_empty());
         if let Some(url) = pick("JOBRUNNER_DATABASE_URL", "DATABASE_URL") {
@@ -224,6 +230,20 @@ impl Config {
         }
         if let Some(url) = pick("JOBRUNNER_REDIS_URL", "REDIS_URL") {
             self.redis.url = url.into();
+        }
+        let file = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(path) = file("JOBRUNNER_DATABASE_PASSWORD_FILE") {
+            self.database.password_file = Some(path);
+        }
+        if let Some(path) = file("JOBRUNNER_REDIS_PASSWORD_FILE") {
+            self.redis.password_file = Some(path);
+        }
+        let credentials = var(CREDENTIALS_DIRECTORY).filter(|v| !v.is_empty());
+        for path in [
+            &mut self.database.password_file,
+            &mut self.redis.password_file,
+        ] {
+            services::resolve_credential(path, credentials.as_deref());
         }
     }
 
@@ -414,12 +434,14 @@ mod tests {
         )
         .unwrap();
         config.validate().unwrap();
-        let text = config.check_environment(|_| false).unwrap_err().to_string();
+        let text = config.check_environment(|_| None).unwrap_err().to_string();
         assert_eq!(
             text,
             "config k.toml: key `kinds.m.http.hmac_secret_env`: the environment variable `HOOK_KEY` is not set or is empty"
         );
-        config.check_environment(|name| name == "HOOK_KEY").unwrap();
+        config
+            .check_environment(|name| (name == "HOOK_KEY").then(|| "k".to_owned()))
+            .unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod command_orphans;
 mod crash;
+mod credentials;
 mod cron;
 mod enqueue;
 mod enqueue_many;

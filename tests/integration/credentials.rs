@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use jobrunner::broker::Broker;
+use jobrunner::ledger::Ledger;
+
 use crate::helpers::spawn_app;
 use crate::tls_postgres::{PG_PASSWORD, tls_database, tls_pg, tls_url};
 use crate::tls_redis::{REDIS_PASSWORD, tls_config, tls_redis};
@@ -122,6 +125,22 @@ async fn passwords_from_credentials_work_and_never_show_in_output_logs_or_metric
     let daemon_log = std::fs::read_to_string(&log).unwrap();
     assert!(!daemon_log.is_empty());
     assert_hidden("the daemon's debug log", &daemon_log);
+
+    // In process, the pools and the config print no password with `{:?}`.
+    let mut in_process = config.clone();
+    in_process.database.password_file = Some(right.path().join("db-password"));
+    in_process.redis.password_file = Some(right.path().join("redis-password"));
+    let ledger = Ledger::connect(&in_process.database)
+        .await
+        .expect("the password file logs in");
+    let broker = Broker::connect(&in_process.redis)
+        .await
+        .expect("the password file logs in");
+    assert_hidden(
+        "{:?}",
+        &format!("{ledger:?} {broker:?} {in_process:?} {in_process:#?}"),
+    );
+    broker.quit().await;
 
     // `jobrunner config` hides passwords given in the URL and in the file.
     let mut inline = config.clone();

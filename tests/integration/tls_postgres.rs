@@ -252,6 +252,15 @@ async fn sslmode_disable_is_refused_by_a_server_that_takes_only_tls() {
         .unwrap_or_else(|e| panic!("sslmode={mode}: {}", jobrunner::error_chain(&e)));
         assert!(uses_tls(&ledger).await, "sslmode={mode}");
     }
+
+    // The other way round: a server without TLS (the shared cluster) and a
+    // mode that needs it.
+    let plain = harness::shared_postgres().url("postgres");
+    let text = connect_error(format!("{plain}?sslmode=require")).await;
+    assert!(
+        text.contains("sslmode=require needs TLS and the server did not agree to it"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
+//! - [`tls`]: what a refused TLS handshake means, for the errors of `ledger` and `broker`.
 //!
 //! The demo and the benchmark (`jobrunner demo`, `jobrunner bench`) are not part
 //! of the library: they are modules of the binary, added to the command line
@@ -37,6 +38,7 @@ pub mod pgtext;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tls;
 
 /// An error and all its sources on one line, `outer: inner: root`, for logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -11,6 +11,7 @@
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod connect;
 mod control;
 mod dispatch;
 mod keys;
@@ -40,12 +41,17 @@ pub use stats::{PoolStats, QueueStats, RedisJobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to Redis at {url}")]
+    #[error("cannot connect to Redis at {url}{}", hint.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
     Connect {
         url: String,
+        /// What failed, in the operator's terms, when a TLS handshake shows it
+        /// (a certificate from an unknown CA, for another name).
+        hint: Option<String>,
         #[source]
         source: fred::error::Error,
     },
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Config { url: String, reason: String },
     #[error("Redis command failed")]
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from Redis script {script}: {detail}")]
@@ -67,7 +73,7 @@ impl Error {
         use fred::error::ErrorKind as K;
         let e = match self {
             Error::Connect { .. } => return true,
-            Error::Reply { .. } => return false,
+            Error::Reply { .. } | Error::Config { .. } => return false,
             Error::Redis(e) => e,
         };
         match e.kind() {
@@ -142,10 +148,10 @@ impl Broker {
         let url = config.url.to_string();
         let connect_err = |source| Error::Connect {
             url: url.clone(),
+            hint: None,
             source,
         };
-        let redis_config = Config::from_url(config.url.expose()).map_err(connect_err)?;
-        let mut builder = Builder::from_config(redis_config);
+        let mut builder = Builder::from_config(connect::client_config(config)?);
         let (min, max) = (
             config.reconnect_min_delay.as_millis().min(u32::MAX as u128) as u32,
             config.reconnect_max_delay.as_millis().min(u32::MAX as u128) as u32,
@@ -170,7 +176,13 @@ impl Broker {
                 p.default_command_timeout = config.command_timeout;
             });
         let pool = builder.build_pool(config.pool_size).map_err(connect_err)?;
-        pool.init().await.map_err(connect_err)?;
+        if let Err(source) = pool.init().await {
+            return Err(Error::Connect {
+                url,
+                hint: connect::diagnose(config).await,
+                source,
+            });
+        }
         Ok(Broker {
             pool,
             builder: std::sync::Arc::new(builder),

@@ -32,6 +32,12 @@ Environment:
   JOBRUNNER_CONFIG        Config file, as --config
   JOBRUNNER_DATABASE_URL  Postgres URL (else DATABASE_URL); overrides database.url
   JOBRUNNER_REDIS_URL     Redis URL (else REDIS_URL); overrides redis.url
+  JOBRUNNER_DATABASE_PASSWORD_FILE, JOBRUNNER_REDIS_PASSWORD_FILE
+                          Password files; override database/redis.password_file
+  CREDENTIALS_DIRECTORY   Set by systemd (LoadCredential=): a password_file
+                          given as a bare name is read from it
+  PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY
+                          Postgres TLS, for what the URL does not say
   RUST_LOG                Log filter, e.g. jobrunner=debug; overrides log.level
 
 Exit codes: 0 success, 1 error, 2 usage error, 3 `status --wait` saw the job end other than succeeded";

@@ -385,6 +385,10 @@ mod tests {
                 "JOBRUNNER_REDIS_URL",
                 "REDIS_URL",
                 "JOBRUNNER_CONFIG",
+                "JOBRUNNER_DATABASE_PASSWORD_FILE",
+                "JOBRUNNER_REDIS_PASSWORD_FILE",
+                "CREDENTIALS_DIRECTORY",
+                "PGSSLMODE",
                 "RUST_LOG",
             ] {
                 assert!(help.contains(var), "{} --help lacks {var}", sub.get_name());

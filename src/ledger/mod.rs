@@ -12,6 +12,7 @@
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
+mod connect;
 mod control;
 mod cron;
 mod events;
@@ -32,13 +33,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{FromRow, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
 use crate::metrics::Metrics;
 
+pub use connect::connect_options;
 pub use control::{Cancelled, DeadFilter};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
@@ -48,6 +50,7 @@ pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
 pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use schema::{migrator, schema_version};
+pub use sqlx::postgres::PgConnectOptions;
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
     Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,
@@ -61,12 +64,17 @@ pub const ENQUEUED_CHANNEL: &str = "jobrunner_enqueued";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to Postgres at {url}")]
+    #[error("cannot connect to Postgres at {url}{}", hint.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
     Connect {
         url: String,
+        /// What failed, in the operator's terms, when the error shows it (a
+        /// certificate from an unknown CA, a server that refuses plain text).
+        hint: Option<String>,
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot connect to Postgres at {url}: {reason}")]
+    Config { url: String, reason: String },
     #[error(
         "the database schema is not current (at {found}, this jobrunner needs {needed}): run `jobrunner migrate` or start with `jobrunner run --migrate`"
     )]
@@ -133,16 +141,9 @@ impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
         let url = config.url.to_string();
-        let options: PgConnectOptions =
-            config
-                .url
-                .expose()
-                .parse()
-                .map_err(|source| Error::Connect {
-                    url: url.clone(),
-                    source,
-                })?;
-        let options = options.application_name("jobrunner");
+        let (options, tls) = connect_options(config)?;
+        let options = connect::probe_allow(options, &tls).await;
+        let host = options.get_host().to_owned();
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
@@ -152,7 +153,11 @@ impl Ledger {
             .test_before_acquire(config.test_before_acquire)
             .connect_with(options)
             .await
-            .map_err(|source| Error::Connect { url, source })?;
+            .map_err(|source| Error::Connect {
+                url,
+                hint: connect::hint(&source, &tls, &host),
+                source,
+            })?;
         Ok(Ledger {
             pool,
             metrics: Arc::default(),

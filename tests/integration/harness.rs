@@ -138,9 +138,24 @@ pub struct Postgres {
     log: PathBuf,
     /// Run initdb/postgres through `runuser -u postgres --` (we are root).
     as_postgres_user: bool,
+    /// Extra `-c name=value` settings, from [`PgSetup::settings`].
+    settings: Vec<String>,
     server: Option<Supervised>,
     janitor: Janitor,
     dir: tempfile::TempDir,
+}
+
+/// What a cluster needs beyond the defaults (a TLS cluster: its certificate
+/// files, `ssl=on` and a `pg_hba.conf` that takes only TLS).
+#[derive(Default)]
+pub struct PgSetup {
+    /// Files written into the cluster's directory (mode 0600, owned by the
+    /// server's user): name and contents.
+    pub files: Vec<(String, String)>,
+    /// `name=value` settings; `{dir}` stands for the cluster's directory.
+    pub settings: Vec<String>,
+    /// The whole of `pg_hba.conf`, replacing initdb's.
+    pub hba: Option<String>,
 }
 
 impl Postgres {
@@ -157,6 +172,11 @@ impl Postgres {
     /// Panics (with the tail of the server log) if the cluster cannot be
     /// created or started.
     pub fn start() -> Postgres {
+        Postgres::start_with(PgSetup::default())
+    }
+
+    /// [`Postgres::start`] with `setup`'s files, settings and `pg_hba.conf`.
+    pub fn start_with(setup: PgSetup) -> Postgres {
         let bins = pg_bins();
         let as_postgres_user = running_as_root();
         let dir = tempfile::Builder::new()
@@ -227,11 +247,35 @@ impl Postgres {
             );
         }
 
+        for (name, contents) in &setup.files {
+            let to = dir.path().join(name);
+            fs::write(&to, contents).expect("harness: write a file into the cluster's directory");
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).expect("harness: chmod");
+        }
+        if let Some(hba) = &setup.hba {
+            fs::write(data.join("pg_hba.conf"), hba).expect("harness: write pg_hba.conf");
+        }
+        if as_postgres_user && (!setup.files.is_empty() || setup.hba.is_some()) {
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path())
+                .output()
+                .expect("harness: cannot run chown");
+            assert!(out.status.success(), "harness: chown failed");
+        }
+        let dir_text = dir.path().display().to_string();
+        let settings = setup
+            .settings
+            .iter()
+            .map(|s| s.replace("{dir}", &dir_text))
+            .collect();
         let mut pg = Postgres {
             port: 0,
             data,
             log,
             as_postgres_user,
+            settings,
             server: None,
             janitor,
             dir,
@@ -258,6 +302,16 @@ impl Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/NAME`
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db)
+    }
+
+    /// The same database through the cluster's Unix socket, which a
+    /// `pg_hba.conf` taking only TLS over TCP still lets in (`local` lines).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{db}?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
     }
 
     /// The temporary directory holding the data directory, socket and log.
@@ -376,6 +430,9 @@ impl Postgres {
         ] {
             args.extend(["-c".into(), setting.into()]);
         }
+        for setting in &self.settings {
+            args.extend(["-c".into(), setting.into()]);
+        }
 
         let server = Supervised::spawn(
             &self.janitor,
@@ -444,15 +501,39 @@ pub fn shared_postgres() -> &'static Postgres {
 pub struct Redis {
     port: u16,
     log: PathBuf,
+    setup: RedisSetup,
     server: Option<Supervised>,
     janitor: Janitor,
     dir: tempfile::TempDir,
+}
+
+/// What a server needs beyond the defaults.
+#[derive(Default, Clone)]
+pub struct RedisSetup {
+    /// Serve TLS only (`--port 0 --tls-port PORT`), with this certificate, key
+    /// and CA (PEM files); client certificates are checked when sent.
+    pub tls: Option<RedisServerTls>,
+    /// Further `--name value` arguments (an ACL `--user` line, say).
+    pub args: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct RedisServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Redis {
     /// Start a new, empty server on a free port; blocks until `PING` answers
     /// `+PONG`. Panics (with the tail of the log) on failure.
     pub fn start() -> Redis {
+        Redis::start_with(RedisSetup::default())
+    }
+
+    /// [`Redis::start`] with `setup`'s TLS and arguments. A TLS server is
+    /// ready when its log says so (a plain `PING` cannot reach it).
+    pub fn start_with(setup: RedisSetup) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("jobrunner-test-redis-")
             .tempdir()
@@ -463,6 +544,7 @@ impl Redis {
         let mut redis = Redis {
             port: 0,
             log,
+            setup,
             server: None,
             janitor,
             dir,
@@ -486,9 +568,14 @@ impl Redis {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/0`
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server)
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.setup.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// The temporary directory (`--dir`) holding the log.
@@ -533,9 +620,25 @@ impl Redis {
     fn launch(&mut self) -> Result<(), LaunchError> {
         let bin = redis_bin();
         let log_offset = file_len(&self.log);
-        let args: Vec<OsString> = vec![
-            "--port".into(),
-            self.port.to_string().into(),
+        let mut args: Vec<OsString> = match &self.setup.tls {
+            None => vec!["--port".into(), self.port.to_string().into()],
+            Some(tls) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string().into(),
+                "--tls-cert-file".into(),
+                tls.cert.clone().into(),
+                "--tls-key-file".into(),
+                tls.key.clone().into(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.clone().into(),
+                "--tls-auth-clients".into(),
+                "optional".into(),
+            ],
+        };
+        args.extend(self.setup.args.iter().map(OsString::from));
+        args.extend::<[OsString; 10]>([
             "--bind".into(),
             "127.0.0.1".into(),
             "--save".into(),
@@ -546,7 +649,7 @@ impl Redis {
             "no".into(),
             "--dir".into(),
             self.dir.path().into(),
-        ];
+        ]);
         let server = Supervised::spawn(
             &self.janitor,
             false,
@@ -562,8 +665,10 @@ impl Redis {
         })?;
 
         let port = self.port;
+        let tls = self.setup.tls.is_some();
         // The log check makes sure it is *our* server that answers.
-        let ready = move |log: &str| log.contains("Ready to accept connections") && ping(port);
+        let ready =
+            move |log: &str| log.contains("Ready to accept connections") && (tls || ping(port));
         await_ready(
             server,
             "redis-server",

@@ -260,3 +260,24 @@ fn the_checks_recognise_what_they_forbid() {
         assert!(names.named_in(&read(Path::new(layer))).is_some(), "{layer}");
     }
 }
+
+/// TLS everywhere (reqwest, sqlx, fred) is rustls on ring: neither aws-lc (its C
+/// build is long and needs cmake) nor OpenSSL is ever compiled. Cargo.lock
+/// lists every crate any feature of the build can compile.
+#[test]
+fn the_build_compiles_neither_aws_lc_nor_openssl() {
+    let lock = read(Path::new("Cargo.lock"));
+    assert!(lock.contains("name = \"ring\""), "ring is the provider");
+    for name in [
+        "aws-lc-sys",
+        "aws-lc-rs",
+        "openssl-sys",
+        "openssl",
+        "native-tls",
+    ] {
+        assert!(
+            !lock.contains(&format!("name = \"{name}\"\n")),
+            "Cargo.lock holds {name}: `cargo tree -i {name}` shows who brings it"
+        );
+    }
+}

@@ -11,7 +11,9 @@ use jobrunner::config::{Config, QueueConfig};
 
 /// The scratch database, key prefix and config the bench daemon runs with.
 pub(super) struct Scratch {
-    pub(super) admin_url: String,
+    /// The base config's connection (its URL, password file and TLS), for the
+    /// scratch database's CREATE and DROP.
+    pub(super) admin: jobrunner::ledger::PgConnectOptions,
     pub(super) db_name: String,
     pub(super) config: Config,
     pub(super) dir: std::path::PathBuf,
@@ -21,12 +23,10 @@ impl Scratch {
     pub(super) async fn create(base: &Config) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
         let admin_url = base.database.url.expose().to_owned();
-        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
-            format!(
-                "connecting to {}",
-                jobrunner::config::redact_url(&admin_url)
-            )
-        })?;
+        let (admin_options, _) = jobrunner::ledger::connect_options(&base.database)?;
+        let mut admin = PgConnection::connect_with(&admin_options)
+            .await
+            .with_context(|| format!("connecting to {}", base.database.url))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut admin)
             .await
@@ -55,7 +55,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("jobrunner-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch {
-            admin_url,
+            admin: admin_options,
             db_name,
             config,
             dir,
@@ -72,7 +72,7 @@ impl Scratch {
             eprintln!("Kept database {}", self.db_name);
             return;
         }
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+        if let Ok(mut admin) = PgConnection::connect_with(&self.admin).await {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name);
             if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut admin)

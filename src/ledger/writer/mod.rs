@@ -31,6 +31,7 @@ mod transition;
 
 use super::events::{Event, cut};
 use super::{Ledger, Status};
+use crate::batch::Backoff;
 use crate::metrics::{Channel, Path};
 use fold::{Merged, coalesce, event_steps, progress_events, split_progress, status_events};
 pub(super) use statements::{
@@ -229,7 +230,7 @@ impl StatusWriter {
         let mut changed = Vec::new();
         let mut buried = HashMap::new();
         let mut todo: Vec<std::ops::Range<usize>> = std::iter::once(0..batch.len()).collect();
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let ledger = &self.ledger;
         loop {
             let out = crate::batch::isolate(
@@ -271,10 +272,9 @@ impl StatusWriter {
             }
             tracing::warn!(%error, batch = left, "Status write failed, retrying");
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next()) => {}
                 _ = give_up.cancelled() => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
             todo = out.pending;
         }
         (changed, buried, unwritten)

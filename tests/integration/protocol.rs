@@ -20,7 +20,7 @@ fn documented_script() -> String {
 
 /// A reply from Redis, as a producer's client would see it.
 #[derive(Debug, PartialEq)]
-enum Reply {
+pub enum Reply {
     Int(i64),
     Error(String),
     Other(String),
@@ -45,10 +45,23 @@ fn redis_command(app: &TestApp, args: &[&str]) -> Reply {
 }
 
 fn enqueue(app: &TestApp, id: &str, kind: &str, payload: &str) -> Reply {
+    enqueue_on(app, "default", id, kind, payload, 0)
+}
+
+/// The documented script on `queue`, with a delay before the job may run.
+pub fn enqueue_on(
+    app: &TestApp,
+    queue: &str,
+    id: &str,
+    kind: &str,
+    payload: &str,
+    delay_ms: u64,
+) -> Reply {
     let prefix = &app.config.redis.key_prefix;
-    let job_key = format!("{prefix}:{{default}}:job:{id}");
-    let ingest_key = format!("{prefix}:{{default}}:ingest");
+    let job_key = format!("{prefix}:{{{queue}}}:job:{id}");
+    let ingest_key = format!("{prefix}:{{{queue}}}:ingest");
     let script = documented_script();
+    let delay = delay_ms.to_string();
     redis_command(
         app,
         &[
@@ -60,6 +73,9 @@ fn enqueue(app: &TestApp, id: &str, kind: &str, payload: &str) -> Reply {
             id,
             kind,
             payload,
+            "0",
+            "0",
+            &delay,
         ],
     )
 }

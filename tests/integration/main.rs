@@ -27,6 +27,7 @@ mod poison_props;
 mod poison_redis;
 mod privilege;
 mod protocol;
+mod redaction;
 mod reload;
 mod run_at;
 mod systemd;

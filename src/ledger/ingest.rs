@@ -28,17 +28,18 @@ pub struct IngestedJob {
 /// What [`Ledger::insert_ingested`] did besides inserting.
 #[derive(Debug, Default)]
 pub struct IngestOutcome {
-    /// Ids whose row already existed and is final: a producer re-sent them.
+    /// Ids whose row already existed, final, for this same job: a producer
+    /// re-sent them.
     pub finished: Vec<Uuid>,
     /// Ids that Postgres refused even as `dead`: quarantined instead.
     pub quarantined: Vec<Uuid>,
-    /// Ids whose row already existed, unfinished, for another job (another
-    /// queue, kind or payload): the Redis copy re-used a job's id and must not
-    /// run. The ledger's row is left as it was.
+    /// Ids whose row already existed for another job (another queue, kind or
+    /// payload), finished or not: the Redis copy re-used a job's id and must
+    /// not run. The ledger's row is left as it was.
     pub conflicts: Vec<Conflict>,
 }
 
-/// A Redis copy whose id belongs to a different, unfinished job in the ledger.
+/// A Redis copy whose id belongs to a different job in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub id: Uuid,
@@ -60,10 +61,11 @@ impl IngestOutcome {
 impl Ledger {
     /// Records jobs producers put straight into Redis. Idempotent: a row that exists
     /// already is left alone, so a re-ingest after a crash does no harm. Returns the
-    /// ids whose row already exists *and is final* (a producer re-sent a finished
-    /// job's id, and it must not run again) and those whose row exists for another
-    /// job (a copy that re-used the id of a job on another queue, or with another
-    /// kind or payload: it must not run, and the ledger's job keeps its payload).
+    /// ids whose row already exists, final, for the same job (a producer re-sent
+    /// a finished job's id, and it must not run again) and those whose row
+    /// belongs to another job (a copy that re-used the id of a job on another
+    /// queue, or with another kind or payload: it must not run, and the ledger's
+    /// job keeps its payload).
     ///
     /// A row Postgres refuses (bad data the script could not see) does not block the
     /// batch: the batch is retried row by row and each refused row is recorded
@@ -185,9 +187,9 @@ impl Ledger {
         let existing: Vec<usize> = (0..ids.len())
             .filter(|&i| !inserted.contains(&ids[i]))
             .collect();
-        // Rows that existed before this insert (usually none): a final one's id
-        // must not run again; an unfinished one must be this very job (a re-ingest
-        // after a crash, or a producer re-sending), or the copy is an impostor.
+        // Rows that existed before this insert (usually none) must be this very
+        // job (a re-ingest after a crash, or a producer re-sending), or the copy
+        // is an impostor; and a final row's id must not run again.
         let mut finished = Vec::new();
         let mut conflicts = Vec::new();
         if !existing.is_empty() {
@@ -210,14 +212,14 @@ impl Ledger {
             .await?;
             for row in rows {
                 let id: Uuid = row.get(0);
-                if row.get::<bool, _>(1) {
-                    finished.push(id);
-                } else if !row.get::<bool, _>(4) {
+                if !row.get::<bool, _>(4) {
                     conflicts.push(Conflict {
                         id,
                         queue: row.get(2),
                         kind: row.get(3),
                     });
+                } else if row.get::<bool, _>(1) {
+                    finished.push(id);
                 }
             }
         }

@@ -376,8 +376,8 @@ async fn settle(
 fn conflict_error(conflict: &crate::ledger::Conflict, queue: &str) -> String {
     format!(
         "job id {} already belongs to a {} job on queue {} with another queue, kind or payload; \
-         this copy on queue {queue} was not recorded or run (ids must be new: the ledger's job \
-         keeps its own payload)",
+         this copy on queue {queue} was not recorded or run (an id names one job: the ledger's \
+         job keeps its own payload)",
         conflict.id, conflict.kind, conflict.queue
     )
 }

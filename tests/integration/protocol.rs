@@ -160,5 +160,15 @@ async fn re_sending_a_finished_jobs_id_does_not_run_it_again() {
         job.updated_at, first.updated_at,
         "the finished row was not touched"
     );
+    // Its payload differs from the finished job's: admins see the copy.
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        entries = app.ledger.quarantined(Some(first.id), 5).await.unwrap();
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries.len(), 1, "{entries:?}");
     daemon.stop().await;
 }

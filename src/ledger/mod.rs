@@ -44,7 +44,7 @@ pub use connect::connect_options;
 pub use control::{Cancelled, DeadFilter};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
-pub use ingest::{IngestOutcome, IngestedJob};
+pub use ingest::{Conflict, IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};

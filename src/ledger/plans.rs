@@ -12,13 +12,13 @@ use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::outbox::DISPATCH;
-use super::writer::{self, LATE_ERRORS, PROGRESS_UPDATE, STATUS_UPDATE};
+use super::writer::{self, ADMISSION, LATE_ERRORS, PROGRESS_UPDATE, STATUS_UPDATE};
 use super::{Ledger, Result, Status};
 
 /// One statement's plan, as `EXPLAIN (FORMAT JSON)` gives it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HotPlan {
-    /// `dispatch`, `status`, `late_errors` or `progress`.
+    /// `dispatch`, `status`, `late_errors`, `progress` or `admission`.
     pub statement: &'static str,
     /// The top node (`Plan`) of the statement's plan.
     pub plan: Value,
@@ -86,6 +86,15 @@ impl Ledger {
             .await?;
         plans.push(HotPlan {
             statement: "progress",
+            plan: top(plan),
+        });
+        let plan: Value = sqlx::query_scalar(explain(ADMISSION))
+            .bind(ids)
+            .bind(&Status::FINAL[..])
+            .fetch_one(&mut *tx)
+            .await?;
+        plans.push(HotPlan {
+            statement: "admission",
             plan: top(plan),
         });
         tx.rollback().await?;

@@ -17,7 +17,7 @@
 //! Progress reports ride the same channels: they are written (fenced, never onto a
 //! final row, never changing the status) just before the batch's status changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+mod admit;
 mod fold;
 mod statements;
 mod transition;
@@ -33,6 +34,7 @@ use super::events::{Event, cut};
 use super::{Ledger, Status};
 use crate::batch::Backoff;
 use crate::metrics::{Channel, Path};
+pub(super) use admit::ADMISSION;
 use fold::{Merged, coalesce, event_steps, progress_events, split_progress, status_events};
 pub(super) use statements::{
     LATE_ERRORS, PLAN_GUARD, PROGRESS_UPDATE, STATUS_UPDATE, bind_status_batch, sample_batch,
@@ -77,8 +79,8 @@ pub struct StatusUpdate {
 /// An update on its way to a shard, with whoever waits for its verdict.
 struct Entry {
     update: StatusUpdate,
-    /// Answered once the batch holding the update is written: true when the
-    /// ledger took it (see [`WriterHandle::admit`]).
+    /// Set on an admission: answered once every earlier write of the shard is
+    /// written, true when the lease may run (see [`WriterHandle::admit`]).
     verdict: Option<oneshot::Sender<bool>>,
 }
 
@@ -106,12 +108,15 @@ impl WriterHandle {
         }
     }
 
-    /// Writes an update and waits until its batch is written: `Some(true)` when
-    /// the ledger took it, `Some(false)` when the row refused it (the job is
-    /// final, a newer attempt owns it, or there is no such row), `None` when it
-    /// was not written (the writer stopped first). A worker admits its `running`
-    /// write this way before it runs the handler, so a job whose ledger row is
-    /// final never runs again and every run is counted.
+    /// Asks the ledger whether a lease may run, once every earlier write of the
+    /// job's shard is written: `Some(true)` when its row is unfinished and no
+    /// newer attempt owns it, `Some(false)` when the row refuses it (the job is
+    /// final, a newer attempt owns it, or there is no such row), `None` when no
+    /// answer came (the writer stopped first). `update` is the lease's `running`
+    /// write: an admitted one is written with the job's next change or within
+    /// [`admit::HOLD`], and counts the lease in `attempts`. A worker admits its
+    /// lease this way before it runs the handler, so a job whose ledger row is
+    /// final never runs again.
     pub async fn admit(&self, update: StatusUpdate) -> Option<bool> {
         let (tx, rx) = oneshot::channel();
         let entry = Entry {
@@ -173,60 +178,122 @@ impl StatusWriter {
     /// wait once the daemon is stopping. A batch that fails because of what one
     /// job carries is split until that job is found: it is recorded `dead` with
     /// the reason, and the rest are written at once (see [`crate::batch`]).
+    ///
+    /// Each round writes what arrived, then answers the admissions that came with
+    /// it (see [`admit`]), so an admission always sees every earlier write of its
+    /// shard.
     pub async fn run(mut self, give_up: tokio_util::sync::CancellationToken) {
         let mut buf = Vec::with_capacity(self.batch_max);
-        while self.rx.recv_many(&mut buf, self.batch_max).await > 0 {
-            let mut verdicts = Vec::new();
-            let updates: Vec<StatusUpdate> = std::mem::take(&mut buf)
-                .into_iter()
-                .map(|e| {
-                    if let Some(tx) = e.verdict {
-                        verdicts.push((e.update.id, e.update.token, tx));
-                    }
-                    e.update
-                })
-                .collect();
-            let (progress, updates) = split_progress(updates);
-            self.write_progress(progress).await;
-            let steps = self.events.is_some().then(|| event_steps(&updates));
-            let batch = coalesce(updates);
-            if batch.is_empty() {
-                // Only progress reports this time.
-                continue;
-            }
-            let (changed, buried, unwritten) = self.write_isolated(&batch, &give_up).await;
-            let taken: std::collections::HashSet<Uuid> = changed
-                .iter()
-                .map(|c| c.0)
-                .filter(|id| !buried.contains_key(id))
-                .collect();
-            let tokens: HashMap<Uuid, i64> = batch.iter().map(|m| (m.id, m.token)).collect();
-            for (id, token, tx) in verdicts {
-                // Not written at all: dropping the sender says so.
-                if !unwritten.contains(&id) {
-                    let _ = tx.send(taken.contains(&id) && tokens.get(&id) == Some(&token));
+        let mut held: Vec<admit::Held> = Vec::new();
+        loop {
+            let received = match held.iter().map(|h| h.since).min() {
+                None => self.rx.recv_many(&mut buf, self.batch_max).await,
+                // `recv_many` is cancel safe: nothing is lost when the timer wins.
+                Some(oldest) => tokio::select! {
+                    n = self.rx.recv_many(&mut buf, self.batch_max) => n,
+                    _ = tokio::time::sleep_until(oldest + admit::HOLD) => usize::MAX,
+                },
+            };
+            let closing = received == 0;
+            let mut admissions = Vec::new();
+            let mut updates = Vec::with_capacity(buf.len());
+            for e in std::mem::take(&mut buf) {
+                match e.verdict {
+                    Some(tx) => admissions.push((e.update, tx)),
+                    None => updates.push(e.update),
                 }
             }
-            if let Some(steps) = steps {
-                self.emit(status_events(steps, &changed, &buried));
+            let news: HashSet<Uuid> = updates.iter().map(|u| u.id).collect();
+            let (due, waiting) =
+                admit::release_held(held, &news, tokio::time::Instant::now(), closing);
+            held = waiting;
+            // Held writes arrived before this round's updates: they go first.
+            let mut round = due;
+            round.extend(updates);
+            self.write_round(round, &give_up).await;
+            if !admissions.is_empty() {
+                self.answer(admissions, &mut held, &give_up).await;
             }
-            tracing::trace!(size = batch.len(), "Status batch written");
+            if closing {
+                break;
+            }
+        }
+    }
+
+    /// Writes one round of status changes and progress reports, and emits the
+    /// events of the rows it changed.
+    async fn write_round(
+        &self,
+        updates: Vec<StatusUpdate>,
+        give_up: &tokio_util::sync::CancellationToken,
+    ) {
+        let (progress, updates) = split_progress(updates);
+        self.write_progress(progress).await;
+        let steps = self.events.is_some().then(|| event_steps(&updates));
+        let batch = coalesce(updates);
+        if batch.is_empty() {
+            return;
+        }
+        let (changed, buried) = self.write_isolated(&batch, give_up).await;
+        if let Some(steps) = steps {
+            self.emit(status_events(steps, &changed, &buried));
+        }
+        tracing::trace!(size = batch.len(), "Status batch written");
+    }
+
+    /// Answers a round's admissions: an admitted lease's `running` write is held
+    /// (see [`admit::HOLD`]), a refused one is dropped. When Postgres cannot be
+    /// read before the daemon gives up, the answers are dropped: the workers hand
+    /// their leases back.
+    async fn answer(
+        &self,
+        admissions: Vec<(StatusUpdate, oneshot::Sender<bool>)>,
+        held: &mut Vec<admit::Held>,
+        give_up: &tokio_util::sync::CancellationToken,
+    ) {
+        let asked: Vec<(Uuid, i64)> = admissions.iter().map(|(u, _)| (u.id, u.token)).collect();
+        let ids: Vec<Uuid> = asked.iter().map(|a| a.0).collect();
+        let mut delay = Duration::from_millis(50);
+        let rows = loop {
+            match self.ledger.admissible(&ids).await {
+                Ok(rows) => break rows,
+                Err(error) if give_up.is_cancelled() => {
+                    tracing::error!(error = %crate::error_chain(&error), leases = ids.len(),
+                        "Admitting leases failed at shutdown; they are handed back");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), leases = ids.len(),
+                        "Admitting leases failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = give_up.cancelled() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let held_tokens: HashMap<Uuid, i64> =
+            held.iter().map(|h| (h.update.id, h.update.token)).collect();
+        let verdicts = admit::verdicts(&asked, &rows, &held_tokens);
+        let now = tokio::time::Instant::now();
+        for ((update, tx), admitted) in admissions.into_iter().zip(verdicts) {
+            if admitted {
+                held.push(admit::Held { update, since: now });
+            }
+            let _ = tx.send(admitted);
         }
     }
 
     /// Writes a batch, isolating failure: returns the rows changed, the jobs whose
-    /// own update could not be stored and were recorded `dead` (with the reason),
-    /// and the ids left unwritten because the daemon stopped during an outage.
+    /// own update could not be stored and were recorded `dead` (with the reason).
+    /// What is still unwritten when the daemon gives up during an outage is left
+    /// to the orphan sweep.
     async fn write_isolated(
         &self,
         batch: &[Merged],
         give_up: &tokio_util::sync::CancellationToken,
-    ) -> (
-        Vec<(Uuid, String, String)>,
-        HashMap<Uuid, String>,
-        std::collections::HashSet<Uuid>,
-    ) {
-        let mut unwritten = std::collections::HashSet::new();
+    ) -> (Vec<(Uuid, String, String)>, HashMap<Uuid, String>) {
         let mut changed = Vec::new();
         let mut buried = HashMap::new();
         let mut todo: Vec<std::ops::Range<usize>> = std::iter::once(0..batch.len()).collect();
@@ -267,7 +334,6 @@ impl StatusWriter {
             if give_up.is_cancelled() {
                 tracing::error!(%error, lost = left,
                     "Status writer gave up at shutdown; the orphan sweep will re-run these jobs");
-                unwritten.extend(out.pending.into_iter().flatten().map(|i| batch[i].id));
                 break;
             }
             tracing::warn!(%error, batch = left, "Status write failed, retrying");
@@ -277,7 +343,7 @@ impl StatusWriter {
             }
             todo = out.pending;
         }
-        (changed, buried, unwritten)
+        (changed, buried)
     }
 
     /// Publishes the events of every committed batch to `events`.

@@ -44,7 +44,7 @@ pub use ingest::{IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
-pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
+pub use queries::{JobDetail, JobFilter, JobSummary, MinuteCount, QueueCounts};
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
     Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,

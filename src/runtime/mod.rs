@@ -66,9 +66,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AdminAuth(#[from] crate::http::auth::Error),
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// A bound admin listener and who may use it.
+type AdminListener = (tokio::net::TcpListener, Arc<crate::http::Auth>);
 
 /// State every loop and worker of one daemon shares.
 pub(crate) struct Shared {
@@ -166,8 +171,12 @@ impl Daemon {
         ledger: Ledger,
         broker: Broker,
         notifier: Notifier,
-        listener: Option<tokio::net::TcpListener>,
+        listener: Option<AdminListener>,
     ) -> Daemon {
+        let (listener, auth) = match listener {
+            Some((listener, auth)) => (Some(listener), Some(auth)),
+            None => (None, None),
+        };
         let metrics = Metrics::new(registry.kinds(), config.queues.keys().map(String::as_str));
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -237,14 +246,15 @@ impl Daemon {
             stop: admin_stop,
             relay: relay_task,
         };
-        let admin_state = sse.map(|events| {
+        let admin_state = sse.zip(auth).map(|(events, auth)| {
             crate::http::HttpState::new(
                 shared.ledger.clone(),
                 shared.broker.clone(),
                 shared.metrics.clone(),
-                queues.clone(),
+                shared.live.subscribe(),
                 events,
                 shutdown.clone(),
+                auth,
             )
         });
         let done = tokio::spawn(supervise::supervise(
@@ -358,17 +368,18 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Binds the admin listener when `[admin]` turns it on.
-fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+/// Binds the admin listener when `[admin]` turns it on, with its tokens read.
+fn bind_admin(config: &Config) -> Result<Option<AdminListener>> {
     let Some(addr) = config.admin.address() else {
         return Ok(None);
     };
+    let auth = Arc::new(crate::http::Auth::from_config(&config.admin, Some(addr))?);
     let bind = || -> std::io::Result<tokio::net::TcpListener> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
     };
     bind()
-        .map(Some)
+        .map(|listener| Some((listener, auth)))
         .map_err(|source| Error::Admin { addr, source })
 }

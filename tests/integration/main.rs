@@ -7,6 +7,7 @@ mod cli;
 mod command_orphans;
 mod crash;
 mod cron;
+mod dashboard;
 mod enqueue;
 mod enqueue_many;
 mod failures;

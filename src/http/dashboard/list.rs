@@ -338,6 +338,8 @@ mod tests {
 
     #[test]
     fn a_cursor_reads_back_and_a_filter_keeps_its_fields_across_pages() {
+        // The ledger keeps microseconds, and so does the cursor.
+        let created = DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap();
         let job = JobSummary {
             id: Uuid::now_v7(),
             queue: "mail".into(),
@@ -346,8 +348,8 @@ mod tests {
             priority: 0,
             attempts: 1,
             max_attempts: 1,
-            run_at: Utc::now(),
-            created_at: Utc::now(),
+            run_at: created,
+            created_at: created,
             finished_at: None,
             last_error: None,
         };

@@ -30,6 +30,11 @@ pub struct AdminConfig {
     /// listen address) when they are not, which keeps a web page that rebinds its
     /// own domain to 127.0.0.1 from reading the endpoints.
     pub hosts: Vec<String>,
+    /// A PEM certificate chain; with `tls_key`, the listener speaks HTTPS only
+    /// (and marks the dashboard's session cookie `Secure`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Publishing of job status changes to other processes.
@@ -53,6 +58,8 @@ impl Default for AdminConfig {
             tokens_file: None,
             metrics_need_token: false,
             hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -97,6 +104,17 @@ impl AdminConfig {
                      events would be open to anyone who can reach it; set admin.tokens_file, or listen on 127.0.0.1",
                     self.listen
                 ),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_none() {
+                "admin.tls_cert"
+            } else {
+                "admin.tls_key"
+            };
+            return Err((
+                missing.into(),
+                "set both admin.tls_cert and admin.tls_key, or neither".into(),
             ));
         }
         if let Some(bad) = self
@@ -145,6 +163,22 @@ mod tests {
         let (key, reason) = bad.validate().unwrap_err();
         assert_eq!(key, "admin.listen");
         assert!(reason.contains("localhost:9187"), "{reason}");
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        let half = AdminConfig {
+            tls_cert: Some("/etc/jobrunner/admin.crt".into()),
+            ..AdminConfig::default()
+        };
+        let (key, reason) = half.validate().unwrap_err();
+        assert_eq!(key, "admin.tls_key");
+        assert!(reason.contains("both"), "{reason}");
+        let whole = AdminConfig {
+            tls_key: Some("/etc/jobrunner/admin.key".into()),
+            ..half
+        };
+        assert!(whole.validate().is_ok());
     }
 
     #[test]

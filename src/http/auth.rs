@@ -155,7 +155,7 @@ impl Auth {
             tokens,
             hosts,
             metrics_need_token: config.metrics_need_token,
-            secure_cookies: false,
+            secure_cookies: config.tls_cert.is_some(),
             sessions: Mutex::default(),
         })
     }

@@ -25,6 +25,7 @@ pub mod auth;
 mod dashboard;
 mod probes;
 mod sse;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -172,20 +173,39 @@ impl HttpState {
     }
 }
 
-/// Serves until `stop` fires; open SSE streams end then too.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, stop: CancellationToken) {
+/// Serves until `stop` fires; open SSE streams end then too. With `tls`, every
+/// connection is a TLS one.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    stop: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let app = router(state, stop.clone());
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        Some(config) => match tls::TlsListener::new(listener, config, stop.clone()) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
     if let Err(error) = result {
         tracing::error!(%error, "Admin listener failed");
     }
 }
 
 /// The bound address, for the log line tests and ops read.
-pub fn log_listening(addr: SocketAddr) {
-    tracing::info!(admin.addr = %addr, "Admin listener on http://{addr}");
+pub fn log_listening(addr: SocketAddr, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    tracing::info!(admin.addr = %addr, "Admin listener on {scheme}://{addr}");
 }
 
 fn router(state: HttpState, stop: CancellationToken) -> Router {

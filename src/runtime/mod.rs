@@ -68,12 +68,18 @@ pub enum Error {
     },
     #[error(transparent)]
     AdminAuth(#[from] crate::http::auth::Error),
+    #[error(transparent)]
+    AdminTls(#[from] crate::http::tls::Error),
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
-/// A bound admin listener and who may use it.
-type AdminListener = (tokio::net::TcpListener, Arc<crate::http::Auth>);
+/// A bound admin listener, who may use it, and its TLS settings.
+type AdminListener = (
+    tokio::net::TcpListener,
+    Arc<crate::http::Auth>,
+    Option<Arc<rustls::ServerConfig>>,
+);
 
 /// State every loop and worker of one daemon shares.
 pub(crate) struct Shared {
@@ -173,9 +179,9 @@ impl Daemon {
         notifier: Notifier,
         listener: Option<AdminListener>,
     ) -> Daemon {
-        let (listener, auth) = match listener {
-            Some((listener, auth)) => (Some(listener), Some(auth)),
-            None => (None, None),
+        let (listener, auth, tls) = match listener {
+            Some((listener, auth, tls)) => (Some(listener), Some(auth), tls),
+            None => (None, None, None),
         };
         let metrics = Metrics::new(registry.kinds(), config.queues.keys().map(String::as_str));
         let ledger = ledger.with_metrics(metrics.clone());
@@ -239,12 +245,13 @@ impl Daemon {
         });
         let shutdown = CancellationToken::new();
         if let Some(addr) = admin_addr {
-            crate::http::log_listening(addr);
+            crate::http::log_listening(addr, tls.is_some());
         }
         let admin = supervise::AdminParts {
             listener,
             stop: admin_stop,
             relay: relay_task,
+            tls,
         };
         let admin_state = sse.zip(auth).map(|(events, auth)| {
             crate::http::HttpState::new(
@@ -374,12 +381,16 @@ fn bind_admin(config: &Config) -> Result<Option<AdminListener>> {
         return Ok(None);
     };
     let auth = Arc::new(crate::http::Auth::from_config(&config.admin, Some(addr))?);
+    let tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::load(cert, key)?),
+        _ => None,
+    };
     let bind = || -> std::io::Result<tokio::net::TcpListener> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
     };
     bind()
-        .map(|listener| Some((listener, auth)))
+        .map(|listener| Some((listener, auth, tls)))
         .map_err(|source| Error::Admin { addr, source })
 }

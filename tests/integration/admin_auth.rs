@@ -400,3 +400,117 @@ async fn a_listener_open_to_the_network_without_tokens_is_refused_at_start() {
         "{error}"
     );
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with Debian's
+/// `openssl`: (cert path, key path).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A leaf, not a CA: the client refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl made no certificate");
+    (cert, key)
+}
+
+/// Sends one raw HTTP/1.1 request over TLS, trusting only `ca`; returns the
+/// response's text.
+async fn https(addr: std::net::SocketAddr, ca: &std::path::Path, request: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_listener_speaks_tls_when_given_a_certificate_and_key() {
+    let app = spawn_app().await;
+    let (cert, key) = self_signed(app.dir.path());
+    let mut config = with_tokens(&app);
+    config.admin.tls_cert = Some(cert.clone());
+    config.admin.tls_key = Some(key);
+    let daemon = app
+        .start_daemon_with(config.clone(), Registry::builtin(&config))
+        .await;
+    let addr = daemon.admin_addr().unwrap();
+    let health = https(
+        addr,
+        &cert,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = format!("token={ADMIN_TOKEN}");
+    let login = https(
+        addr,
+        &cert,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {login}"));
+    assert!(
+        cookie.contains("; Secure"),
+        "over TLS the cookie is Secure: {cookie}"
+    );
+    // Plain HTTP on the TLS port gets no answer a client could read as HTTP.
+    let plain = client().get(format!("http://{addr}/healthz")).send().await;
+    assert!(plain.is_err(), "{plain:?}");
+    daemon.stop().await;
+
+    // A key that does not belong to the certificate stops start-up, naming both.
+    let other = tempfile::tempdir().unwrap();
+    let (_, wrong_key) = self_signed(other.path());
+    config.admin.tls_key = Some(wrong_key.clone());
+    let error = match Daemon::start(config.clone(), Registry::builtin(&config)).await {
+        Ok(daemon) => {
+            daemon.stop().await;
+            panic!("a daemon started with a mismatched key");
+        }
+        Err(error) => jobrunner::error_chain(&error),
+    };
+    assert!(
+        error.contains("admin.tls_key") && error.contains(&wrong_key.display().to_string()),
+        "{error}"
+    );
+}

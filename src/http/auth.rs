@@ -274,12 +274,14 @@ pub fn need(method: &Method, path: &str, metrics_need_token: bool) -> Need {
 pub async fn guard(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
     let auth = &state.auth;
     let path = request.uri().path().to_owned();
-    let probe = matches!(path.as_str(), "/healthz" | "/readyz");
+    let required = need(request.method(), &path, auth.metrics_need_token);
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !probe && !auth.host_allowed(host) {
+    // What is open to anyone (probes, open metrics, the log-in page) is open
+    // whatever the name; the check guards what a token would.
+    if required != Need::Open && !auth.host_allowed(host) {
         let host = host.unwrap_or("(none)").to_owned();
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
@@ -287,7 +289,6 @@ pub async fn guard(State(state): State<HttpState>, mut request: Request, next: N
         );
     }
     let access = auth.access(request.headers());
-    let required = need(request.method(), &path, auth.metrics_need_token);
     let refused = match (required, access.scope) {
         (Need::Open, _) => None,
         (Need::Read, Some(_)) => None,

@@ -344,7 +344,16 @@ async fn without_tokens_the_listener_reads_for_loopback_names_only_and_changes_n
     )
     .await;
     assert_eq!(code, 421);
-    // Probes answer whatever the name.
+    // Probes and the open metrics answer whatever the name.
+    assert_eq!(
+        send(
+            http.get(format!("{base}/metrics"))
+                .header(header::HOST, "10.1.2.3:9187")
+        )
+        .await
+        .0,
+        200
+    );
     assert_eq!(
         send(
             http.get(format!("{base}/healthz"))

@@ -252,15 +252,20 @@ async fn a_job_enqueued_while_the_list_is_open_appears_and_its_status_changes_wi
     daemon.stop().await;
 }
 
-/// Clicks the button of the form posting to `action`.
+/// Clicks the button of the form posting to `action`, inside the page: the live
+/// part may be re-rendered at any moment, which would leave an element found
+/// by WebDriver stale before its click.
 async fn click_action(client: &Client, action: &str) {
-    client
-        .find(Locator::Css(&format!(r#"form[action="{action}"] button"#)))
-        .await
-        .unwrap_or_else(|e| panic!("no button for {action}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    wait_js(
+        client,
+        &format!(
+            r#"const b = document.querySelector('form[action="{action}"] button');
+            if (b) b.click();
+            return !!b"#
+        ),
+        15,
+    )
+    .await;
 }
 
 async fn wait_status(app: &TestApp, id: Uuid, want: Status) {

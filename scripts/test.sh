@@ -6,7 +6,8 @@
 # the installed binaries, in a temporary directory on free ports. They need the
 # binaries, not running services. This script installs the Debian packages it
 # needs when they are missing (as root, or through sudo): gcc and libc6-dev for
-# the build, redis-server and postgresql for the tests, procps for kill/pgrep.
+# the build, redis-server and postgresql for the tests, procps for kill/pgrep,
+# chromium and chromium-driver for the dashboard's browser tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,6 +21,9 @@ command -v redis-server >/dev/null || packages+=(redis-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || packages+=(postgresql)
 # The tests signal and look for processes with kill(1) and pgrep(1).
 { type -P kill && type -P pgrep; } >/dev/null || packages+=(procps)
+# The dashboard's browser tests drive a headless Chromium through chromedriver.
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
 if ((${#packages[@]} > 0)); then
     install_packages "${packages[@]}"
 else

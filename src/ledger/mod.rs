@@ -48,7 +48,7 @@ pub use ingest::{Conflict, IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
-pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
+pub use queries::{JobDetail, JobFilter, JobSummary, MinuteCount, QueueCounts};
 pub use schema::{migrator, schema_version};
 pub use sqlx::postgres::PgConnectOptions;
 pub use status::{ALL_STATUSES, Status};

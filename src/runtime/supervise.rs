@@ -25,6 +25,8 @@ pub(super) struct AdminParts {
     pub(super) stop: CancellationToken,
     /// The task feeding `/events` from the Redis channel, awaited at the end.
     pub(super) relay: Option<tokio::task::JoinHandle<()>>,
+    /// TLS on the listener, when `[admin]` configures it.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Runs the loops, then performs the ordered drain once `shutdown` fires.
@@ -46,6 +48,7 @@ pub(super) async fn supervise(
             listener,
             state.with_broken(alive.ended_early()),
             admin.stop.clone(),
+            admin.tls,
         ))),
         _ => None,
     };

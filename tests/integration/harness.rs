@@ -691,6 +691,119 @@ impl Drop for Redis {
 }
 
 // ---------------------------------------------------------------------------
+// Chromedriver
+// ---------------------------------------------------------------------------
+
+/// One throwaway `chromedriver` (Debian's `chromium-driver`) on a free port on
+/// 127.0.0.1, for the dashboard's browser tests. Each test opens its own
+/// headless Chromium session through it. Stopped (with its browsers) when the
+/// test process exits, like the other servers.
+pub struct Chromedriver {
+    port: u16,
+    server: Option<Supervised>,
+    janitor: Janitor,
+    dir: tempfile::TempDir,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver; blocks until it accepts connections.
+    pub fn start() -> Chromedriver {
+        let dir = tempfile::Builder::new()
+            .prefix("jobrunner-test-chromedriver-")
+            .tempdir()
+            .expect("harness: cannot create a temporary directory for chromedriver");
+        let janitor = Janitor::spawn(dir.path());
+        let log = dir.path().join("chromedriver.log");
+        File::create(&log).expect("harness: cannot create chromedriver.log");
+        let bin = find_bin("chromedriver", &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
+            .expect("harness: chromedriver is not installed (Debian: chromium-driver; scripts/test.sh installs it)");
+        let mut driver = Chromedriver {
+            port: 0,
+            server: None,
+            janitor,
+            dir,
+        };
+        for attempt in 1..=PORT_ATTEMPTS {
+            driver.port = free_port();
+            let args: Vec<OsString> = vec![
+                format!("--port={}", driver.port).into(),
+                "--allowed-ips=127.0.0.1".into(),
+            ];
+            let server = Supervised::spawn(
+                &driver.janitor,
+                false,
+                driver.dir.path(),
+                &log,
+                // TERM lets chromedriver close the browsers it started.
+                "TERM",
+                &bin,
+                &args,
+            )
+            .unwrap_or_else(|message| panic!("harness: chromedriver: {message}"));
+            let port = driver.port;
+            match await_ready(
+                server,
+                "chromedriver",
+                "KILL",
+                &log,
+                0,
+                REDIS_READY_TIMEOUT,
+                |log| {
+                    log.contains("started successfully")
+                        && TcpStream::connect_timeout(&local(port), Duration::from_secs(1)).is_ok()
+                },
+            ) {
+                Ok(server) => {
+                    driver.server = Some(server);
+                    return driver;
+                }
+                Err(e) if e.port_busy && attempt < PORT_ATTEMPTS => continue,
+                Err(e) => panic!("harness: chromedriver failed to start: {}", e.message),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The WebDriver URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.stop("TERM");
+        }
+        self.janitor.finish();
+    }
+}
+
+/// The chromedriver shared by all browser tests in this process.
+pub fn shared_chromedriver() -> &'static Chromedriver {
+    static SHARED: OnceLock<Chromedriver> = OnceLock::new();
+    SHARED.get_or_init(Chromedriver::start)
+}
+
+/// The Chromium binary chromedriver should start.
+pub fn chromium_bin() -> Option<PathBuf> {
+    find_bin(
+        "chromium",
+        &["/usr/bin/chromium", "/usr/lib/chromium/chromium"],
+    )
+}
+
+/// `name` on the PATH, else the first of `fallbacks` that exists.
+fn find_bin(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------
 

@@ -2,11 +2,13 @@
 //! starts for this test binary. One binary, one module per area.
 
 mod admin;
+mod admin_auth;
 mod cli;
 mod command_orphans;
 mod crash;
 mod credentials;
 mod cron;
+mod dashboard;
 mod enqueue;
 mod enqueue_many;
 mod failures;

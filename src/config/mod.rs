@@ -20,6 +20,7 @@ mod schedule;
 mod secret;
 mod sections;
 mod services;
+mod topology;
 mod validate;
 
 pub use cron::{CatchUp, CronConfig};
@@ -32,6 +33,7 @@ pub use schedule::{Schedule, ScheduleError};
 pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
 pub use sections::{Claim, Section};
 pub use services::{DatabaseConfig, RedisConfig};
+pub use topology::{RedisTopology, TopologyKind};
 use validate::NAME_RULE;
 pub use validate::valid_name;
 

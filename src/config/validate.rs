@@ -35,9 +35,8 @@ impl Config {
                 "must not exceed database.max_connections",
             );
         }
-        let redis_url = self.redis.url.expose();
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
-            return bad("redis.url", "must start with redis:// or rediss://");
+        if let Err(reason) = super::RedisTopology::of_url(self.redis.url.expose()) {
+            return bad("redis.url", &reason);
         }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
@@ -75,6 +74,10 @@ impl Config {
         for (key, value) in [
             ("runtime.reap_interval", self.runtime.reap_interval),
             ("runtime.sweep_interval", self.runtime.sweep_interval),
+            (
+                "runtime.orphan_sweep_interval",
+                self.runtime.orphan_sweep_interval,
+            ),
             ("runtime.poll_interval", self.runtime.poll_interval),
         ] {
             if value.is_zero() {

@@ -3,16 +3,19 @@
 
 mod admin;
 mod cli;
+mod cluster;
 mod command_orphans;
 mod crash;
 mod cron;
 mod enqueue;
 mod enqueue_many;
+mod failover;
 mod failures;
 mod flow;
 mod harness;
 mod helpers;
 mod invariants;
+mod isolation;
 mod kind_command;
 mod kind_content_generation;
 mod kind_data_extraction;
@@ -28,3 +31,4 @@ mod protocol;
 mod reload;
 mod run_at;
 mod systemd;
+mod topology;

@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// Which ways in to measure, comma-separated: sql, redis.
     #[arg(long, value_delimiter = ',', default_value = "sql,redis")]
     pub paths: Vec<Path>,
+    /// Queues the throughput and drain runs spread their jobs over, round robin,
+    /// comma-separated. On a cluster, pick names whose slots lie on different
+    /// masters (`redis-cli cluster keyslot NAME`) to load each of them.
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    pub queues: Vec<String>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -135,7 +140,10 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.backlog == Some(0) {
         bail!("--backlog must be above zero");
     }
-    let scratch = Scratch::create(&config).await?;
+    if let Some(bad) = args.queues.iter().find(|q| !jobrunner::config::valid_name(q)) {
+        bail!("--queues: {bad:?} is not 1-64 letters, digits, dots, dashes or underscores");
+    }
+    let scratch = Scratch::create(&config, &args.queues).await?;
     let result = measure(&scratch, &args).await;
     scratch.drop_all(args.keep).await;
     let report = result?;
@@ -164,7 +172,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    async fn create(base: &Config) -> anyhow::Result<Scratch> {
+    async fn create(base: &Config, queues: &[String]) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
         let admin_url = base.database.url.expose().to_owned();
         let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
@@ -188,13 +196,15 @@ impl Scratch {
         config.runtime.status_batch_max = 1000;
         config.runtime.status_writers = 3;
         config.queues.clear();
-        config.queues.insert(
-            "default".into(),
-            QueueConfig {
-                concurrency: 512,
-                ..QueueConfig::default()
-            },
-        );
+        for queue in queues.iter().map(String::as_str).chain(["default"]) {
+            config.queues.insert(
+                queue.into(),
+                QueueConfig {
+                    concurrency: 512,
+                    ..QueueConfig::default()
+                },
+            );
+        }
         config.log.level = "warn".into();
         // Measured with the admin listener on, as deployed, on a port of its own.
         config.admin.listen = "127.0.0.1:0".into();
@@ -497,10 +507,11 @@ impl Bench {
         for i in 0..producers {
             let k = if i == 0 { per + n % producers } else { per };
             let (pool, broker) = (self.pool.clone(), self.broker.clone());
+            let queues = self.args.queues.clone();
             tasks.spawn(async move {
                 match path {
-                    Path::Sql => enqueue_sql(&pool, k).await,
-                    Path::Redis => enqueue_redis(&broker, k).await,
+                    Path::Sql => enqueue_sql(&pool, &queues, k).await,
+                    Path::Redis => enqueue_redis(&broker, &queues, k).await,
                 }
             });
         }
@@ -687,16 +698,18 @@ impl Bench {
 }
 
 /// SQL producers batch like a web app's bulk import: 500 `enqueue` calls a
-/// transaction.
-async fn enqueue_sql(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+/// transaction, round robin over `queues`.
+async fn enqueue_sql(pool: &PgPool, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut left = n as i64;
     while left > 0 {
         let k = left.min(500);
         sqlx::query(
-            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g))
+            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g),
+                 queue => ($2::text[])[1 + g % cardinality($2::text[])])
              FROM generate_series(1, $1) g",
         )
         .bind(k)
+        .bind(queues)
         .execute(pool)
         .await?;
         left -= k;
@@ -705,7 +718,7 @@ async fn enqueue_sql(pool: &PgPool, n: usize) -> anyhow::Result<()> {
 }
 
 /// Redis producers keep 32 enqueues in flight each, as concurrent requests would.
-async fn enqueue_redis(broker: &Arc<Broker>, n: usize) -> anyhow::Result<()> {
+async fn enqueue_redis(broker: &Arc<Broker>, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut inflight = JoinSet::new();
     for j in 0..n {
         if inflight.len() >= 32
@@ -714,9 +727,10 @@ async fn enqueue_redis(broker: &Arc<Broker>, n: usize) -> anyhow::Result<()> {
             r??;
         }
         let b = broker.clone();
+        let queue = queues[j % queues.len()].clone();
         inflight.spawn(async move {
             b.enqueue(&RedisEnqueue {
-                queue: "default".into(),
+                queue,
                 kind: "noop".into(),
                 payload: format!("{{\"i\":{j}}}"),
                 ..Default::default()

@@ -140,7 +140,11 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.backlog == Some(0) {
         bail!("--backlog must be above zero");
     }
-    if let Some(bad) = args.queues.iter().find(|q| !jobrunner::config::valid_name(q)) {
+    if let Some(bad) = args
+        .queues
+        .iter()
+        .find(|q| !jobrunner::config::valid_name(q))
+    {
         bail!("--queues: {bad:?} is not 1-64 letters, digits, dots, dashes or underscores");
     }
     let scratch = Scratch::create(&config, &args.queues).await?;

@@ -15,7 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app_on};
-use crate::topology::shared_cluster;
+use crate::topology::{cli, shared_cluster};
 
 /// A test app on the shared cluster serving one queue per master.
 async fn app_on_cluster(concurrency: usize) -> (TestApp, Vec<String>) {
@@ -88,6 +88,18 @@ async fn sql_and_redis_enqueued_jobs_of_queues_on_every_master_succeed() {
         "{out}"
     );
     daemon.stop().await;
+
+    // The benchmark's clean-up finds the prefix's keys on every master.
+    let deleted = app.broker.delete_prefix().await.expect("delete prefix");
+    assert!(deleted >= 3, "{deleted} keys deleted");
+    let pattern = format!("{}:*", app.config.redis.key_prefix);
+    for node in &shared_cluster().nodes {
+        if !cli(node.port, &["role"]).starts_with("master") {
+            continue;
+        }
+        let left = cli(node.port, &["--scan", "--pattern", &pattern]);
+        assert_eq!(left, "", "keys left on {}", node.port);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

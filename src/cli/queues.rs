@@ -68,8 +68,13 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
     let reads = counts.iter().map(|c| {
         let broker = &broker;
         async move {
-            match tokio::time::timeout(REDIS_READ_TIMEOUT, broker.depth(&c.queue)).await {
-                Ok(Ok((ready, ..))) => Ok(ready),
+            let read = async {
+                let paused = broker.paused(&c.queue).await?;
+                let (ready, ..) = broker.depth(&c.queue).await?;
+                Ok::<_, crate::broker::Error>((paused, ready))
+            };
+            match tokio::time::timeout(REDIS_READ_TIMEOUT, read).await {
+                Ok(Ok(read)) => Ok(read),
                 Ok(Err(error)) => Err(crate::error_chain(&error)),
                 Err(_) => Err(format!(
                     "no answer within {}",
@@ -85,8 +90,13 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
             oldest_waiting_secs: c
                 .oldest_waiting_since
                 .map(|t| now.signed_duration_since(t).num_seconds().max(0)),
-            paused: paused.contains(&c.queue),
-            redis_ready: depth.as_ref().ok().copied(),
+            // What daemons obey is the pause in Redis; the ledger's record of
+            // it stands in while the queue's Redis does not answer.
+            paused: match &depth {
+                Ok((paused, _)) => *paused,
+                Err(_) => paused.contains(&c.queue),
+            },
+            redis_ready: depth.as_ref().ok().map(|(_, ready)| *ready),
             redis_error: depth.err(),
             counts: c,
         });

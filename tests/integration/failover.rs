@@ -110,9 +110,15 @@ async fn a_cluster_master_killed_mid_load_fails_over_and_no_job_is_lost() {
     };
     let (ids, (killed_at, at)) = tokio::join!(loader, killer);
     let promoted = tokio::task::block_in_place(|| {
-        wait_until("no replica took over", Duration::from_secs(30), || {
-            cluster.master_of(&queues[0]) != victim
-        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.serving(&queues[0]).is_some_and(|m| m != victim) {
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from {victim}:\n{}",
+                cluster.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         killed_at.elapsed()
     });
     let jobs = all_succeeded_once(&app, &ids, &runs).await;

@@ -111,7 +111,7 @@ async fn a_cluster_master_killed_mid_load_fails_over_and_no_job_is_lost() {
     let (ids, (killed_at, at)) = tokio::join!(loader, killer);
     let promoted = tokio::task::block_in_place(|| {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.serving(&queues[0]).is_some_and(|m| m != victim) {
+        while cluster.serving(&queues[0]).is_none_or(|m| m == victim) {
             assert!(
                 Instant::now() < deadline,
                 "no replica took over from {victim}:\n{}",

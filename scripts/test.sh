@@ -6,8 +6,8 @@
 # the installed binaries, in a temporary directory on free ports. They need the
 # binaries, not running services. This script installs the Debian packages it
 # needs when they are missing (as root, or through sudo): gcc and libc6-dev for
-# the build, redis-server and postgresql for the tests, procps for kill/pgrep,
-# chromium and chromium-driver for the dashboard's browser tests.
+# the build, redis-server, redis-tools and postgresql for the tests, procps for
+# kill/pgrep, chromium and chromium-driver for the dashboard's browser tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,6 +18,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step "Checking for the build tools and the redis-server and Postgres binaries"
 mapfile -t packages < <(build_packages)
 command -v redis-server >/dev/null || packages+=(redis-server)
+# The cluster and Sentinel tests form their topologies with redis-cli.
+command -v redis-cli >/dev/null || packages+=(redis-tools)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || packages+=(postgresql)
 # The tests signal and look for processes with kill(1) and pgrep(1).
 { type -P kill && type -P pgrep; } >/dev/null || packages+=(procps)

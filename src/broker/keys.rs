@@ -1,11 +1,14 @@
 //! Every Redis key and channel name the daemon uses, built in one place.
 //!
 //! Keys of queue `q` share the hash tag `{q}` (`prefix:{q}:…`), so every key one
-//! script touches lies in one Redis Cluster slot. The scripts build the keys
-//! that depend on a job's kind or id (`inflight:<kind>`, `parked:<kind>`,
-//! `rate…`, `ended:<id>`, `job:<id>`) from [`QueueKeys::base`] passed in ARGV.
-//! A job hash holds kind, payload, attempts, max_attempts, token, run_ms, …;
-//! the FETCH script also keeps `parked_kinds` and `rate:<kind>[:<value>]`.
+//! script touches lies in one Redis Cluster slot, and a queue lives on one
+//! cluster master. Callers pass every key they can name in KEYS; the scripts that
+//! pop job ids build those jobs' keys from [`QueueKeys::base`] or
+//! [`QueueKeys::job_prefix`], passed in KEYS too (see `scripts`). A job hash
+//! holds kind, payload, attempts, max_attempts, token, run_ms, …; the FETCH
+//! script also keeps `parked_kinds` and `rate:<kind>[:<value>]`. Outside the
+//! queues there are only `prefix:workers` (one hash, routed by its own slot) and
+//! the `prefix:events` channel (pub/sub reaches every node of a cluster).
 //!
 //! **Invariant:** no other file formats a key or channel name by hand.
 
@@ -49,11 +52,6 @@ impl Keys {
         QueueKeys {
             base: format!("{}:{{{queue}}}:", self.prefix),
         }
-    }
-
-    /// `prefix:epoch`: set once Redis has been seeded from the ledger.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
     }
 
     /// `prefix:workers`: the registry hash of live daemons.
@@ -105,6 +103,13 @@ impl QueueKeys {
     /// Zset of leased job ids, by lease deadline (Unix ms).
     pub fn leases(&self) -> String {
         self.key("leases")
+    }
+
+    /// Set once the queue's Redis node has been seeded from the ledger: one per
+    /// queue, so a cluster master that lost its data (or a replica promoted
+    /// before it had the marker) is noticed for the queues it holds.
+    pub fn epoch(&self) -> String {
+        self.key("epoch")
     }
 
     /// The fencing-token counter.

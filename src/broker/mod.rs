@@ -230,10 +230,11 @@ impl Broker {
             .await?)
     }
 
-    /// The epoch marker tells a seeded Redis from one that restarted empty. Returns
-    /// the current epoch, creating one (and reporting `true`) when none was there.
-    pub async fn epoch(&self) -> Result<(String, bool)> {
-        let key = self.keys.epoch();
+    /// The queue's epoch marker tells a seeded Redis (or cluster master) from one
+    /// that restarted empty. Returns the current epoch, creating one (and
+    /// reporting `true`) when none was there.
+    pub async fn epoch(&self, queue: &str) -> Result<(String, bool)> {
+        let key = self.queue_keys(queue).epoch();
         let fresh = Uuid::now_v7().to_string();
         let set: Option<String> = self
             .pool
@@ -247,13 +248,26 @@ impl Broker {
     }
 
     /// Deletes every key under this broker's prefix (the benchmark's clean-up).
-    /// Uses SCAN, so it never blocks the server.
+    /// Uses SCAN, so it never blocks the server; on a cluster it scans every
+    /// primary and deletes key by key (one DEL may not span slots).
     pub async fn delete_prefix(&self) -> Result<u64> {
         use fred::types::scan::Scanner;
         use futures::TryStreamExt;
         let pattern = self.keys.everything();
+        let client = self.pool.next();
         let mut deleted = 0;
-        let mut pages = self.pool.next().scan(pattern, Some(1000), None);
+        if client.is_clustered() {
+            let mut pages = client.scan_cluster(pattern, Some(1000), None);
+            while let Some(mut page) = pages.try_next().await? {
+                let keys = page.take_results().unwrap_or_default();
+                let dels = keys.into_iter().map(|k| self.pool.del::<u64, _>(k));
+                for n in futures::future::try_join_all(dels).await? {
+                    deleted += n;
+                }
+            }
+            return Ok(deleted);
+        }
+        let mut pages = client.scan(pattern, Some(1000), None);
         while let Some(mut page) = pages.try_next().await? {
             if let Some(keys) = page.take_results()
                 && !keys.is_empty()
@@ -262,6 +276,11 @@ impl Broker {
             }
         }
         Ok(deleted)
+    }
+
+    /// How the broker reaches Redis: one server, a cluster or Sentinel.
+    pub fn is_clustered(&self) -> bool {
+        self.pool.next().is_clustered()
     }
 }
 

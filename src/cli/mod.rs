@@ -83,9 +83,19 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         } => status(config, id, json, wait, timeout).await,
         Command::Layer(layer) => layer.run(config).await,
         Command::Config { json } => {
+            // Validated at load, so the URL reads; the topology is shown beside
+            // the settings, not as one of them.
+            let topology = crate::config::RedisTopology::of_url(config.redis.url.expose()).ok();
             if json {
-                println!("{}", serde_json::to_string_pretty(&config.to_json()?)?);
+                let mut doc = config.to_json()?;
+                if let (Some(t), Some(map)) = (&topology, doc.as_object_mut()) {
+                    map.insert("redis_topology".into(), serde_json::to_value(t)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
+                if let Some(t) = &topology {
+                    println!("# Redis: {t}");
+                }
                 print!("{}", config.to_toml());
             }
             Ok(ExitCode::SUCCESS)

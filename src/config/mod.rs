@@ -22,6 +22,7 @@ mod secret;
 mod sections;
 mod services;
 mod tls;
+mod topology;
 mod validate;
 
 pub use cron::{CatchUp, CronConfig};
@@ -36,6 +37,7 @@ pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
 pub use sections::{Claim, Section};
 pub use services::{CREDENTIALS_DIRECTORY, CredentialError, DatabaseConfig, RedisConfig};
 pub use tls::{PgTls, RedisTls, RootCert, SslMode, redis_url_uses_tls};
+pub use topology::{RedisTopology, TopologyKind};
 use validate::NAME_RULE;
 pub use validate::valid_name;
 

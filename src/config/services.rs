@@ -158,8 +158,9 @@ impl RedisConfig {
 
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let url = self.url.expose();
-        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return invalid("redis.url", "must start with redis:// or rediss://");
+        // One server, a Cluster or Sentinel, each with its TLS form.
+        if let Err(reason) = super::RedisTopology::of_url(url) {
+            return invalid("redis.url", &reason);
         }
         if self.password.is_some() && self.password_file.is_some() {
             return invalid(

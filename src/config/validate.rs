@@ -69,6 +69,10 @@ impl Config {
         for (key, value) in [
             ("runtime.reap_interval", self.runtime.reap_interval),
             ("runtime.sweep_interval", self.runtime.sweep_interval),
+            (
+                "runtime.orphan_sweep_interval",
+                self.runtime.orphan_sweep_interval,
+            ),
             ("runtime.poll_interval", self.runtime.poll_interval),
         ] {
             if value.is_zero() {

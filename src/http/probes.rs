@@ -133,17 +133,29 @@ pub(super) async fn metrics_text(State(state): State<HttpState>) -> Response {
         pool.redeliveries as f64,
     ));
     let now_ms = chrono::Utc::now().timestamp_millis();
-    for queue in state.queues.iter() {
-        let stats =
-            match tokio::time::timeout(SCRAPE_TIMEOUT, state.broker.queue_stats(queue)).await {
-                Ok(Ok(stats)) => stats,
-                Ok(Err(error)) => {
-                    tracing::debug!(queue, error = %crate::error_chain(&error),
-                        "Queue gauges unavailable for this scrape");
-                    continue;
-                }
-                Err(_) => continue,
-            };
+    // Side by side: a queue whose Redis node does not answer costs the scrape
+    // one timeout, not one per queue, and the other queues' gauges still show.
+    let broker = &state.broker;
+    let reads = state.queues.iter().map(|queue| async move {
+        let read = tokio::time::timeout(SCRAPE_TIMEOUT, broker.queue_stats(queue)).await;
+        (queue, read)
+    });
+    for (queue, read) in futures::future::join_all(reads).await {
+        let stats = match read {
+            Ok(Ok(stats)) => Some(stats),
+            Ok(Err(error)) => {
+                tracing::debug!(queue, error = %crate::error_chain(&error),
+                    "Queue gauges unavailable for this scrape");
+                None
+            }
+            Err(_) => None,
+        };
+        samples.push((
+            metrics::QUEUE_REDIS_UP,
+            vec![("queue", queue.clone())],
+            if stats.is_some() { 1.0 } else { 0.0 },
+        ));
+        let Some(stats) = stats else { continue };
         for (state_name, value) in [
             ("ready", stats.ready),
             ("scheduled", stats.scheduled),

@@ -55,6 +55,8 @@ pub const REDIS_REDELIVERIES: &str = "jobrunner_redis_redeliveries_total";
 pub const QUARANTINED: &str = "jobrunner_quarantined_total";
 pub const UP: &str = "jobrunner_up";
 pub const POISON: &str = "jobrunner_batch_poison_total";
+pub const REDIS_ERRORS: &str = "jobrunner_redis_errors_total";
+pub const QUEUE_REDIS_UP: &str = "jobrunner_queue_redis_up";
 
 /// Every metric this process exposes.
 pub const DEFS: &[Def] = &[
@@ -155,6 +157,16 @@ pub const DEFS: &[Def] = &[
         "Items read from outside that could not be recorded as a job and were kept in jobrunner.quarantine, by source.",
     ),
     def(
+        REDIS_ERRORS,
+        Type::Counter,
+        "Redis calls of one queue that failed, by queue and path (dispatch, ingest, fetch, ack, recovery); each queue retries and backs off on its own.",
+    ),
+    def(
+        QUEUE_REDIS_UP,
+        Type::Gauge,
+        "1 when the queue's Redis (its cluster master) answered this scrape, 0 when it did not, by queue.",
+    ),
+    def(
         UP,
         Type::Gauge,
         "1 while the daemon runs; 0 once it is draining.",
@@ -205,6 +217,34 @@ impl Path {
             Path::Dispatch => "dispatch",
             Path::Status => "status",
             Path::Events => "events",
+        }
+    }
+}
+
+/// Which of a queue's Redis calls failed (the `path` label of
+/// [`REDIS_ERRORS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisPath {
+    /// The outbox moving the queue's SQL-enqueued jobs into Redis.
+    Dispatch,
+    /// Claiming or promoting the queue's Redis-enqueued jobs.
+    Ingest,
+    /// Leasing the queue's jobs.
+    Fetch,
+    /// Settling a lease: complete, retry, release, heartbeat.
+    Ack,
+    /// The epoch check, the reaper and the orphan check.
+    Recovery,
+}
+
+impl RedisPath {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            RedisPath::Dispatch => "dispatch",
+            RedisPath::Ingest => "ingest",
+            RedisPath::Fetch => "fetch",
+            RedisPath::Ack => "ack",
+            RedisPath::Recovery => "recovery",
         }
     }
 }

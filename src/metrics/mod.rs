@@ -199,6 +199,18 @@ impl Metrics {
         .increment(1);
     }
 
+    /// A Redis call of `queue` on `path` failed. Off the hot path, so the series
+    /// is looked up each time rather than cached.
+    pub fn redis_error(&self, queue: &str, path: RedisPath) {
+        self.counter(None, REDIS_ERRORS, || {
+            vec![
+                Label::new("queue", queue.to_owned()),
+                Label::from_static_parts("path", path.label()),
+            ]
+        })
+        .increment(1);
+    }
+
     /// An item read from `source` was kept in `jobrunner.quarantine`. Rare, so the
     /// series is looked up each time rather than cached.
     pub fn quarantined(&self, source: &'static str) {

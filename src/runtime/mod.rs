@@ -225,7 +225,8 @@ impl Daemon {
             .queues
             .iter()
             .map(|(q, c)| {
-                let (producer, task) = producer::Producer::spawn(&broker, q, c.concurrency);
+                let (producer, task) =
+                    producer::Producer::spawn(&broker, &metrics, q, c.concurrency);
                 acker_tasks.push(task);
                 (q.clone(), producer)
             })

@@ -9,7 +9,13 @@ pub(super) use crate::batch::Backoff;
 /// Retries a Redis call through a short outage (the pool reconnects by itself):
 /// ten tries over about ten seconds. After that the lease has expired anyway and
 /// the reaper gives the job to another attempt, so giving up (None) is safe.
-pub(super) async fn retry_redis<T, F, Fut>(what: &str, call: F) -> Option<T>
+/// Each failure is counted against `queue` on the ack path.
+pub(super) async fn retry_redis<T, F, Fut>(
+    metrics: &crate::metrics::Metrics,
+    queue: &str,
+    what: &str,
+    call: F,
+) -> Option<T>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = crate::broker::Result<T>>,
@@ -19,7 +25,8 @@ where
         match call().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "{what} failed, retrying");
+                metrics.redis_error(queue, crate::metrics::RedisPath::Ack);
+                tracing::warn!(queue, error = %crate::error_chain(&error), "{what} failed, retrying");
                 tokio::time::sleep(backoff.next()).await;
             }
         }

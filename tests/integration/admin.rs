@@ -146,7 +146,8 @@ async fn queues_counts_each_status_per_queue_as_a_table_and_as_json() {
             "OLDEST WAIT",
             "OK LAST MIN",
             "DEAD LAST MIN",
-            "IN REDIS"
+            "IN REDIS",
+            "REDIS"
         ]
         .join(" ")
         .split(' ')
@@ -154,7 +155,9 @@ async fn queues_counts_each_status_per_queue_as_a_table_and_as_json() {
     );
     assert_eq!(
         row(&out, "default"),
-        ["default", "0", "1", "0", "0", "1", "no", "-", "2", "1", "0"]
+        [
+            "default", "0", "1", "0", "0", "1", "no", "-", "2", "1", "0", "ok"
+        ]
     );
     let reports = row(&out, "reports");
     assert_eq!(reports[..7], ["reports", "1", "0", "0", "0", "0", "yes"]);

@@ -834,13 +834,13 @@ pub fn unique_name(prefix: &str) -> String {
 // ---------------------------------------------------------------------------
 
 /// A server process running under the [`SUPERVISOR`] shell.
-struct Supervised {
+pub(crate) struct Supervised {
     /// The supervisor (`sh`, or `runuser` running `sh`).
     child: Child,
     /// Write end of the supervisor's stdin; closing it stops the server.
     stdin: Option<ChildStdin>,
     /// Pid of the server process itself.
-    pid: u32,
+    pub(crate) pid: u32,
     /// Signal used when dropped without an explicit stop.
     default_signal: &'static str,
 }
@@ -848,7 +848,7 @@ struct Supervised {
 impl Supervised {
     /// Start `program args...` under a new supervisor (registered with
     /// `janitor`), with `dir` as working directory and output appended to `log`.
-    fn spawn(
+    pub(crate) fn spawn(
         janitor: &Janitor,
         as_postgres_user: bool,
         dir: &Path,
@@ -906,7 +906,7 @@ impl Supervised {
     /// Ask the supervisor to send `signal` to the server, then wait for both to
     /// exit (escalating to SIGKILL after 30 s). Returns the supervisor's exit
     /// status, which is the server's.
-    fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+    pub(crate) fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(format!("{signal}\n").as_bytes());
             // Dropping `stdin` closes the pipe.
@@ -942,12 +942,12 @@ impl Drop for Supervised {
 
 /// Removes a directory when [`finish`](Janitor::finish)ed, dropped, or when
 /// this process dies (see [`JANITOR`]).
-struct Janitor {
+pub(crate) struct Janitor {
     child: Option<Child>,
 }
 
 impl Janitor {
-    fn spawn(dir: &Path) -> Janitor {
+    pub(crate) fn spawn(dir: &Path) -> Janitor {
         let child = Command::new("sh")
             .arg("-c")
             .arg(JANITOR)
@@ -972,7 +972,7 @@ impl Janitor {
     }
 
     /// Close the pipe and wait until the directory has been removed.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
             let _ = child.wait();
@@ -986,10 +986,10 @@ impl Drop for Janitor {
     }
 }
 
-struct LaunchError {
+pub(crate) struct LaunchError {
     /// The server could not bind its port (another process holds it).
-    port_busy: bool,
-    message: String,
+    pub(crate) port_busy: bool,
+    pub(crate) message: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -1039,7 +1039,7 @@ fn pg_bins() -> &'static PgBins {
     })
 }
 
-fn redis_bin() -> &'static Path {
+pub(crate) fn redis_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         which("redis-server")
@@ -1114,7 +1114,7 @@ fn local(port: u16) -> SocketAddr {
 }
 
 /// True if `PING` on 127.0.0.1:port answers `+PONG`.
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&local(port), Duration::from_secs(1)) else {
         return false;
     };
@@ -1139,7 +1139,7 @@ fn postmaster_ready(data: &Path, pid: u32) -> bool {
 /// Polls `ready` (given the server's log since `log_offset`) until it holds, the
 /// server exits, or `timeout` passes; on failure the server is stopped with
 /// `stop_signal` and the error carries the end of its log.
-fn await_ready(
+pub(crate) fn await_ready(
     mut server: Supervised,
     name: &str,
     stop_signal: &str,
@@ -1182,7 +1182,7 @@ fn await_ready(
 }
 
 /// The process exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(
@@ -1211,12 +1211,12 @@ fn append_to(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("harness: cannot open {}: {e}", path.display()))
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Contents of a log file from byte `offset` on.
-fn read_log(path: &Path, offset: u64) -> String {
+pub(crate) fn read_log(path: &Path, offset: u64) -> String {
     let bytes = fs::read(path).unwrap_or_default();
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
@@ -1224,7 +1224,7 @@ fn read_log(path: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-fn log_tail(path: &Path, offset: u64) -> String {
+pub(crate) fn log_tail(path: &Path, offset: u64) -> String {
     tail(&read_log(path, offset))
 }
 

@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// Which ways in to measure, comma-separated: sql, redis.
     #[arg(long, value_delimiter = ',', default_value = "sql,redis")]
     pub paths: Vec<Path>,
+    /// Queues the throughput and drain runs spread their jobs over, round robin,
+    /// comma-separated. On a cluster, pick names whose slots lie on different
+    /// masters (`redis-cli cluster keyslot NAME`) to load each of them.
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    pub queues: Vec<String>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +125,14 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.backlog == Some(0) {
         bail!("--backlog must be above zero");
     }
-    let scratch = Scratch::create(&config).await?;
+    if let Some(bad) = args
+        .queues
+        .iter()
+        .find(|q| !jobrunner::config::valid_name(q))
+    {
+        bail!("--queues: {bad:?} is not 1-64 letters, digits, dots, dashes or underscores");
+    }
+    let scratch = Scratch::create(&config, &args.queues).await?;
     let result = measure(&scratch, &args).await;
     scratch.drop_all(args.keep).await;
     let report = result?;

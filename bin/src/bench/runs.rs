@@ -169,10 +169,11 @@ impl Bench {
         for i in 0..producers {
             let k = if i == 0 { per + n % producers } else { per };
             let (pool, broker) = (self.pool.clone(), self.broker.clone());
+            let queues = self.args.queues.clone();
             tasks.spawn(async move {
                 match path {
-                    Path::Sql => enqueue_sql(&pool, k).await,
-                    Path::Redis => enqueue_redis(&broker, k).await,
+                    Path::Sql => enqueue_sql(&pool, &queues, k).await,
+                    Path::Redis => enqueue_redis(&broker, &queues, k).await,
                 }
             });
         }
@@ -359,16 +360,18 @@ impl Bench {
 }
 
 /// SQL producers batch like a web app's bulk import: 500 `enqueue` calls a
-/// transaction.
-async fn enqueue_sql(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+/// transaction, round robin over `queues`.
+async fn enqueue_sql(pool: &PgPool, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut left = n as i64;
     while left > 0 {
         let k = left.min(500);
         sqlx::query(
-            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g))
+            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g),
+                 queue => ($2::text[])[1 + g % cardinality($2::text[])])
              FROM generate_series(1, $1) g",
         )
         .bind(k)
+        .bind(queues)
         .execute(pool)
         .await?;
         left -= k;
@@ -377,7 +380,7 @@ async fn enqueue_sql(pool: &PgPool, n: usize) -> anyhow::Result<()> {
 }
 
 /// Redis producers keep 32 enqueues in flight each, as concurrent requests would.
-async fn enqueue_redis(broker: &Arc<Broker>, n: usize) -> anyhow::Result<()> {
+async fn enqueue_redis(broker: &Arc<Broker>, queues: &[String], n: usize) -> anyhow::Result<()> {
     let mut inflight = JoinSet::new();
     for j in 0..n {
         if inflight.len() >= 32
@@ -386,9 +389,10 @@ async fn enqueue_redis(broker: &Arc<Broker>, n: usize) -> anyhow::Result<()> {
             r??;
         }
         let b = broker.clone();
+        let queue = queues[j % queues.len()].clone();
         inflight.spawn(async move {
             b.enqueue(&RedisEnqueue {
-                queue: "default".into(),
+                queue,
                 kind: "noop".into(),
                 payload: format!("{{\"i\":{j}}}"),
                 ..Default::default()

@@ -20,7 +20,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub(super) async fn create(base: &Config) -> anyhow::Result<Scratch> {
+    pub(super) async fn create(base: &Config, queues: &[String]) -> anyhow::Result<Scratch> {
         let db_name = format!("jobrunner_bench_{}", std::process::id());
         let admin_url = base.database.url.expose().to_owned();
         let (admin_options, _) = jobrunner::ledger::connect_options(&base.database)?;
@@ -42,13 +42,15 @@ impl Scratch {
         config.runtime.status_batch_max = 1000;
         config.runtime.status_writers = 3;
         config.queues.clear();
-        config.queues.insert(
-            "default".into(),
-            QueueConfig {
-                concurrency: 512,
-                ..QueueConfig::default()
-            },
-        );
+        for queue in queues.iter().map(String::as_str).chain(["default"]) {
+            config.queues.insert(
+                queue.into(),
+                QueueConfig {
+                    concurrency: 512,
+                    ..QueueConfig::default()
+                },
+            );
+        }
         config.log.level = "warn".into();
         // Measured with the admin listener on, as deployed, on a port of its own.
         config.admin.listen = "127.0.0.1:0".into();

@@ -16,6 +16,7 @@
 //! - [`metrics`]: the process's counters and histograms, rendered by `http`.
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`cli`]: the command-line interface over the modules above.
+//! - [`arq`]: arq wire compatibility (the jobs arq's Python client enqueues) and its pickle codec.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
 //!
 //! The demo and the benchmark (`jobrunner demo`, `jobrunner bench`) are not part
@@ -24,6 +25,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod arq;
 pub mod batch;
 pub mod broker;
 pub mod cli;

@@ -5,12 +5,13 @@
 //! for a queue's layout), `dispatch` brings jobs in (producer enqueue, ingest
 //! claims, outbox dispatch), `lease` runs a job's lease (fetch, complete, retry,
 //! release, heartbeat, reap), `control` pauses, resumes, cancels and carries the
-//! flow limits, `registry` lists live daemons, `pubsub` publishes events and
+//! flow limits, `arq` reads and ends the jobs arq's client writes, `registry` lists live daemons, `pubsub` publishes events and
 //! subscribes, `stats` reads sizes back, and `scripts` holds the Lua text.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod arq;
 mod control;
 mod dispatch;
 mod keys;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use arq::ArqDue;
 pub use control::{CancelOutcome, KindLimits, Limits, Window};
 pub use dispatch::{Claimed, Dispatch, INGEST_FIELDS, Ingest, Leftover, RedisEnqueue};
 pub use keys::{Keys, QueueChannel, QueueKeys};
@@ -116,6 +118,8 @@ pub struct Broker {
     builder: std::sync::Arc<Builder>,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    /// The arq bridge's scripts (`arq.rs`), apart from jobrunner's own.
+    arq: std::sync::Arc<arq::ArqScripts>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -190,6 +194,7 @@ impl Broker {
                 cancel: script(scripts::CANCEL),
                 publish_many: script(scripts::PUBLISH_MANY),
             }),
+            arq: std::sync::Arc::new(arq::ArqScripts::new()),
         })
     }
 

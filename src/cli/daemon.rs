@@ -30,6 +30,8 @@ pub(super) async fn run_daemon(
             "Migrations applied"
         );
     }
+    crate::arq::check(&config)
+        .map_err(|problems| anyhow::anyhow!("invalid [arq] section:\n{problems}"))?;
     let registry = Registry::builtin(&config);
     let daemon = Daemon::start_notifying(config, registry, notifier.clone()).await?;
     notifier.ready();
@@ -57,7 +59,7 @@ pub(super) async fn run_daemon(
 /// does not load is logged and changes nothing; the daemon keeps running.
 fn reload(daemon: &Daemon, path: Option<&std::path::Path>, notifier: &crate::runtime::Notifier) {
     notifier.reloading();
-    match Config::load(path, &crate::jobs::sections()) {
+    match Config::load(path, &super::sections()) {
         Ok(new) => {
             let origin = new.origin.clone();
             let report = daemon.reload(new);

@@ -46,7 +46,7 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         // Everything else reads the config.
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref(), &crate::jobs::sections())?;
+    let config = Config::load(cli.config.as_deref(), &sections())?;
     let log_file = match &cli.command {
         Command::Layer(layer) => layer.log_file(),
         _ => None,
@@ -330,6 +330,14 @@ impl EnqueueCommand {
         };
         crate::jobs::payload::accept(&text).map_err(|message| anyhow::anyhow!("{source}{message}"))
     }
+}
+
+/// The config sections the core's command line reads besides its own: the
+/// built-in kinds' and `[arq]`.
+pub fn sections() -> Vec<crate::config::Claim> {
+    let mut claims = crate::jobs::sections();
+    claims.extend(crate::arq::sections());
+    claims
 }
 
 #[cfg(test)]

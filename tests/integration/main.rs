@@ -2,6 +2,7 @@
 //! starts for this test binary. One binary, one module per area.
 
 mod admin;
+mod arq;
 mod cli;
 mod command_orphans;
 mod crash;

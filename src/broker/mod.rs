@@ -134,9 +134,13 @@ fn script(body: &str) -> Script {
     Script::from_lua(scripts::source(body))
 }
 
-/// The full text of the producer enqueue script, as documented in PROTOCOL.md.
+/// The full text of the producer enqueue script, byte for byte as documented in
+/// PROTOCOL.md and shipped in the Python client (clients/python), so a
+/// producer's copy has the SHA1 of the daemon's (tests keep the three equal).
 pub fn enqueue_script_source() -> String {
     scripts::source(scripts::ENQUEUE)
+        .trim_start_matches('\n')
+        .to_owned()
 }
 
 impl Broker {
@@ -180,7 +184,7 @@ impl Broker {
             builder: std::sync::Arc::new(builder),
             keys: Keys::new(&config.key_prefix),
             scripts: std::sync::Arc::new(Scripts {
-                enqueue: script(scripts::ENQUEUE),
+                enqueue: Script::from_lua(enqueue_script_source()),
                 claim_ingest: script(scripts::CLAIM_INGEST),
                 promote_ingested: script(scripts::PROMOTE_INGESTED),
                 dispatch: script(scripts::DISPATCH),

@@ -49,5 +49,7 @@ install_packages() {
     fi
     note "Installing $*"
     as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+    # Only what is named: recommended packages (documentation, X libraries,
+    # sysstat…) would triple the download and add nothing the scripts use.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }

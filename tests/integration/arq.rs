@@ -3,7 +3,7 @@
 //! run without Python): jobs taken from an arq queue run as jobrunner jobs, and
 //! arq's result record and queue entry end the way arq's worker leaves them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 

@@ -20,7 +20,7 @@ use super::config::ArqConfig;
 use super::wire::{self, ArqJob, Ended, Record, Serializer};
 use crate::broker::{Broker, RedisEnqueue};
 use crate::config::EventsConfig;
-use crate::ledger::{IngestedJob, Job, Ledger, Status};
+use crate::ledger::{ExternalId, IngestedJob, Job, Ledger, Status};
 
 /// The most taken jobs whose outcome is looked up per arq queue per round,
 /// oldest first.
@@ -177,6 +177,26 @@ impl Bridge {
             .into_iter()
             .map(|j| (j.id, j))
             .collect();
+        // The arq id goes in the ledger once the row exists (a job seen again
+        // keeps its first record: one statement, no write).
+        let known: Vec<ExternalId> = ids
+            .iter()
+            .zip(&uuids)
+            .filter(|(_, uuid)| rows.contains_key(uuid))
+            .map(|(arq_id, uuid)| ExternalId {
+                job_id: *uuid,
+                source: "arq".to_owned(),
+                external_id: arq_id.clone(),
+                origin: queue.to_owned(),
+            })
+            .collect();
+        self.ledger
+            .record_external_ids(&known)
+            .await
+            .map_err(|source| Error::Ledger {
+                queue: queue.to_owned(),
+                source,
+            })?;
         let mut running = Vec::new();
         let mut ended = 0;
         for (arq_id, uuid) in ids.iter().zip(&uuids) {

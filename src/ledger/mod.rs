@@ -14,6 +14,7 @@
 mod control;
 mod cron;
 mod events;
+mod external;
 mod ingest;
 mod outbox;
 mod plans;
@@ -40,6 +41,7 @@ use crate::metrics::Metrics;
 pub use control::{Cancelled, DeadFilter};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
+pub use external::ExternalId;
 pub use ingest::{IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,6 +26,8 @@ use crate::ledger::{ExternalId, IngestedJob, Job, Ledger, Status};
 /// The most taken jobs whose outcome is looked up per arq queue per round,
 /// oldest first.
 const SETTLE_PAGE: usize = 1000;
+/// How many ended jobs' result records are written at once.
+const FINISH_CONCURRENCY: usize = 32;
 /// The longest wait after failed rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -96,6 +99,7 @@ impl Bridge {
             .map_err(|source| Error::redis(queue, source))?;
         let mut taken = Vec::with_capacity(due.len());
         let mut refused = Vec::new();
+        let mut calls = Vec::with_capacity(due.len());
         for d in due {
             let id = wire::job_id(&d.id);
             let job = match &d.body {
@@ -112,25 +116,37 @@ impl Bridge {
             match call {
                 Ok(call) => {
                     let enqueue = RedisEnqueue {
-                        queue: call.queue.clone(),
-                        kind: call.kind.clone(),
+                        queue: call.queue,
+                        kind: call.kind,
                         payload: call.payload,
                         priority: 0,
                         max_attempts: 0,
                         delay_ms: 0,
                     };
-                    match self.broker.enqueue_with_id(&enqueue, id).await {
-                        Ok(_) => taken.push((d.id, d.score)),
-                        Err(e) if e.is_transient() => return Err(Error::redis(queue, e)),
-                        Err(e) => refused.push((
-                            d,
-                            refusal(id, &self.config, job.ok().as_ref(), crate::error_chain(&e)),
-                        )),
-                    }
+                    calls.push((d, id, job.ok(), enqueue));
                 }
                 Err(reason) => {
                     tracing::warn!(arq.queue = %queue, arq.id = %d.id, job.id = %id, error = %reason, "arq job cannot run; recording it dead");
                     let r = refusal(id, &self.config, job.ok().as_ref(), reason);
+                    refused.push((d, r));
+                }
+            }
+        }
+        // One ENQUEUE per job, sent together over the pool. After a transient
+        // failure nothing is marked taken: the next round enqueues them all again
+        // under the same ids, which ENQUEUE ignores for those it already holds.
+        let replies = futures::future::join_all(
+            calls
+                .iter()
+                .map(|(_, id, _, enqueue)| self.broker.enqueue_with_id(enqueue, *id)),
+        )
+        .await;
+        for ((d, id, job, _), reply) in calls.into_iter().zip(replies) {
+            match reply {
+                Ok(_) => taken.push((d.id, d.score)),
+                Err(e) if e.is_transient() => return Err(Error::redis(queue, e)),
+                Err(e) => {
+                    let r = refusal(id, &self.config, job.as_ref(), crate::error_chain(&e));
                     refused.push((d, r));
                 }
             }
@@ -177,12 +193,16 @@ impl Bridge {
             .into_iter()
             .map(|j| (j.id, j))
             .collect();
-        // The arq id goes in the ledger once the row exists (a job seen again
-        // keeps its first record: one statement, no write).
+        // The arq id goes in the ledger once the job runs or ends (a job seen
+        // again keeps its first record). Waiting jobs are left for later, so a
+        // backlog does not rewrite a thousand records every round.
         let known: Vec<ExternalId> = ids
             .iter()
             .zip(&uuids)
-            .filter(|(_, uuid)| rows.contains_key(uuid))
+            .filter(|(_, uuid)| {
+                rows.get(uuid)
+                    .is_some_and(|j| j.status == Status::Running || j.status.is_final())
+            })
             .map(|(arq_id, uuid)| ExternalId {
                 job_id: *uuid,
                 source: "arq".to_owned(),
@@ -198,25 +218,28 @@ impl Bridge {
                 source,
             })?;
         let mut running = Vec::new();
-        let mut ended = 0;
+        let mut ended = Vec::new();
         for (arq_id, uuid) in ids.iter().zip(&uuids) {
             // No row yet: the ingester has not recorded it; the next round will.
             let Some(job) = rows.get(uuid) else { continue };
             match job.status {
                 Status::Running => running.push(arq_id.clone()),
-                s if s.is_final() => {
-                    self.finish(queue, arq_id, job).await?;
-                    ended += 1;
-                }
+                s if s.is_final() => ended.push((arq_id.clone(), job.clone())),
                 _ => {}
             }
         }
+        let n = ended.len();
+        futures::stream::iter(ended)
+            .map(|(arq_id, job)| async move { self.finish(queue, &arq_id, &job).await })
+            .buffer_unordered(FINISH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         let ttl = (self.config.poll_interval * 20).max(Duration::from_secs(10));
         self.broker
             .arq_in_progress(&running, ttl.as_millis() as u64)
             .await
             .map_err(|source| Error::redis(queue, source))?;
-        Ok(ended)
+        Ok(n)
     }
 
     async fn finish(&self, queue: &str, arq_id: &str, job: &Job) -> Result<(), Error> {

@@ -175,13 +175,12 @@ async fn an_arq_job_runs_as_a_job_and_leaves_the_result_arqs_client_reads() {
     assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.kind, "noop");
     assert_eq!(job.payload, json!({"campaign_id": 42, "note": "é"}));
-    // The arq id is recorded with the job.
+    let record = pickle::decode(&result_record(&app, id).await).expect("a readable record");
+    // The arq id is recorded with the job (before its result is written).
     assert_eq!(
         app.ledger.jobs_by_external_id("arq", id).await.unwrap(),
         vec![job.id]
     );
-
-    let record = pickle::decode(&result_record(&app, id).await).expect("a readable record");
     assert_eq!(field(&record, "s"), &Value::Bool(true));
     assert_eq!(
         field(&record, "r").to_json().unwrap(),
@@ -230,7 +229,9 @@ async fn a_deferred_arq_job_waits_in_the_arq_queue_until_due() {
     );
     let job = app.wait_final(jobrunner::arq::wire::job_id(id), 10).await;
     assert_eq!(job.status, Status::Succeeded);
-    // Not a UUID: the job id is derived from it, and it is recorded.
+    // Not a UUID: the job id is derived from it, and it is recorded (before
+    // the result is written).
+    result_record(&app, id).await;
     assert_eq!(
         app.ledger.jobs_by_external_id("arq", id).await.unwrap(),
         vec![job.id]

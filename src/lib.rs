@@ -17,6 +17,7 @@
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`redact`]: personal data in payloads and results shown as `[redacted]` outside the ledger.
 //! - [`cli`]: the command-line interface over the modules above.
+//! - [`arq`]: arq wire compatibility (the jobs arq's Python client enqueues) and its pickle codec.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
 //! - [`tls`]: what a refused TLS handshake means, for the errors of `ledger` and `broker`.
 //!
@@ -26,6 +27,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod arq;
 pub mod batch;
 pub mod broker;
 pub mod cli;

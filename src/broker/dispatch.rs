@@ -92,8 +92,16 @@ impl Broker {
     /// Enqueues the way a Redis-only producer does (the documented script).
     /// Returns the new job's id.
     pub async fn enqueue(&self, job: &RedisEnqueue) -> Result<Uuid> {
-        let k = self.queue_keys(&job.queue);
         let id = Uuid::now_v7();
+        self.enqueue_with_id(job, id).await?;
+        Ok(id)
+    }
+
+    /// Enqueues with an id the caller chose, the way a producer may. Returns
+    /// false when a job with that id is already waiting in Redis (nothing is
+    /// changed then), so a repeated call is harmless.
+    pub async fn enqueue_with_id(&self, job: &RedisEnqueue, id: Uuid) -> Result<bool> {
+        let k = self.queue_keys(&job.queue);
         self.eval(
             &self.scripts.enqueue,
             vec![k.job(id), k.ingest()],
@@ -106,8 +114,8 @@ impl Broker {
                 job.delay_ms.to_string(),
             ],
         )
-        .await?;
-        Ok(id)
+        .await
+        .map(|reply| reply.as_u64() == Some(1))
     }
 
     pub async fn claim_ingest(&self, queue: &str, n: usize) -> Result<Claimed> {

@@ -27,6 +27,38 @@ pub struct QueueKeys {
     base: String,
 }
 
+/// The keys arq's client writes and reads, which the arq bridge serves. They
+/// have no hash tag and no prefix of ours: arq names them, so arq queues need a
+/// standalone Redis (or a single-slot setup), never Redis Cluster.
+pub mod arq {
+    /// The zset of pending jobs' ids scored by due time (Unix ms): `arq:queue`
+    /// by default, or any name the producer gave as `_queue_name`.
+    pub fn job(id: &str) -> String {
+        format!("arq:job:{id}")
+    }
+
+    /// The serialized result record of a finished job.
+    pub fn result(id: &str) -> String {
+        format!("arq:result:{id}")
+    }
+
+    /// Set while the job runs (arq's `Job.status()` then says `in_progress`).
+    pub fn in_progress(id: &str) -> String {
+        format!("arq:in-progress:{id}")
+    }
+
+    /// arq's try counter, deleted with the job.
+    pub fn retry(id: &str) -> String {
+        format!("arq:retry:{id}")
+    }
+
+    /// The zset of job ids whose abort was asked for (`Job.abort()`).
+    pub const ABORT: &str = "arq:abort";
+
+    /// The key prefixes above, for the scripts that build keys from an id.
+    pub const JOB_PREFIX: &str = "arq:job:";
+}
+
 /// Which per-queue channel a pub/sub message came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueChannel {

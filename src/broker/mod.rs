@@ -5,12 +5,13 @@
 //! for a queue's layout), `dispatch` brings jobs in (producer enqueue, ingest
 //! claims, outbox dispatch), `lease` runs a job's lease (fetch, complete, retry,
 //! release, heartbeat, reap), `control` pauses, resumes, cancels and carries the
-//! flow limits, `registry` lists live daemons, `pubsub` publishes events and
+//! flow limits, `arq` reads and ends the jobs arq's client writes, `registry` lists live daemons, `pubsub` publishes events and
 //! subscribes, `stats` reads sizes back, and `scripts` holds the Lua text.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod arq;
 mod connect;
 mod control;
 mod dispatch;
@@ -30,6 +31,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use arq::ArqDue;
 pub use control::{CancelOutcome, KindLimits, Limits, Window};
 pub use dispatch::{Claimed, Dispatch, INGEST_FIELDS, Ingest, Leftover, RedisEnqueue};
 pub use keys::{Keys, QueueChannel, QueueKeys};
@@ -122,6 +124,8 @@ pub struct Broker {
     builder: std::sync::Arc<Builder>,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    /// The arq bridge's scripts (`arq.rs`), apart from jobrunner's own.
+    arq: std::sync::Arc<arq::ArqScripts>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -136,9 +140,13 @@ fn script(body: &str) -> Script {
     Script::from_lua(scripts::source(body))
 }
 
-/// The full text of the producer enqueue script, as documented in PROTOCOL.md.
+/// The full text of the producer enqueue script, byte for byte as documented in
+/// PROTOCOL.md and shipped in the Python client (clients/python), so a
+/// producer's copy has the SHA1 of the daemon's (tests keep the three equal).
 pub fn enqueue_script_source() -> String {
     scripts::source(scripts::ENQUEUE)
+        .trim_start_matches('\n')
+        .to_owned()
 }
 
 impl Broker {
@@ -188,7 +196,7 @@ impl Broker {
             builder: std::sync::Arc::new(builder),
             keys: Keys::new(&config.key_prefix),
             scripts: std::sync::Arc::new(Scripts {
-                enqueue: script(scripts::ENQUEUE),
+                enqueue: Script::from_lua(enqueue_script_source()),
                 claim_ingest: script(scripts::CLAIM_INGEST),
                 promote_ingested: script(scripts::PROMOTE_INGESTED),
                 dispatch: script(scripts::DISPATCH),
@@ -202,6 +210,7 @@ impl Broker {
                 cancel: script(scripts::CANCEL),
                 publish_many: script(scripts::PUBLISH_MANY),
             }),
+            arq: std::sync::Arc::new(arq::ArqScripts::new()),
         })
     }
 

@@ -33,6 +33,8 @@ pub(super) async fn run_daemon<L: super::Layer>(
             "Migrations applied"
         );
     }
+    crate::arq::check(&config)
+        .map_err(|problems| anyhow::anyhow!("invalid [arq] section:\n{problems}"))?;
     let registry = super::registry::<L>(&config);
     let daemon = Daemon::start_notifying(config, registry, notifier.clone()).await?;
     notifier.ready();
@@ -64,7 +66,7 @@ fn reload<L: super::Layer>(
     notifier: &crate::runtime::Notifier,
 ) {
     notifier.reloading();
-    match Config::load(path, &L::sections()) {
+    match Config::load(path, &super::sections::<L>()) {
         Ok(new) => {
             let origin = new.origin.clone();
             let report = daemon.reload(new);

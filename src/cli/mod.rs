@@ -47,7 +47,7 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         // Everything else reads the config.
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref(), &L::sections())?;
+    let config = Config::load(cli.config.as_deref(), &sections::<L>())?;
     let log_file = match &cli.command {
         Command::Layer(layer) => layer.log_file(),
         _ => None,
@@ -347,6 +347,14 @@ impl EnqueueCommand {
         };
         crate::jobs::payload::accept(&text).map_err(|message| anyhow::anyhow!("{source}{message}"))
     }
+}
+
+/// The config sections the command line reads besides the core's own: the
+/// layer's (its kinds') and `[arq]`.
+pub fn sections<L: Layer>() -> Vec<crate::config::Claim> {
+    let mut claims = L::sections();
+    claims.extend(crate::arq::sections());
+    claims
 }
 
 #[cfg(test)]

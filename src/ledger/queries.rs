@@ -104,6 +104,21 @@ impl Ledger {
         .ok_or(Error::NotFound(id))
     }
 
+    /// The rows of `ids` that exist, in no particular order: one index lookup per
+    /// id (the arq bridge reads where the jobs it took have got to).
+    pub async fn jobs(&self, ids: &[Uuid]) -> Result<Vec<Job>> {
+        Ok(sqlx::query_as::<_, Job>(
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
+                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
+                    progress, progress_message
+             FROM jobrunner.jobs WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Polls until the job is final or `timeout` passes; returns the last row read.
     /// A job enqueued straight into Redis has no row until the daemon ingests it, so
     /// "not found" counts as "not yet" for [`INGEST_GRACE`].

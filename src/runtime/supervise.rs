@@ -116,6 +116,21 @@ pub(super) async fn supervise(
         retention::run(shared.clone(), shutdown.clone()),
     ));
     loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
+    let arq = shared.config.section::<crate::arq::ArqConfig>();
+    if arq.enabled() {
+        match crate::arq::check(&shared.config) {
+            Ok(()) => {
+                let bridge = crate::arq::Bridge::new(
+                    arq,
+                    shared.broker.clone(),
+                    shared.ledger.clone(),
+                    shared.config.events.clone(),
+                );
+                loops.spawn(alive.watch("arq", bridge.run(shutdown.clone())));
+            }
+            Err(error) => tracing::error!(%error, "arq bridge is off"),
+        }
+    }
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).

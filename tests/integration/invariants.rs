@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 
 /// Tables whose rows only `ledger` reads and writes.
-const LEDGER_TABLES: [&str; 4] = [
+const LEDGER_TABLES: [&str; 5] = [
     "jobrunner.jobs",
     "jobrunner.outbox",
     "jobrunner.cron_fires",
     "jobrunner.quarantine",
+    "jobrunner.external_ids",
 ];
 
 /// Folders outside `ledger` allowed to run SQL on the ledger tables, and why.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_auth;
+mod arq;
 mod cli;
 mod cluster;
 mod command_orphans;

@@ -1,8 +1,9 @@
 //! The scripts that bring jobs into Redis: the producer's ENQUEUE, the ingest
 //! claim and promotion, the outbox's DISPATCH, and the check for lost copies.
 
-/// The producer-facing enqueue, documented in docs/PROTOCOL.md (which holds a copy
-/// of its full text: a test keeps the two equal). `check_job` is every rule a job
+/// The producer-facing enqueue, documented in docs/PROTOCOL.md and shipped in the
+/// Python client's `enqueue.lua` (both hold a copy of its full text: tests keep
+/// the three equal). `check_job` is every rule a job
 /// must meet; a batch form of this script must call it for each job.
 /// KEYS: job hash, ingest list. ARGV: id, kind, payload, priority, max_attempts, delay_ms.
 pub const ENQUEUE: &str = r#"

@@ -352,8 +352,10 @@ async fn jobrunners_own_ready_queue_is_never_read_as_an_arq_queue() {
     });
     // The braces alone are refused when the file is read...
     let toml = format!("[arq]\nqueues = [{own:?}]\n");
-    let error = Config::from_toml_with(&toml, "arq.toml", &jobrunner::cli::sections())
-        .expect_err("a tagged key is refused");
+    let mut claims = jobrunner_kinds::sections();
+    claims.extend(jobrunner::arq::sections());
+    let error =
+        Config::from_toml_with(&toml, "arq.toml", &claims).expect_err("a tagged key is refused");
     assert!(
         error.to_string().contains("arq.queues") || error.to_string().contains("queues"),
         "{error}"

@@ -233,4 +233,3 @@ fn timeline(job: &ledger::Job, errors: &Value) -> Vec<(DateTime<Utc>, String)> {
     events.sort_by_key(|(at, _)| *at);
     events
 }
-

@@ -312,7 +312,7 @@ mod tests {
         config.functions.insert(
             "generate_campaign".into(),
             ArqFunction {
-                kind: Some("content-generation".into()),
+                kind: Some("campaign-planner".into()),
                 args: vec!["campaign_id".into()],
                 queue: Some("content".into()),
             },
@@ -322,7 +322,7 @@ mod tests {
             &config,
         )
         .unwrap();
-        assert_eq!(call.kind, "content-generation");
+        assert_eq!(call.kind, "campaign-planner");
         assert_eq!(call.queue, "content");
         assert_eq!(call.payload, r#"{"campaign_id":42,"dry_run":true}"#);
     }

@@ -254,7 +254,7 @@ async fn a_pickle_naming_a_forbidden_global_ends_dead_naming_it() {
         .await;
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/pickle/refused_eval_reduce.p4.pickle"
+        "/../tests/fixtures/pickle/refused_eval_reduce.p4.pickle"
     );
     let body = std::fs::read(fixture).expect("fixture");
     let id = "0f0e0d0c-0b0a-4908-8706-050403020100";

@@ -93,7 +93,7 @@ fn the_documented_script_is_the_one_the_daemon_ships() {
 fn the_python_clients_script_is_the_one_the_daemon_ships() {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/clients/python/src/jobrunner_client/enqueue.lua"
+        "/../clients/python/src/jobrunner_client/enqueue.lua"
     ))
     .expect("the Python client's enqueue.lua");
     assert_eq!(shipped, jobrunner::broker::enqueue_script_source());

@@ -127,3 +127,137 @@ async fn batch_statements_stay_on_primary_key_lookups_on_a_lived_in_ledger() {
         );
     }
 }
+
+/// Sequential scans of `jobs` Postgres has counted so far, with the statistics
+/// of `writer_pool`'s one backend flushed first.
+async fn seq_scans(app: &crate::helpers::TestApp, writer_pool: &sqlx::PgPool) -> i64 {
+    // A backend reports its counters when idle, at most once a second; this makes
+    // the writer's backend report them as soon as this statement ends.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(writer_pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_user_tables
+         WHERE schemaname = 'jobrunner' AND relname = 'jobs'",
+    )
+    .fetch_one(app.ledger.pool())
+    .await
+    .unwrap()
+}
+
+/// A connection keeps one generic plan for a statement it has run five times,
+/// made when the plan cache was last invalidated. Made while `jobs` held a few
+/// hundred rows (after a `TRUNCATE`, on a fresh install), the status `UPDATE`'s
+/// generic plan scans the table, and nothing replaced it as the table grew
+/// until the next `ANALYZE`: the writes of a drain after a `TRUNCATE` cost three
+/// to four times as much. The writer plans every batch for its own ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_stay_on_primary_key_lookups_after_the_table_grows_from_small() {
+    use jobrunner::ledger::{Ledger, Status, StatusUpdate, StatusWriter};
+    let app = spawn_app().await; // no daemon: the writer is driven by hand
+    let pool = app.ledger.pool();
+    // One connection, so every batch runs on the backend whose plans are watched.
+    let writer_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let (writers, handle) = StatusWriter::new(Ledger::from_pool(writer_pool.clone()), 5000, 1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(stop.clone())))
+        .collect();
+    let running = |id, token| StatusUpdate {
+        id,
+        token,
+        status: Status::Running,
+        attempts: 1,
+        at: chrono::Utc::now(),
+        result: None,
+        last_error: None,
+        run_at: None,
+        progress: None,
+        handed_back: false,
+    };
+    // Writes one `running` per id with `token` and waits until all are written.
+    // The wait reads through the writer's one connection too, so every scan of
+    // `jobs` counted below is that backend's; unprepared, so it is planned
+    // for the table as it is.
+    let round = |ids: Vec<Uuid>, token: i64| {
+        let (handle, writer_pool) = (handle.clone(), writer_pool.clone());
+        async move {
+            let n = ids.len() as i64;
+            for &id in &ids {
+                handle.send(running(id, token)).await;
+            }
+            for _ in 0..500 {
+                let done: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM jobrunner.jobs WHERE id = ANY($1) AND lease_token = $2",
+                )
+                .persistent(false)
+                .bind(&ids)
+                .bind(token)
+                .fetch_one(&writer_pool)
+                .await
+                .unwrap();
+                if done == n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("the writer did not write round {token}");
+        }
+    };
+
+    // Batches of the size a drain writes, enough of them for the plan cache to
+    // settle on a generic plan if it is allowed one.
+    let small = |n: i32| async move {
+        sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, Uuid>(
+            "INSERT INTO jobrunner.jobs (queue, kind)
+             SELECT 'default', 'noop' FROM generate_series(1, $1) RETURNING id",
+        )
+        .bind(n)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    let first = small(300).await;
+    for token in 1..=6 {
+        round(first.clone(), token).await;
+    }
+    // A TRUNCATE (as the bench makes between runs) drops the cached plans; the
+    // next batch meets a table of a few hundred rows and no statistics.
+    let second = small(300).await;
+    round(second, 7).await;
+
+    // The ledger grows; a batch that is a small share of it must read its rows
+    // by primary key. (A batch of a thousand may fairly be planned as a scan of
+    // thirty thousand rows: that cost is bounded per job. The kept generic plan
+    // scanned the whole table for every batch, however small.)
+    let grown: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO jobrunner.jobs (queue, kind)
+         SELECT 'default', 'noop' FROM generate_series(1, 30000) RETURNING id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let before = seq_scans(&app, &writer_pool).await;
+    round(grown[..50].to_vec(), 8).await;
+    let after = seq_scans(&app, &writer_pool).await;
+    assert_eq!(
+        after - before,
+        0,
+        "a status batch scanned the whole jobs table after it grew"
+    );
+    drop(handle);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

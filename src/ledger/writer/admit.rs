@@ -83,7 +83,11 @@ impl Ledger {
         ids: &[Uuid],
     ) -> crate::ledger::Result<HashMap<Uuid, Option<i64>>> {
         let mut conn = self.acquire().await?;
+        // Not a kept prepared statement: Postgres plans it for these ids each
+        // time, so a generic plan made while `jobs` was nearly empty (a scan of
+        // the table) cannot outlive the table's growth (see `PLAN_GUARD`).
         let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(ADMISSION)
+            .persistent(false)
             .bind(ids)
             .bind(&Status::FINAL[..])
             .fetch_all(&mut *conn)

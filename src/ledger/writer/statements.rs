@@ -17,7 +17,18 @@ use serde_json::Value;
 /// None of these statements needs a nested loop: with them off, the join is a
 /// hash join over primary-key lookups whatever the statistics say. The
 /// integration test `plans` checks the plans on a lived-in ledger.
-pub(in crate::ledger) const PLAN_GUARD: &str = "BEGIN; SET LOCAL enable_nestloop = off";
+///
+/// The plans are also made for each batch (`plan_cache_mode = force_custom_plan`)
+/// instead of once per connection. After a connection has run a statement
+/// five times, Postgres may keep one generic plan for it, made whenever the
+/// plan cache was last invalidated (`TRUNCATE`, `ANALYZE`, DDL). Made while
+/// `jobs` was nearly empty, that plan scans the table, and nothing replaces it
+/// as the table grows until the next `ANALYZE`: the status writes of a drain
+/// right after a `TRUNCATE` cost three to four times as much, on some
+/// connections of the pool and not others. Planning a batch costs well under
+/// a millisecond, shared by every job in it.
+pub(in crate::ledger) const PLAN_GUARD: &str =
+    "BEGIN; SET LOCAL enable_nestloop = off; SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// One batch of status changes, fenced (see the module's invariant).
 pub(in crate::ledger) const STATUS_UPDATE: &str = "UPDATE jobrunner.jobs AS j SET

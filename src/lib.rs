@@ -15,6 +15,7 @@
 //! - [`http`]: the HTTP listener (`[admin]` in the config): health, readiness, metrics, job lookups, SSE events.
 //! - [`metrics`]: the process's counters and histograms, rendered by `http`.
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
+//! - [`redact`]: personal data in payloads and results shown as `[redacted]` outside the ledger.
 //! - [`cli`]: the command-line interface over the modules above.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
 //!
@@ -34,6 +35,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod metrics;
 pub mod pgtext;
+pub mod redact;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;

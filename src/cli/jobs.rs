@@ -169,7 +169,7 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
     let id = args.id;
     let ledger = Ledger::connect(&config.database).await?;
     let quarantined = ledger.quarantined(Some(id), 20).await?;
-    let job = match ledger.job_detail(id).await {
+    let mut job = match ledger.job_detail(id).await {
         Ok(job) => job,
         // Quarantined before it got a row: that is all there is to show.
         Err(crate::ledger::Error::NotFound(_)) if !quarantined.is_empty() => {
@@ -184,6 +184,9 @@ pub async fn inspect(config: Config, args: InspectArgs) -> anyhow::Result<ExitCo
         }
         Err(e) => return Err(e.into()),
     };
+    let redaction = crate::redact::Redaction::new(&config.redaction);
+    let secrets = crate::redact::job(&redaction, &mut job.job);
+    crate::redact::history(&secrets, &mut job.errors);
     // The ledger is the record; Redis only adds where the job sits now, so a Redis
     // that cannot be reached is reported, not fatal.
     let redis: Result<RedisJobState, String> = match Broker::connect(&config.redis).await {

@@ -195,11 +195,12 @@ async fn status(
     timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
-    let job = if wait {
+    let mut job = if wait {
         ledger.wait_final(id, timeout).await?
     } else {
         ledger.job(id).await?
     };
+    crate::redact::job(&crate::redact::Redaction::new(&config.redaction), &mut job);
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     } else {

@@ -14,6 +14,7 @@ mod cron;
 mod flow;
 mod kinds;
 mod observe;
+mod redaction;
 mod retention;
 mod runtime;
 mod schedule;
@@ -26,6 +27,7 @@ pub use cron::{CatchUp, CronConfig};
 pub use flow::{OnTimeout, RateLimit};
 pub use kinds::{BackoffConfig, CommandKindConfig, HandlerName, HttpKindConfig, KindConfig};
 pub use observe::{AdminConfig, EventsConfig};
+pub use redaction::{JsonPointer, KindRedaction, RedactionConfig};
 pub use retention::RetentionConfig;
 pub use runtime::{LogConfig, LogFormat, QueueConfig, RuntimeConfig};
 pub use schedule::{Schedule, ScheduleError};
@@ -84,6 +86,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where job status changes are published.
     pub events: EventsConfig,
+    /// Payload and result fields shown as `"[redacted]"` outside the ledger.
+    pub redaction: RedactionConfig,
     /// The top-level tables that layers above the core claimed (see
     /// [`Section`]), by name, in their normalised form (defaults filled in).
     /// Read one with [`Config::section`].
@@ -109,6 +113,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             admin: AdminConfig::default(),
             events: EventsConfig::default(),
+            redaction: RedactionConfig::default(),
             sections: BTreeMap::new(),
             origin: "built-in defaults".to_owned(),
         }

@@ -116,6 +116,8 @@ pub struct HttpState {
     /// Cancelled when one of the daemon's essential loops ended (or panicked)
     /// before the drain: `/readyz` answers 503 from then on.
     broken: CancellationToken,
+    /// Applied to every job this listener serves (`/jobs/{id}`).
+    redaction: Arc<crate::redact::Redaction>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +144,14 @@ impl HttpState {
             draining,
             ready_cache: Arc::default(),
             broken: CancellationToken::new(),
+            redaction: Arc::default(),
         }
+    }
+
+    /// Jobs are served redacted by these rules (none by default).
+    pub fn with_redaction(mut self, redaction: Arc<crate::redact::Redaction>) -> HttpState {
+        self.redaction = redaction;
+        self
     }
 
     /// Readiness also fails once `broken` is cancelled.
@@ -354,7 +363,17 @@ async fn job(State(state): State<HttpState>, Path(id): Path<String>) -> Response
             .into_response();
     };
     match state.ledger.job(id).await {
-        Ok(job) => Json(job).into_response(),
+        Ok(job) => match serde_json::to_value(&job) {
+            Ok(mut job) => {
+                crate::redact::apply(&state.redaction, &mut job);
+                Json(job).into_response()
+            }
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": format!("job {id} cannot be shown: {error}") })),
+            )
+                .into_response(),
+        },
         Err(ledger::Error::NotFound(_)) => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("job {id} not found") })),

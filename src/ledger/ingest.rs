@@ -28,17 +28,44 @@ pub struct IngestedJob {
 /// What [`Ledger::insert_ingested`] did besides inserting.
 #[derive(Debug, Default)]
 pub struct IngestOutcome {
-    /// Ids whose row already existed and is final: a producer re-sent them.
+    /// Ids whose row already existed, final, for this same job: a producer
+    /// re-sent them.
     pub finished: Vec<Uuid>,
     /// Ids that Postgres refused even as `dead`: quarantined instead.
     pub quarantined: Vec<Uuid>,
+    /// Ids whose row already existed for another job (another queue, kind or
+    /// payload), finished or not: the Redis copy re-used a job's id and must
+    /// not run. The ledger's row is left as it was.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A Redis copy whose id belongs to a different job in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: Uuid,
+    /// The ledger job's queue and kind (the copy's are the ingester's).
+    pub queue: String,
+    pub kind: String,
+}
+
+impl IngestOutcome {
+    /// Whether the copy of `id` must not run: its id is a finished job's or
+    /// another job's, or it was quarantined.
+    pub fn dropped(&self, id: &Uuid) -> bool {
+        self.finished.contains(id)
+            || self.quarantined.contains(id)
+            || self.conflicts.iter().any(|c| &c.id == id)
+    }
 }
 
 impl Ledger {
     /// Records jobs producers put straight into Redis. Idempotent: a row that exists
     /// already is left alone, so a re-ingest after a crash does no harm. Returns the
-    /// ids whose row already exists *and is final*: a producer re-sent a finished
-    /// job's id, and it must not run again.
+    /// ids whose row already exists, final, for the same job (a producer re-sent
+    /// a finished job's id, and it must not run again) and those whose row
+    /// belongs to another job (a copy that re-used the id of a job on another
+    /// queue, or with another kind or payload: it must not run, and the ledger's
+    /// job keeps its payload).
     ///
     /// A row Postgres refuses (bad data the script could not see) does not block the
     /// batch: the batch is retried row by row and each refused row is recorded
@@ -57,7 +84,10 @@ impl Ledger {
             }
             let part = &mut jobs[range.clone()];
             match self.insert_ingested_batch(part).await {
-                Ok(ids) => outcome.finished.extend(ids),
+                Ok((finished, conflicts)) => {
+                    outcome.finished.extend(finished);
+                    outcome.conflicts.extend(conflicts);
+                }
                 Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
                     if part.len() > 1 {
                         let mid = range.start + part.len() / 2;
@@ -116,7 +146,10 @@ impl Ledger {
         }
     }
 
-    async fn insert_ingested_batch(&self, jobs: &[IngestedJob]) -> Result<Vec<Uuid>> {
+    async fn insert_ingested_batch(
+        &self,
+        jobs: &[IngestedJob],
+    ) -> Result<(Vec<Uuid>, Vec<Conflict>)> {
         let mut cols = IngestColumns::default();
         for job in jobs {
             cols.push(job);
@@ -139,9 +172,9 @@ impl Ledger {
              RETURNING id",
         )
         .bind(cols.ids)
-        .bind(cols.queues)
-        .bind(cols.kinds)
-        .bind(cols.payloads)
+        .bind(&cols.queues[..])
+        .bind(&cols.kinds[..])
+        .bind(&cols.payloads[..])
         .bind(cols.statuses)
         .bind(cols.priorities)
         .bind(cols.max_attempts)
@@ -151,26 +184,47 @@ impl Ledger {
         .fetch_all(&mut *tx)
         .await?;
         let inserted: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
-        let existing: Vec<Uuid> = ids
-            .into_iter()
-            .filter(|id| !inserted.contains(id))
+        let existing: Vec<usize> = (0..ids.len())
+            .filter(|&i| !inserted.contains(&ids[i]))
             .collect();
-        // Rows that existed before this insert and are final: the statement above
-        // left them alone, and their ids must not run again. Usually there are none.
-        let finished = if existing.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_scalar(
-                "SELECT id FROM jobrunner.jobs
-                 WHERE id = ANY($1) AND status = ANY($2)",
+        // Rows that existed before this insert (usually none) must be this very
+        // job (a re-ingest after a crash, or a producer re-sending), or the copy
+        // is an impostor; and a final row's id must not run again.
+        let mut finished = Vec::new();
+        let mut conflicts = Vec::new();
+        if !existing.is_empty() {
+            let pick =
+                |col: &[String]| existing.iter().map(|&i| col[i].clone()).collect::<Vec<_>>();
+            let rows = sqlx::query(
+                "SELECT j.id, j.status = ANY($5), j.queue, j.kind,
+                        j.queue = u.queue AND j.kind = u.kind AND j.payload = u.payload::jsonb
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+                   AS u(id, queue, kind, payload)
+                 JOIN jobrunner.jobs j ON j.id = u.id
+                 WHERE j.id = ANY($1)",
             )
-            .bind(existing)
+            .bind(existing.iter().map(|&i| ids[i]).collect::<Vec<Uuid>>())
+            .bind(pick(&cols.queues))
+            .bind(pick(&cols.kinds))
+            .bind(pick(&cols.payloads))
             .bind(&Status::FINAL[..])
             .fetch_all(&mut *tx)
-            .await?
-        };
+            .await?;
+            for row in rows {
+                let id: Uuid = row.get(0);
+                if !row.get::<bool, _>(4) {
+                    conflicts.push(Conflict {
+                        id,
+                        queue: row.get(2),
+                        kind: row.get(3),
+                    });
+                } else if row.get::<bool, _>(1) {
+                    finished.push(id);
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(finished)
+        Ok((finished, conflicts))
     }
 }
 

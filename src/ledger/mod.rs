@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 pub use control::{Cancelled, DeadFilter};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
-pub use ingest::{IngestOutcome, IngestedJob};
+pub use ingest::{Conflict, IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};

@@ -23,6 +23,22 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
+    /// Puts the given unfinished jobs back in the outbox, for the dispatcher to
+    /// put into Redis again from their rows (it skips a job Redis still holds).
+    pub async fn redispatch(&self, ids: &[Uuid]) -> Result<u64> {
+        let done = sqlx::query(
+            "INSERT INTO jobrunner.outbox (id)
+             SELECT id FROM jobrunner.jobs
+             WHERE id = ANY($1) AND status = ANY($2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .bind(&Status::OPEN[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Puts the given jobs back in the outbox (their Redis copy was found missing),
     /// unless a status write touched them after `before`.
     pub async fn redispatch_stale(&self, ids: &[Uuid], before: DateTime<Utc>) -> Result<u64> {

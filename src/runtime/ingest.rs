@@ -304,22 +304,30 @@ async fn settle(
         tracing::warn!(queue, job.id = %id,
             "Postgres refused a Redis-enqueued job even as dead; quarantined");
     }
-    let dropped = |r: &IngestedJob| {
-        r.refused.is_some()
-            || outcome.finished.contains(&r.id)
-            || outcome.quarantined.contains(&r.id)
-    };
+    for conflict in &outcome.conflicts {
+        let error = conflict_error(conflict, queue);
+        tracing::warn!(queue, job.id = %conflict.id, error, "Quarantined a Redis-enqueued job");
+        if let Some(entry) = entries
+            .iter()
+            .zip(&row_of)
+            .find(|(_, row)| row.is_some_and(|i| rows[i].id == conflict.id))
+            .map(|(entry, _)| entry)
+        {
+            quarantine(shared, queue, Some(conflict.id), &raw_text(entry), &error).await;
+        }
+    }
     for row in rows.iter().filter(|r| r.refused.is_some()) {
-        if !outcome.quarantined.contains(&row.id) {
+        if !outcome.dropped(&row.id) {
             tracing::warn!(queue, job.id = %row.id, error = row.refused.as_deref().unwrap_or(""),
                 "Refused a Redis-enqueued job; recorded as dead");
         }
     }
+    let dropped = |r: &IngestedJob| r.refused.is_some() || outcome.dropped(&r.id);
     // Before the promote script makes them runnable: see `runtime::events`.
     if shared.publisher.enabled() {
         let events = rows
             .iter()
-            .filter(|r| !outcome.finished.contains(&r.id) && !outcome.quarantined.contains(&r.id))
+            .filter(|r| !outcome.dropped(&r.id))
             .map(|r| {
                 let status = match &r.refused {
                     Some(_) => Status::Dead,
@@ -345,8 +353,33 @@ async fn settle(
     if let Err(error) = shared.broker.promote_ingested(queue, &promote).await {
         tracing::warn!(queue, error = %error_chain(&error),
             "Promoting ingested jobs failed; the reaper will return them for another try");
+        return true;
+    }
+    // An impostor's hash on the ledger job's own queue may have made the
+    // dispatcher skip that job ("Redis holds it already"); the promote above
+    // deleted the hash, so the job goes back through the outbox, with the
+    // ledger's payload. A dispatch of a job Redis does hold is a no-op.
+    let own: Vec<Uuid> = (outcome.conflicts.iter())
+        .filter(|c| c.queue == queue)
+        .map(|c| c.id)
+        .collect();
+    if !own.is_empty()
+        && let Err(error) = shared.ledger.redispatch(&own).await
+    {
+        tracing::warn!(queue, error = %error_chain(&error),
+            "Could not put jobs whose id a Redis copy re-used back in the outbox; the orphan sweep will");
     }
     true
+}
+
+/// Why a Redis copy that re-used an unfinished job's id is not recorded or run.
+fn conflict_error(conflict: &crate::ledger::Conflict, queue: &str) -> String {
+    format!(
+        "job id {} already belongs to a {} job on queue {} with another queue, kind or payload; \
+         this copy on queue {queue} was not recorded or run (an id names one job: the ledger's \
+         job keeps its own payload)",
+        conflict.id, conflict.kind, conflict.queue
+    )
 }
 
 /// Records one quarantined ingest item; a failure is logged, never retried forever.

@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Publishes job events; the outbox and ingester use it inline.
     publisher: events::Publisher,
+    /// `[redaction]`, built once: attempts' error texts are scrubbed with it
+    /// before they are logged or recorded.
+    redaction: Arc<crate::redact::Redaction>,
 }
 
 /// A running daemon. Cancel its token (or call [`Daemon::shutdown`]) to drain.
@@ -211,7 +214,9 @@ impl Daemon {
                 (q.clone(), producer)
             })
             .collect();
+        let redaction = Arc::new(crate::redact::Redaction::new(&config.redaction));
         let shared = Arc::new(Shared {
+            redaction: redaction.clone(),
             producers,
             outbox_wake: Notify::new(),
             running: Arc::default(),
@@ -246,6 +251,7 @@ impl Daemon {
                 events,
                 shutdown.clone(),
             )
+            .with_redaction(redaction)
         });
         let done = tokio::spawn(supervise::supervise(
             shared.clone(),

@@ -69,6 +69,7 @@ fn restart_reason(path: &[String]) -> Option<&'static str> {
         ["log", "format"] => Some("the log format is set at start"),
         ["admin", ..] => Some("the admin listener is bound at start"),
         ["events", ..] => Some("the event publisher is built at start"),
+        ["redaction", ..] => Some("redaction rules are built at start"),
         ["queues", _] => Some("the queues a daemon serves are fixed at start"),
         ["kinds", _] => Some("kinds are registered and copied to jobrunner.kinds at start"),
         ["kinds", _, "handler" | "http" | "command", ..] => Some("handlers are built at start"),

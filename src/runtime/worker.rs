@@ -254,6 +254,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             message,
             retry_after,
         })) if job.attempt < job.max_attempts => {
+            let message = scrubbed(shared, job, message);
             let kind = shared.live().kind(&job.kind);
             // A handler's retry-after is outside input: a year is the most it gets.
             let delay = retry_after
@@ -282,6 +283,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
                 }
                 JobError::Permanent { message } => message.clone(),
             };
+            let message = scrubbed(shared, job, message);
             let accepted = complete(shared, job).await;
             if accepted {
                 tracing::warn!(error = %message, "Job is dead");
@@ -304,6 +306,17 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             "Lease expired before the outcome was recorded; a newer attempt owns the job, outcome dropped"
         );
     }
+}
+
+/// An attempt's error with the payload values `[redaction]` names replaced: it
+/// is logged, published in events and recorded as `last_error`.
+fn scrubbed(shared: &Shared, job: &Leased, message: String) -> String {
+    if let std::borrow::Cow::Owned(clean) =
+        shared.redaction.scrub(&job.kind, &job.payload, &message)
+    {
+        return clean;
+    }
+    message
 }
 
 /// Counts an accepted outcome in the job counters.

@@ -97,6 +97,9 @@ async fn enqueue_many_honours_unique_keys_and_delays() {
     assert_ne!(ids[1], ids[3]);
     assert_eq!(app.count_jobs().await, 3, "k0, k1 and the unkeyed job");
 
+    // Timed from before the call: starting the daemon may take a while on a
+    // loaded machine, and the jobs' two seconds run meanwhile.
+    let enqueued = tokio::time::Instant::now();
     let delayed: Vec<Uuid> = sqlx::query_scalar(
         "SELECT unnest(jobrunner.enqueue_many('noop', ARRAY['{}', '{}']::jsonb[],
              run_at => now() + interval '2 seconds'))",
@@ -105,7 +108,6 @@ async fn enqueue_many_honours_unique_keys_and_delays() {
     .await
     .unwrap();
     let daemon = app.start_daemon().await;
-    let enqueued = tokio::time::Instant::now();
     for id in &delayed {
         assert_eq!(app.ledger.job(*id).await.unwrap().status, Status::Scheduled);
     }

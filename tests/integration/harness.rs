@@ -877,7 +877,7 @@ fn running_as_root() -> bool {
 
 /// A free TCP port on 127.0.0.1 (never 5432/6379, never handed out twice by
 /// this process).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
     loop {

@@ -20,7 +20,7 @@ fn documented_script() -> String {
 
 /// A reply from Redis, as a producer's client would see it.
 #[derive(Debug, PartialEq)]
-enum Reply {
+pub enum Reply {
     Int(i64),
     Error(String),
     Other(String),
@@ -45,10 +45,23 @@ fn redis_command(app: &TestApp, args: &[&str]) -> Reply {
 }
 
 fn enqueue(app: &TestApp, id: &str, kind: &str, payload: &str) -> Reply {
+    enqueue_on(app, "default", id, kind, payload, 0)
+}
+
+/// The documented script on `queue`, with a delay before the job may run.
+pub fn enqueue_on(
+    app: &TestApp,
+    queue: &str,
+    id: &str,
+    kind: &str,
+    payload: &str,
+    delay_ms: u64,
+) -> Reply {
     let prefix = &app.config.redis.key_prefix;
-    let job_key = format!("{prefix}:{{default}}:job:{id}");
-    let ingest_key = format!("{prefix}:{{default}}:ingest");
+    let job_key = format!("{prefix}:{{{queue}}}:job:{id}");
+    let ingest_key = format!("{prefix}:{{{queue}}}:ingest");
     let script = documented_script();
+    let delay = delay_ms.to_string();
     redis_command(
         app,
         &[
@@ -60,6 +73,9 @@ fn enqueue(app: &TestApp, id: &str, kind: &str, payload: &str) -> Reply {
             id,
             kind,
             payload,
+            "0",
+            "0",
+            &delay,
         ],
     )
 }
@@ -144,5 +160,15 @@ async fn re_sending_a_finished_jobs_id_does_not_run_it_again() {
         job.updated_at, first.updated_at,
         "the finished row was not touched"
     );
+    // Its payload differs from the finished job's: admins see the copy.
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        entries = app.ledger.quarantined(Some(first.id), 5).await.unwrap();
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries.len(), 1, "{entries:?}");
     daemon.stop().await;
 }

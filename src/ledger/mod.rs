@@ -47,7 +47,8 @@ pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
 pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
-    Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,
+    Attempt, Claim, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, Verdict,
+    WriterHandle,
 };
 
 /// How long a waiter treats a missing row as "not ingested yet".

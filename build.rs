@@ -1,7 +1,8 @@
 //! Build-time facts for `jobrunner --version`: the git commit the binary was built
-//! from (`unknown` outside a git checkout, e.g. a source tarball) and the schema
-//! version, the newest migration's number. Migrations are embedded with
-//! `sqlx::migrate!`, so a change there also rebuilds.
+//! from (`unknown` outside a git checkout, e.g. a source tarball). The ledger's
+//! migrations are embedded with `sqlx::migrate!`, so a change there also rebuilds;
+//! the schema version in `--version` is read from the embedded migrations (the
+//! layer's included) at run time.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,10 +10,6 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rustc-env=JOBRUNNER_GIT_COMMIT={}", git_commit());
-    println!(
-        "cargo:rustc-env=JOBRUNNER_SCHEMA_VERSION={}",
-        schema_version()
-    );
 }
 
 /// The short commit id of HEAD; `unknown` when there is no git or no repository.
@@ -38,18 +35,4 @@ fn git_commit() -> String {
         }
     }
     commit
-}
-
-/// The largest `NNNN_name.sql` prefix under migrations/.
-fn schema_version() -> i64 {
-    std::fs::read_dir("migrations")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".sql")?.split('_').next()?.parse().ok()
-        })
-        .max()
-        .unwrap_or(0)
 }

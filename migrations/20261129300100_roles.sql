@@ -68,6 +68,12 @@ CREATE VIEW jobrunner.statuses AS
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA jobrunner FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA jobrunner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
+-- Tables outside the jobrunner schema that the daemon's handlers write (a layer of
+-- kinds lists its own in its migrations, then calls grant_roles again).
+CREATE TABLE jobrunner.daemon_tables (
+    name text PRIMARY KEY
+);
+
 -- Grants the three roles (those that exist) what they need. Run by the migration,
 -- and again by an admin after creating the roles by hand. Idempotent. Returns
 -- the roles it granted to.
@@ -75,6 +81,7 @@ CREATE FUNCTION jobrunner.grant_roles() RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     granted text[] := '{}';
+    t regclass;
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'jobrunner_producer') THEN
         GRANT USAGE ON SCHEMA jobrunner TO jobrunner_producer;
@@ -100,11 +107,13 @@ BEGIN
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA jobrunner TO jobrunner_daemon;
         -- grant_roles itself is an admin's: it grants, the daemon never does.
         REVOKE EXECUTE ON FUNCTION jobrunner.grant_roles() FROM jobrunner_daemon;
-        GRANT SELECT, INSERT, UPDATE, DELETE ON
-            public.conversations, public.messages,
-            public.extraction_queries, public.extraction_results,
-            public.content_campaigns, public.content_posts
-            TO jobrunner_daemon;
+        -- The tables a layer of kinds keeps outside this schema, as its own
+        -- migrations listed them in jobrunner.daemon_tables; a dropped one is skipped.
+        FOR t IN SELECT to_regclass(name) FROM jobrunner.daemon_tables LOOP
+            IF t IS NOT NULL THEN
+                EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO jobrunner_daemon', t);
+            END IF;
+        END LOOP;
         granted := granted || 'jobrunner_daemon'::text;
     END IF;
     RETURN granted;

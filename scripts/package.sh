@@ -28,5 +28,5 @@ mkdir -p "$assets/man"
 gzip -9n "$assets"/man/*.1
 note "$(find "$assets" -type f | wc -l) files"
 
-step "cargo deb --no-build"
-cargo deb --no-build
+step "cargo deb --no-build -p jobrunner-bin"
+cargo deb --no-build -p jobrunner-bin

@@ -11,9 +11,12 @@
 //!   written within the same call.
 //!
 //! It never retries a permanent failure and never calls with an empty range.
+//! [`Backoff`] is the pause before the caller retries: the status writer and
+//! every runtime loop wait with it after a failure that may pass.
 
 use std::future::Future;
 use std::ops::Range;
+use std::time::Duration;
 
 /// What became of a batch after [`isolate`].
 #[derive(Debug)]
@@ -67,6 +70,48 @@ where
         }
     }
     out
+}
+
+/// A delay that doubles after each failure, up to a cap, and starts over after
+/// a success.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) const fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// After an error that may pass: 100 ms, doubling to 2 s.
+    pub(crate) const fn errors() -> Backoff {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// For a service that is away (Postgres for the ingester, Redis for one
+    /// queue's dispatch): 100 ms, doubling to 5 s.
+    pub(crate) const fn outage() -> Backoff {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The delay to wait now; the one after it is twice as long, up to the cap.
+    pub(crate) fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (now * 2).min(self.max);
+        now
+    }
+
+    /// Starts over from the first delay.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +188,19 @@ mod tests {
         let (out, calls) = run(0, &[], None);
         assert_eq!(calls, 0);
         assert!(out.done.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_doubles_to_its_cap_and_starts_over_after_a_reset() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let ms: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
     }
 }

@@ -1,15 +1,22 @@
-//! What admins do to one job, over both stores: cancel it and retry it. The CLI
-//! calls these (and the dashboard will), so the order of the writes and the
-//! events they send live in one place.
+//! What admins do, over both stores: cancel and retry a job, retry the dead ones,
+//! pause and resume a queue, run a cron schedule now. The CLI and the dashboard
+//! call these, so the order of the writes and the events they send live in one
+//! place.
 //!
 //! The ledger is written first (it is the record), then Redis. This module holds
 //! no SQL and no Redis commands of its own: it calls `ledger` and `broker`.
 
 use uuid::Uuid;
 
+use chrono::Utc;
+
 use crate::broker::{self, Broker, CancelOutcome, Leftover};
-use crate::config::EventsConfig;
-use crate::ledger::{self, Cancelled, Event, Ledger, Status};
+use crate::config::{self, Config, EventsConfig};
+use crate::ledger::{self, Cancelled, DeadFilter, Event, Ledger, Status};
+use crate::scheduler;
+
+/// Most rows one bulk retry statement touches.
+const BATCH: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,6 +38,12 @@ pub enum Error {
         "job {id} is {status} but Redis still holds it in a queue (an attempt may still be settling); try again in a moment"
     )]
     StillInRedis { id: Uuid, status: Status },
+    #[error("queue `{0}`: use 1 to 64 letters, digits, '-', '_' or '.'")]
+    BadQueue(String),
+    #[error("no cron schedule named `{name}`; configured: {configured}")]
+    NoSchedule { name: String, configured: String },
+    #[error("`{0}` fired at this very instant already; run it again")]
+    FiredAlready(String),
     #[error(transparent)]
     Ledger(#[from] ledger::Error),
     #[error(transparent)]
@@ -106,14 +119,58 @@ pub async fn retry(ledger: &Ledger, broker: &Broker, id: Uuid) -> Result<String>
     Ok(ledger.retry_job(id).await?)
 }
 
+/// Retries every dead job `filter` matches, a batch at a time; returns how many.
+pub async fn retry_dead(ledger: &Ledger, filter: &DeadFilter) -> Result<u64> {
+    Ok(ledger.retry_dead(filter, BATCH).await?)
+}
+
+/// Pauses a queue: recorded in the ledger first (so a Redis that comes back
+/// empty is paused again), then in Redis, where FETCH reads it.
+pub async fn pause(ledger: &Ledger, broker: &Broker, queue: &str) -> Result {
+    check_queue(queue)?;
+    ledger.pause_queue(queue).await?;
+    broker.pause(queue).await?;
+    Ok(())
+}
+
+/// Resumes a queue in both stores; false if it was not paused in either.
+pub async fn resume(ledger: &Ledger, broker: &Broker, queue: &str) -> Result<bool> {
+    check_queue(queue)?;
+    let in_ledger = ledger.resume_queue(queue).await?;
+    let in_redis = broker.resume(queue).await?;
+    Ok(in_ledger || in_redis)
+}
+
+/// Enqueues cron schedule `name`'s job now, recorded as a manual fire.
+pub async fn run_cron(ledger: &Ledger, config: &Config, name: &str) -> Result<Uuid> {
+    let Some(cron) = config.cron.get(name) else {
+        let names: Vec<&str> = config.cron.keys().map(String::as_str).collect();
+        return Err(Error::NoSchedule {
+            name: name.to_owned(),
+            configured: if names.is_empty() {
+                "none (the config has no [cron.NAME] tables)".to_owned()
+            } else {
+                names.join(", ")
+            },
+        });
+    };
+    ledger
+        .fire_cron(name, Utc::now(), &scheduler::job_of(cron), true)
+        .await?
+        .ok_or_else(|| Error::FiredAlready(name.to_owned()))
+}
+
+fn check_queue(queue: &str) -> Result {
+    if !config::valid_name(queue) {
+        return Err(Error::BadQueue(queue.to_owned()));
+    }
+    Ok(())
+}
+
 /// Publishes events outside the daemon, on the channels `events` turns on, in
-/// order. Returns a description of each channel that failed; an event is a
-/// notification and the ledger row stays the truth, so a failure is reported,
-/// not retried.
-///
-/// FIXME: the daemon's `runtime::events::Publisher::publish` does the same for
-/// its batches (with failure isolation and metrics); the two should become one
-/// function there, and this one should call it.
+/// order, the way the daemon does ([`crate::runtime::deliver`]). Returns a
+/// description of each failure; an event is a notification and the ledger row
+/// stays the truth, so a failure is reported, not retried.
 pub async fn publish(
     ledger: &Ledger,
     broker: &Broker,
@@ -121,19 +178,25 @@ pub async fn publish(
     batch: &[Event],
 ) -> Vec<String> {
     let json: Vec<String> = batch.iter().map(Event::to_json).collect();
+    let delivery = crate::runtime::deliver(ledger, broker, events, &json).await;
     let mut failed = Vec::new();
-    if events.redis
-        && let Err(error) = broker.publish_events(&json).await
-    {
-        failed.push(format!(
-            "publishing to Redis failed: {}",
-            crate::error_chain(&error)
-        ));
+    if let Some(out) = delivery.redis {
+        failed.extend(failures("publishing to Redis", out));
     }
-    if events.postgres
-        && let Err(error) = ledger.notify_events(&json).await
-    {
-        failed.push(format!("NOTIFY failed: {}", crate::error_chain(&error)));
+    if let Some(out) = delivery.postgres {
+        failed.extend(failures("NOTIFY", out));
     }
     failed
+}
+
+/// "`doing` failed: reason" for a channel's transient failure and each refused event.
+fn failures<E: std::error::Error + 'static>(
+    doing: &str,
+    out: crate::batch::Isolated<(), E>,
+) -> Vec<String> {
+    out.transient
+        .iter()
+        .chain(out.poison.iter().map(|(_, e)| e))
+        .map(|e| format!("{doing} failed: {}", crate::error_chain(e)))
+        .collect()
 }

@@ -17,7 +17,9 @@
 //! - [`pgtext`]: outside text made safe for Postgres (U+0000, invalid UTF-8).
 //! - [`redact`]: personal data in payloads and results shown as `[redacted]` outside the ledger.
 //! - [`cli`]: the command-line interface over the modules above.
+//! - [`arq`]: arq wire compatibility (the jobs arq's Python client enqueues) and its pickle codec.
 //! - [`batch`]: failure isolation for batched writes (split a failed batch to find the poison).
+//! - [`tls`]: what a refused TLS handshake means, for the errors of `ledger` and `broker`.
 //!
 //! The demo and the benchmark (`jobrunner demo`, `jobrunner bench`) are not part
 //! of the library: they are modules of the binary, added to the command line
@@ -25,6 +27,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod arq;
 pub mod batch;
 pub mod broker;
 pub mod cli;
@@ -39,6 +42,7 @@ pub mod redact;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tls;
 
 /// An error and all its sources on one line, `outer: inner: root`, for logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -256,13 +256,13 @@ mod tests {
     #[test]
     fn named_fields_of_every_array_element_are_redacted_and_the_rest_kept() {
         let r = rules(
-            "[kinds.message-processing]\n\
+            "[kinds.sms-inbound]\n\
              payload = [\"/webhook/entry/*/messages/*/from\", \"/webhook/entry/*/messages/*/text\"]\n",
         );
         let mut payload = json!({"tenant": "acme", "webhook": {"entry": [
             {"messages": [{"id": "m1", "from": "+15551234567", "text": {"body": "hello there"}},
                           {"id": "m2", "from": 15557654321u64}]}]}});
-        let removed = r.payload("message-processing", &mut payload);
+        let removed = r.payload("sms-inbound", &mut payload);
         assert_eq!(
             payload,
             json!({"tenant": "acme", "webhook": {"entry": [

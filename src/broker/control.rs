@@ -77,8 +77,15 @@ impl Broker {
         let reply = self
             .eval(
                 &self.scripts.cancel,
-                vec![k.ready(), k.delayed(), k.leases()],
-                vec![k.job(id), id.to_string(), k.cancel(), k.base().to_owned()],
+                vec![
+                    k.ready(),
+                    k.delayed(),
+                    k.leases(),
+                    k.job(id),
+                    k.ended(id),
+                    k.base().to_owned(),
+                ],
+                vec![id.to_string(), k.cancel()],
             )
             .await?;
         match reply.as_str().as_deref() {

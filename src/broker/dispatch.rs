@@ -92,8 +92,16 @@ impl Broker {
     /// Enqueues the way a Redis-only producer does (the documented script).
     /// Returns the new job's id.
     pub async fn enqueue(&self, job: &RedisEnqueue) -> Result<Uuid> {
-        let k = self.queue_keys(&job.queue);
         let id = Uuid::now_v7();
+        self.enqueue_with_id(job, id).await?;
+        Ok(id)
+    }
+
+    /// Enqueues with an id the caller chose, the way a producer may. Returns
+    /// false when a job with that id is already waiting in Redis (nothing is
+    /// changed then), so a repeated call is harmless.
+    pub async fn enqueue_with_id(&self, job: &RedisEnqueue, id: Uuid) -> Result<bool> {
+        let k = self.queue_keys(&job.queue);
         self.eval(
             &self.scripts.enqueue,
             vec![k.job(id), k.ingest()],
@@ -106,8 +114,8 @@ impl Broker {
                 job.delay_ms.to_string(),
             ],
         )
-        .await?;
-        Ok(id)
+        .await
+        .map(|reply| reply.as_u64() == Some(1))
     }
 
     pub async fn claim_ingest(&self, queue: &str, n: usize) -> Result<Claimed> {
@@ -115,8 +123,8 @@ impl Broker {
         let reply = self
             .eval(
                 &self.scripts.claim_ingest,
-                vec![k.ingest(), k.ingesting()],
-                vec![n.to_string(), k.job_prefix()],
+                vec![k.ingest(), k.ingesting(), k.job_prefix()],
+                vec![n.to_string()],
             )
             .await?;
         let bad = |detail: &str| Error::Reply {
@@ -157,19 +165,20 @@ impl Broker {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<Value> = vec![k.job_prefix().into(), k.wake().into()];
+        let mut keys: Vec<Key> = vec![k.ingesting().into(), k.ready().into(), k.delayed().into()];
+        let mut args: Vec<Value> = vec![k.wake().into()];
         for (entry, max_attempts, refused) in jobs {
+            // An entry may be any bytes a producer wrote, so its key is built as bytes.
+            let mut key = k.job_prefix().into_bytes();
+            key.extend_from_slice(entry);
+            keys.push(Key::from(key.as_slice()));
             args.push(Value::Bytes(entry.to_vec().into()));
             args.push(max_attempts.to_string().into());
             args.push(if *refused { "1" } else { "0" }.into());
         }
         self.scripts
             .promote_ingested
-            .evalsha_with_reload::<Value, _, _>(
-                self.pool.next(),
-                vec![k.ingesting(), k.ready(), k.delayed()],
-                args,
-            )
+            .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
             .await?;
         Ok(())
     }
@@ -177,10 +186,14 @@ impl Broker {
     /// Puts ledger jobs of one queue into Redis. Returns how many were new there.
     pub async fn dispatch(&self, queue: &str, jobs: &[Dispatch<'_>]) -> Result<i64> {
         let k = self.queue_keys(queue);
-        let mut args = Vec::with_capacity(2 + jobs.len() * 8);
-        args.push(k.job_prefix());
+        let mut keys = Vec::with_capacity(2 + jobs.len() * 2);
+        keys.push(k.ready());
+        keys.push(k.delayed());
+        let mut args = Vec::with_capacity(1 + jobs.len() * 8);
         args.push(k.wake());
         for j in jobs {
+            keys.push(k.job(j.id));
+            keys.push(k.ended(j.id));
             args.push(j.id.to_string());
             args.push(j.kind.to_owned());
             args.push(j.payload.to_owned());
@@ -190,9 +203,7 @@ impl Broker {
             args.push(j.run_ms.to_string());
             args.push(if j.revive { "1" } else { "0" }.to_owned());
         }
-        let reply = self
-            .eval(&self.scripts.dispatch, vec![k.ready(), k.delayed()], args)
-            .await?;
+        let reply = self.eval(&self.scripts.dispatch, keys, args).await?;
         reply.as_i64().ok_or_else(|| Error::Reply {
             script: "dispatch",
             detail: format!("{reply:?}"),
@@ -201,9 +212,13 @@ impl Broker {
 
     /// Which of `ids` (all of `queue`) Redis holds no copy of.
     pub async fn missing(&self, queue: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        let mut args = vec![self.queue_keys(queue).job_prefix()];
-        args.extend(ids.iter().map(Uuid::to_string));
-        let reply = self.eval(&self.scripts.missing, vec![], args).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = self.queue_keys(queue);
+        let keys = ids.iter().map(|id| k.job(*id)).collect();
+        let args = ids.iter().map(Uuid::to_string).collect();
+        let reply = self.eval(&self.scripts.missing, keys, args).await?;
         Ok(strings(reply, "missing")?
             .iter()
             .filter_map(|s| s.parse().ok())

@@ -1,11 +1,14 @@
 //! Every Redis key and channel name the daemon uses, built in one place.
 //!
 //! Keys of queue `q` share the hash tag `{q}` (`prefix:{q}:…`), so every key one
-//! script touches lies in one Redis Cluster slot. The scripts build the keys
-//! that depend on a job's kind or id (`inflight:<kind>`, `parked:<kind>`,
-//! `rate…`, `ended:<id>`, `job:<id>`) from [`QueueKeys::base`] passed in ARGV.
-//! A job hash holds kind, payload, attempts, max_attempts, token, run_ms, …;
-//! the FETCH script also keeps `parked_kinds` and `rate:<kind>[:<value>]`.
+//! script touches lies in one Redis Cluster slot, and a queue lives on one
+//! cluster master. Callers pass every key they can name in KEYS; the scripts that
+//! pop job ids build those jobs' keys from [`QueueKeys::base`] or
+//! [`QueueKeys::job_prefix`], passed in KEYS too (see `scripts`). A job hash
+//! holds kind, payload, attempts, max_attempts, token, run_ms, …; the FETCH
+//! script also keeps `parked_kinds` and `rate:<kind>[:<value>]`. Outside the
+//! queues there are only `prefix:workers` (one hash, routed by its own slot) and
+//! the `prefix:events` channel (pub/sub reaches every node of a cluster).
 //!
 //! **Invariant:** no other file formats a key or channel name by hand.
 
@@ -22,6 +25,38 @@ pub struct Keys {
 pub struct QueueKeys {
     /// `prefix:{queue}:`, the start of every key of the queue.
     base: String,
+}
+
+/// The keys arq's client writes and reads, which the arq bridge serves. They
+/// have no hash tag and no prefix of ours: arq names them, so arq queues need a
+/// standalone Redis (or a single-slot setup), never Redis Cluster.
+pub mod arq {
+    /// The zset of pending jobs' ids scored by due time (Unix ms): `arq:queue`
+    /// by default, or any name the producer gave as `_queue_name`.
+    pub fn job(id: &str) -> String {
+        format!("arq:job:{id}")
+    }
+
+    /// The serialized result record of a finished job.
+    pub fn result(id: &str) -> String {
+        format!("arq:result:{id}")
+    }
+
+    /// Set while the job runs (arq's `Job.status()` then says `in_progress`).
+    pub fn in_progress(id: &str) -> String {
+        format!("arq:in-progress:{id}")
+    }
+
+    /// arq's try counter, deleted with the job.
+    pub fn retry(id: &str) -> String {
+        format!("arq:retry:{id}")
+    }
+
+    /// The zset of job ids whose abort was asked for (`Job.abort()`).
+    pub const ABORT: &str = "arq:abort";
+
+    /// The key prefixes above, for the scripts that build keys from an id.
+    pub const JOB_PREFIX: &str = "arq:job:";
 }
 
 /// Which per-queue channel a pub/sub message came on.
@@ -49,11 +84,6 @@ impl Keys {
         QueueKeys {
             base: format!("{}:{{{queue}}}:", self.prefix),
         }
-    }
-
-    /// `prefix:epoch`: set once Redis has been seeded from the ledger.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
     }
 
     /// `prefix:workers`: the registry hash of live daemons.
@@ -105,6 +135,13 @@ impl QueueKeys {
     /// Zset of leased job ids, by lease deadline (Unix ms).
     pub fn leases(&self) -> String {
         self.key("leases")
+    }
+
+    /// Set once the queue's Redis node has been seeded from the ledger: one per
+    /// queue, so a cluster master that lost its data (or a replica promoted
+    /// before it had the marker) is noticed for the queues it holds.
+    pub fn epoch(&self) -> String {
+        self.key("epoch")
     }
 
     /// The fencing-token counter.

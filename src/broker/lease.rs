@@ -7,7 +7,7 @@ use std::time::Duration;
 use fred::types::scripts::Script;
 use uuid::Uuid;
 
-use super::{Broker, Error, Result, strings};
+use super::{Broker, Error, QueueKeys, Result, strings};
 
 /// A job leased to this daemon by [`Broker::fetch`].
 #[derive(Debug, Clone)]
@@ -78,11 +78,17 @@ impl Broker {
         let reply = self
             .eval(
                 &self.scripts.fetch,
-                vec![k.ready(), k.delayed(), k.leases(), k.fence(), k.paused()],
+                vec![
+                    k.ready(),
+                    k.delayed(),
+                    k.leases(),
+                    k.fence(),
+                    k.paused(),
+                    k.base().to_owned(),
+                ],
                 vec![
                     n.to_string(),
                     lease.as_millis().to_string(),
-                    k.job_prefix(),
                     limits.to_owned(),
                 ],
             )
@@ -124,10 +130,17 @@ impl Broker {
     }
 
     fn lease_args(&self, job: &Leased) -> Vec<String> {
-        vec![
-            self.queue_keys(&job.queue).job(job.id),
-            job.id.to_string(),
-            job.token.to_string(),
+        vec![job.id.to_string(), job.token.to_string()]
+    }
+
+    /// The keys a lease ends through: the job's hash and tombstone, and its
+    /// kind's concurrency keys (a slot it holds is given back).
+    fn ending_keys(k: &QueueKeys, job: &Leased) -> [String; 4] {
+        [
+            k.job(job.id),
+            k.ended(job.id),
+            k.inflight(&job.kind),
+            k.parked(&job.kind),
         ]
     }
 
@@ -145,15 +158,17 @@ impl Broker {
     /// [`Broker::complete`] for many jobs of one queue in one round trip.
     pub async fn complete_many(&self, queue: &str, jobs: &[&Leased]) -> Result<Vec<bool>> {
         let k = self.queue_keys(queue);
+        let mut keys = Vec::with_capacity(2 + jobs.len() * 4);
+        keys.push(k.leases());
+        keys.push(k.ready());
         let mut args = Vec::with_capacity(1 + jobs.len() * 2);
-        args.push(k.job_prefix());
+        args.push(k.wake());
         for job in jobs {
+            keys.extend(Self::ending_keys(&k, job));
             args.push(job.id.to_string());
             args.push(job.token.to_string());
         }
-        let reply = self
-            .eval(&self.scripts.complete, vec![k.leases()], args)
-            .await?;
+        let reply = self.eval(&self.scripts.complete, keys, args).await?;
         let flags = strings(reply, "complete")?;
         if flags.len() != jobs.len() {
             return Err(Error::Reply {
@@ -168,18 +183,20 @@ impl Broker {
         let k = self.queue_keys(&job.queue);
         let mut args = self.lease_args(job);
         args.push(delay.as_millis().to_string());
-        args.push(k.base().to_owned());
-        self.fenced(&self.scripts.retry, vec![k.leases(), k.delayed()], args)
-            .await
+        args.push(k.wake());
+        let mut keys = vec![k.leases(), k.delayed()];
+        keys.extend(Self::ending_keys(&k, job));
+        keys.push(k.ready());
+        self.fenced(&self.scripts.retry, keys, args).await
     }
 
     pub async fn release(&self, job: &Leased) -> Result<bool> {
         let k = self.queue_keys(&job.queue);
         let mut args = self.lease_args(job);
         args.push(k.wake());
-        args.push(k.base().to_owned());
-        self.fenced(&self.scripts.release, vec![k.leases(), k.ready()], args)
-            .await
+        let mut keys = vec![k.leases(), k.ready()];
+        keys.extend(Self::ending_keys(&k, job));
+        self.fenced(&self.scripts.release, keys, args).await
     }
 
     /// Extends the lease; false when it is no longer this attempt's. See
@@ -194,12 +211,14 @@ impl Broker {
         let reply = self
             .eval(
                 &self.scripts.reap,
-                vec![k.leases(), k.ready(), k.ingest(), k.ingesting()],
                 vec![
-                    k.job_prefix(),
-                    k.wake(),
-                    ingest_timeout.as_millis().to_string(),
+                    k.leases(),
+                    k.ready(),
+                    k.ingest(),
+                    k.ingesting(),
+                    k.base().to_owned(),
                 ],
+                vec![k.wake(), ingest_timeout.as_millis().to_string()],
             )
             .await?;
         let flat = strings(reply, "reap")?;
@@ -221,10 +240,11 @@ impl Broker {
     pub async fn heartbeat_checked(&self, job: &Leased, lease: Duration) -> Result<Heartbeat> {
         let mut args = self.lease_args(job);
         args.push(lease.as_millis().to_string());
+        let k = self.queue_keys(&job.queue);
         let reply = self
             .eval(
                 &self.scripts.heartbeat,
-                vec![self.queue_keys(&job.queue).leases()],
+                vec![k.leases(), k.job(job.id)],
                 args,
             )
             .await?;

@@ -5,12 +5,14 @@
 //! for a queue's layout), `dispatch` brings jobs in (producer enqueue, ingest
 //! claims, outbox dispatch), `lease` runs a job's lease (fetch, complete, retry,
 //! release, heartbeat, reap), `control` pauses, resumes, cancels and carries the
-//! flow limits, `registry` lists live daemons, `pubsub` publishes events and
+//! flow limits, `arq` reads and ends the jobs arq's client writes, `registry` lists live daemons, `pubsub` publishes events and
 //! subscribes, `stats` reads sizes back, and `scripts` holds the Lua text.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool.
 
+mod arq;
+mod connect;
 mod control;
 mod dispatch;
 mod keys;
@@ -29,6 +31,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 
+pub use arq::ArqDue;
 pub use control::{CancelOutcome, KindLimits, Limits, Window};
 pub use dispatch::{Claimed, Dispatch, INGEST_FIELDS, Ingest, Leftover, RedisEnqueue};
 pub use keys::{Keys, QueueChannel, QueueKeys};
@@ -40,12 +43,17 @@ pub use stats::{PoolStats, QueueStats, RedisJobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to Redis at {url}")]
+    #[error("cannot connect to Redis at {url}{}", hint.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
     Connect {
         url: String,
+        /// What failed, in the operator's terms, when a TLS handshake shows it
+        /// (a certificate from an unknown CA, for another name).
+        hint: Option<String>,
         #[source]
         source: fred::error::Error,
     },
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Config { url: String, reason: String },
     #[error("Redis command failed")]
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from Redis script {script}: {detail}")]
@@ -67,7 +75,7 @@ impl Error {
         use fred::error::ErrorKind as K;
         let e = match self {
             Error::Connect { .. } => return true,
-            Error::Reply { .. } => return false,
+            Error::Reply { .. } | Error::Config { .. } => return false,
             Error::Redis(e) => e,
         };
         match e.kind() {
@@ -116,6 +124,8 @@ pub struct Broker {
     builder: std::sync::Arc<Builder>,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    /// The arq bridge's scripts (`arq.rs`), apart from jobrunner's own.
+    arq: std::sync::Arc<arq::ArqScripts>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -130,9 +140,13 @@ fn script(body: &str) -> Script {
     Script::from_lua(scripts::source(body))
 }
 
-/// The full text of the producer enqueue script, as documented in PROTOCOL.md.
+/// The full text of the producer enqueue script, byte for byte as documented in
+/// PROTOCOL.md and shipped in the Python client (clients/python), so a
+/// producer's copy has the SHA1 of the daemon's (tests keep the three equal).
 pub fn enqueue_script_source() -> String {
     scripts::source(scripts::ENQUEUE)
+        .trim_start_matches('\n')
+        .to_owned()
 }
 
 impl Broker {
@@ -142,10 +156,10 @@ impl Broker {
         let url = config.url.to_string();
         let connect_err = |source| Error::Connect {
             url: url.clone(),
+            hint: None,
             source,
         };
-        let redis_config = Config::from_url(config.url.expose()).map_err(connect_err)?;
-        let mut builder = Builder::from_config(redis_config);
+        let mut builder = Builder::from_config(connect::client_config(config)?);
         let (min, max) = (
             config.reconnect_min_delay.as_millis().min(u32::MAX as u128) as u32,
             config.reconnect_max_delay.as_millis().min(u32::MAX as u128) as u32,
@@ -170,13 +184,19 @@ impl Broker {
                 p.default_command_timeout = config.command_timeout;
             });
         let pool = builder.build_pool(config.pool_size).map_err(connect_err)?;
-        pool.init().await.map_err(connect_err)?;
+        if let Err(source) = pool.init().await {
+            return Err(Error::Connect {
+                url,
+                hint: connect::diagnose(config).await,
+                source,
+            });
+        }
         Ok(Broker {
             pool,
             builder: std::sync::Arc::new(builder),
             keys: Keys::new(&config.key_prefix),
             scripts: std::sync::Arc::new(Scripts {
-                enqueue: script(scripts::ENQUEUE),
+                enqueue: Script::from_lua(enqueue_script_source()),
                 claim_ingest: script(scripts::CLAIM_INGEST),
                 promote_ingested: script(scripts::PROMOTE_INGESTED),
                 dispatch: script(scripts::DISPATCH),
@@ -190,6 +210,7 @@ impl Broker {
                 cancel: script(scripts::CANCEL),
                 publish_many: script(scripts::PUBLISH_MANY),
             }),
+            arq: std::sync::Arc::new(arq::ArqScripts::new()),
         })
     }
 
@@ -218,10 +239,11 @@ impl Broker {
             .await?)
     }
 
-    /// The epoch marker tells a seeded Redis from one that restarted empty. Returns
-    /// the current epoch, creating one (and reporting `true`) when none was there.
-    pub async fn epoch(&self) -> Result<(String, bool)> {
-        let key = self.keys.epoch();
+    /// The queue's epoch marker tells a seeded Redis (or cluster master) from one
+    /// that restarted empty. Returns the current epoch, creating one (and
+    /// reporting `true`) when none was there.
+    pub async fn epoch(&self, queue: &str) -> Result<(String, bool)> {
+        let key = self.queue_keys(queue).epoch();
         let fresh = Uuid::now_v7().to_string();
         let set: Option<String> = self
             .pool
@@ -235,13 +257,26 @@ impl Broker {
     }
 
     /// Deletes every key under this broker's prefix (the benchmark's clean-up).
-    /// Uses SCAN, so it never blocks the server.
+    /// Uses SCAN, so it never blocks the server; on a cluster it scans every
+    /// primary and deletes key by key (one DEL may not span slots).
     pub async fn delete_prefix(&self) -> Result<u64> {
         use fred::types::scan::Scanner;
         use futures::TryStreamExt;
         let pattern = self.keys.everything();
+        let client = self.pool.next();
         let mut deleted = 0;
-        let mut pages = self.pool.next().scan(pattern, Some(1000), None);
+        if client.is_clustered() {
+            let mut pages = client.scan_cluster(pattern, Some(1000), None);
+            while let Some(mut page) = pages.try_next().await? {
+                let keys = page.take_results().unwrap_or_default();
+                let dels = keys.into_iter().map(|k| self.pool.del::<u64, _>(k));
+                for n in futures::future::try_join_all(dels).await? {
+                    deleted += n;
+                }
+            }
+            return Ok(deleted);
+        }
+        let mut pages = client.scan(pattern, Some(1000), None);
         while let Some(mut page) = pages.try_next().await? {
             if let Some(keys) = page.take_results()
                 && !keys.is_empty()
@@ -250,6 +285,11 @@ impl Broker {
             }
         }
         Ok(deleted)
+    }
+
+    /// How the broker reaches Redis: one server, a cluster or Sentinel.
+    pub fn is_clustered(&self) -> bool {
+        self.pool.next().is_clustered()
     }
 }
 

@@ -10,18 +10,21 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::config::Config;
+use sqlx::migrate::Migration;
 
-/// `jobrunner --version`: the release, the commit it was built from and the
-/// newest migration it expects (build.rs finds both).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("JOBRUNNER_GIT_COMMIT"),
-    ", schema ",
-    env!("JOBRUNNER_SCHEMA_VERSION"),
-    ")"
-);
+use crate::config::{Claim, Config};
+use crate::jobs::Registry;
+
+/// `jobrunner --version`: the release, the commit it was built from (build.rs
+/// finds it) and the newest migration it expects, the layer's included.
+pub fn version<L: Layer>() -> String {
+    format!(
+        "{} (commit {}, schema {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("JOBRUNNER_GIT_COMMIT"),
+        crate::ledger::schema_version(&L::migrations())
+    )
+}
 
 /// Printed below every `--help`: the variables that change what a command does.
 const ENVIRONMENT_HELP: &str = "\
@@ -29,6 +32,12 @@ Environment:
   JOBRUNNER_CONFIG        Config file, as --config
   JOBRUNNER_DATABASE_URL  Postgres URL (else DATABASE_URL); overrides database.url
   JOBRUNNER_REDIS_URL     Redis URL (else REDIS_URL); overrides redis.url
+  JOBRUNNER_DATABASE_PASSWORD_FILE, JOBRUNNER_REDIS_PASSWORD_FILE
+                          Password files; override database/redis.password_file
+  CREDENTIALS_DIRECTORY   Set by systemd (LoadCredential=): a password_file
+                          given as a bare name is read from it
+  PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY
+                          Postgres TLS, for what the URL does not say
   RUST_LOG                Log filter, e.g. jobrunner=debug; overrides log.level
 
 Exit codes: 0 success, 1 error, 2 usage error, 3 `status --wait` saw the job end other than succeeded";
@@ -36,7 +45,6 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 `status --wait` saw the job end
 #[derive(Debug, Parser)]
 #[command(
     name = "jobrunner",
-    version = VERSION,
     about = "A background job-runner daemon: Postgres ledger, Redis dispatch",
     after_help = ENVIRONMENT_HELP
 )]
@@ -135,8 +143,8 @@ pub enum Command<L: Layer = NoLayer> {
 
 #[derive(Debug, Args)]
 pub struct EnqueueCommand {
-    /// The job's kind: a built-in one (noop, sleep, content-generation, …) or one
-    /// configured under [kinds.NAME].
+    /// The job's kind: a built-in one (noop, sleep, …), one the binary adds, or
+    /// one configured under [kinds.NAME].
     pub(super) kind: String,
     /// The payload as JSON; `-` reads it from standard input.
     #[arg(long, default_value = "{}", value_name = "JSON")]
@@ -192,10 +200,11 @@ pub enum CompletionShell {
     Fish,
 }
 
-/// Subcommands that a layer above the core adds to `jobrunner`: the binary adds
-/// the demo and the benchmark this way, and a user's own binary can add its commands the same
-/// way. They are parsed with the core's, show in its help, completions and man
-/// pages, and run after the config is loaded and telemetry is installed.
+/// What a layer above the core adds to `jobrunner`: subcommands, and kinds with
+/// their config sections and tables. The binary adds the demo, the benchmark and
+/// the business kinds this way, and a user's own binary can add its own the same
+/// way. The subcommands are parsed with the core's, show in its help, completions
+/// and man pages, and run after the config is loaded and telemetry is installed.
 pub trait Layer: Subcommand + std::fmt::Debug + Send + 'static {
     /// Where this command's log goes, at info, when it runs a daemon whose lines
     /// would get in the way of what it prints (the demo); `None`: stderr, at warn
@@ -205,6 +214,31 @@ pub trait Layer: Subcommand + std::fmt::Debug + Send + 'static {
     }
 
     fn run(self, config: Config) -> impl Future<Output = anyhow::Result<ExitCode>> + Send;
+
+    /// The top-level config sections the layer's kinds read; the file may hold
+    /// them (and no other unknown table).
+    fn sections() -> Vec<Claim> {
+        Vec::new()
+    }
+
+    /// Adds the layer's kinds to the registry the daemon runs, after the core's
+    /// own and before the kinds an admin configured with a generic handler.
+    fn register(_config: &Config, _registry: &mut Registry) {}
+
+    /// The migrations of the layer's own tables: `jobrunner migrate` applies them
+    /// with the ledger's, and the daemon does not start until they are applied.
+    fn migrations() -> Vec<Migration> {
+        Vec::new()
+    }
+}
+
+/// The registry of the daemon that `run` starts: the core's kinds and the layer's,
+/// with the layer's migrations.
+pub fn registry<L: Layer>(config: &Config) -> Registry {
+    Registry::builtin_with(config, |registry| {
+        L::register(config, registry);
+        registry.add_migrations(L::migrations());
+    })
 }
 
 /// The command line of the core alone, with no layer's commands.
@@ -225,7 +259,7 @@ pub fn command<L: Layer>() -> clap::Command {
             .after_help(ENVIRONMENT_HELP)
             .mut_subcommands(with_notes)
     }
-    with_notes(Cli::<L>::command())
+    with_notes(Cli::<L>::command().version(version::<L>()))
 }
 
 /// Parses the process's arguments; on a usage error prints it and exits 2.

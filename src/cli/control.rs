@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::broker::{Broker, CancelOutcome};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::control::{self, Cancel};
 use crate::ledger::Ledger;
 
@@ -80,12 +80,11 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
 }
 
 pub async fn pause(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode> {
-    check_queue(&args.queue)?;
     let ledger = Ledger::connect(&config.database).await?;
-    ledger.pause_queue(&args.queue).await?;
     let broker = Broker::connect(&config.redis).await?;
-    broker.pause(&args.queue).await?;
+    let paused = control::pause(&ledger, &broker, &args.queue).await;
     broker.quit().await;
+    paused?;
     if args.json {
         println!("{}", json!({ "queue": args.queue, "paused": true }));
     } else {
@@ -98,13 +97,11 @@ pub async fn pause(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn resume(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode> {
-    check_queue(&args.queue)?;
     let ledger = Ledger::connect(&config.database).await?;
-    let in_ledger = ledger.resume_queue(&args.queue).await?;
     let broker = Broker::connect(&config.redis).await?;
-    let in_redis = broker.resume(&args.queue).await?;
+    let resumed = control::resume(&ledger, &broker, &args.queue).await;
     broker.quit().await;
-    let was_paused = in_ledger || in_redis;
+    let was_paused = resumed?;
     if args.json {
         println!(
             "{}",
@@ -116,11 +113,4 @@ pub async fn resume(config: Config, args: QueueArgs) -> anyhow::Result<ExitCode>
         println!("Queue {} was not paused", args.queue);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn check_queue(queue: &str) -> anyhow::Result<()> {
-    if !config::valid_name(queue) {
-        anyhow::bail!("queue `{queue}`: use 1 to 64 letters, digits, '-', '_' or '.'");
-    }
-    Ok(())
 }

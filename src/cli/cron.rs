@@ -2,14 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::config::{self, Config, CronConfig};
+use crate::config::{Config, CronConfig};
 use crate::ledger::{CronFire, Ledger};
-use crate::scheduler;
 
 #[derive(Debug, Subcommand)]
 pub enum CronCommand {
@@ -53,23 +52,7 @@ pub async fn run(config: Config, command: CronCommand) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         CronCommand::Run { name, json } => {
-            let Some(cron) = config.cron.get(&name) else {
-                let names: Vec<&str> = config.cron.keys().map(String::as_str).collect();
-                if names.is_empty() {
-                    bail!("no cron schedule named `{name}`: the config has no [cron.NAME] tables");
-                }
-                bail!(
-                    "no cron schedule named `{name}`; configured: {}",
-                    names.join(", ")
-                );
-            };
-            let id = ledger
-                .fire_cron(&name, Utc::now(), &scheduler::job_of(cron), true)
-                .await
-                .context("enqueueing the schedule's job")?
-                .with_context(|| {
-                    format!("`{name}` fired at this very instant already; run it again")
-                })?;
+            let id = crate::control::run_cron(&ledger, &config, &name).await?;
             if json {
                 println!("{}", json!({ "name": name, "id": id }));
             } else {
@@ -98,22 +81,14 @@ impl Row {
         last: Option<&CronFire>,
         now: DateTime<Utc>,
     ) -> Row {
-        let queue = cron
-            .queue
-            .clone()
-            .or_else(|| config.kinds.get(&cron.kind).map(|k| k.queue.clone()))
-            .unwrap_or_else(|| config::DEFAULT_QUEUE.to_owned());
-        let next = cron
-            .enabled
-            .then(|| cron.parse_schedule().ok())
-            .flatten()
-            .and_then(|s| {
-                let next = s.next_after(now)?;
-                let local = next
-                    .with_timezone(&s.zone())
-                    .to_rfc3339_opts(SecondsFormat::Secs, true);
-                Some((local, next))
-            });
+        let queue = crate::scheduler::queue_of(config, cron);
+        let next = crate::scheduler::next_fire(cron, now).and_then(|next| {
+            let zone = cron.parse_schedule().ok()?.zone();
+            let local = next
+                .with_timezone(&zone)
+                .to_rfc3339_opts(SecondsFormat::Secs, true);
+            Some((local, next))
+        });
         Row {
             name: name.to_owned(),
             cron: cron.clone(),

@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::jobs::Registry;
 use crate::ledger::Ledger;
 use crate::runtime::Daemon;
 
 /// The daemon: start, tell systemd it is ready, reload on SIGHUP, drain on
 /// SIGTERM/SIGINT, exit 0.
-pub(super) async fn run_daemon(
+pub(super) async fn run_daemon<L: super::Layer>(
     config: Config,
     path: Option<&std::path::Path>,
     migrate: bool,
@@ -24,13 +23,19 @@ pub(super) async fn run_daemon(
     let notifier = crate::runtime::Notifier::from_env();
     if migrate {
         let ledger = Ledger::connect(&config.database).await?;
-        ledger.migrate().await.context("applying migrations")?;
+        let layers = L::migrations();
+        ledger
+            .migrate(&layers)
+            .await
+            .context("applying migrations")?;
         tracing::info!(
-            version = crate::ledger::schema_version(),
+            version = crate::ledger::schema_version(&layers),
             "Migrations applied"
         );
     }
-    let registry = Registry::builtin(&config);
+    crate::arq::check(&config)
+        .map_err(|problems| anyhow::anyhow!("invalid [arq] section:\n{problems}"))?;
+    let registry = super::registry::<L>(&config);
     let daemon = Daemon::start_notifying(config, registry, notifier.clone()).await?;
     notifier.ready();
     let shutdown = daemon.shutdown_token();
@@ -45,7 +50,7 @@ pub(super) async fn run_daemon(
     });
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&daemon, path, &notifier),
+            _ = hangup.recv() => reload::<L>(&daemon, path, &notifier),
             _ = draining.cancelled() => break,
         }
     }
@@ -55,9 +60,13 @@ pub(super) async fn run_daemon(
 
 /// SIGHUP: read the same file (and environment) again and apply it. A file that
 /// does not load is logged and changes nothing; the daemon keeps running.
-fn reload(daemon: &Daemon, path: Option<&std::path::Path>, notifier: &crate::runtime::Notifier) {
+fn reload<L: super::Layer>(
+    daemon: &Daemon,
+    path: Option<&std::path::Path>,
+    notifier: &crate::runtime::Notifier,
+) {
     notifier.reloading();
-    match Config::load(path, &crate::jobs::sections()) {
+    match Config::load(path, &super::sections::<L>()) {
         Ok(new) => {
             let origin = new.origin.clone();
             let report = daemon.reload(new);

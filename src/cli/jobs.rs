@@ -126,6 +126,7 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
         status: args.status,
         kind: args.kind,
         since: args.since,
+        before: None,
         limit: args.limit,
     };
     let jobs = ledger.list_jobs(&filter).await.context("listing jobs")?;
@@ -301,8 +302,7 @@ pub async fn retry(config: Config, args: RetryArgs) -> anyhow::Result<ExitCode> 
         queue: args.queue,
         kind: args.kind,
     };
-    let n = ledger
-        .retry_dead(&filter, BATCH)
+    let n = crate::control::retry_dead(&ledger, &filter)
         .await
         .context("retrying dead jobs")?;
     if args.json {

@@ -21,7 +21,8 @@ mod table;
 
 pub(crate) use args::parse_job_id;
 pub use args::{
-    Cli, Command, CompletionShell, EnqueueCommand, Layer, NoLayer, VERSION, Via, command, parse,
+    Cli, Command, CompletionShell, EnqueueCommand, Layer, NoLayer, Via, command, parse, registry,
+    version,
 };
 pub use table::{job_rows, job_table, key_value_table};
 
@@ -46,7 +47,7 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         // Everything else reads the config.
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref(), &crate::jobs::sections())?;
+    let config = Config::load(cli.config.as_deref(), &sections::<L>())?;
     let log_file = match &cli.command {
         Command::Layer(layer) => layer.log_file(),
         _ => None,
@@ -70,9 +71,9 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Run { migrate } => {
-            daemon::run_daemon(config, cli.config.as_deref(), migrate).await
+            daemon::run_daemon::<L>(config, cli.config.as_deref(), migrate).await
         }
-        Command::Migrate { check, json } => migrate(config, check, json).await,
+        Command::Migrate { check, json } => migrate(config, &L::migrations(), check, json).await,
         Command::Enqueue(args) => enqueue(config, args).await,
         Command::Status {
             id,
@@ -82,9 +83,19 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
         } => status(config, id, json, wait, timeout).await,
         Command::Layer(layer) => layer.run(config).await,
         Command::Config { json } => {
+            // Validated at load, so the URL reads; the topology is shown beside
+            // the settings, not as one of them.
+            let topology = crate::config::RedisTopology::of_url(config.redis.url.expose()).ok();
             if json {
-                println!("{}", serde_json::to_string_pretty(&config.to_json()?)?);
+                let mut doc = config.to_json()?;
+                if let (Some(t), Some(map)) = (&topology, doc.as_object_mut()) {
+                    map.insert("redis_topology".into(), serde_json::to_value(t)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
+                if let Some(t) = &topology {
+                    println!("# Redis: {t}");
+                }
                 print!("{}", config.to_toml());
             }
             Ok(ExitCode::SUCCESS)
@@ -107,11 +118,16 @@ pub async fn run<L: Layer>(cli: Cli<L>) -> anyhow::Result<ExitCode> {
 
 /// `migrate`: apply pending migrations; `migrate --check`: only say whether any
 /// is pending (exit 1 with the reason on one line if so), for deploy scripts.
-async fn migrate(config: Config, check: bool, json: bool) -> anyhow::Result<ExitCode> {
+async fn migrate(
+    config: Config,
+    layers: &[sqlx::migrate::Migration],
+    check: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
-    let needed = crate::ledger::schema_version();
+    let needed = crate::ledger::schema_version(layers);
     if !check {
-        ledger.migrate().await?;
+        ledger.migrate(layers).await?;
         if json {
             println!("{}", json!({ "schema_version": needed, "current": true }));
         } else {
@@ -119,7 +135,7 @@ async fn migrate(config: Config, check: bool, json: bool) -> anyhow::Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
-    match ledger.check_schema().await {
+    match ledger.check_schema(layers).await {
         Ok(()) => {
             if json {
                 println!("{}", json!({ "schema_version": needed, "current": true }));
@@ -333,6 +349,14 @@ impl EnqueueCommand {
     }
 }
 
+/// The config sections the command line reads besides the core's own: the
+/// layer's (its kinds') and `[arq]`.
+pub fn sections<L: Layer>() -> Vec<crate::config::Claim> {
+    let mut claims = L::sections();
+    claims.extend(crate::arq::sections());
+    claims
+}
+
 #[cfg(test)]
 mod tests {
     use clap::ValueEnum;
@@ -380,6 +404,10 @@ mod tests {
                 "JOBRUNNER_REDIS_URL",
                 "REDIS_URL",
                 "JOBRUNNER_CONFIG",
+                "JOBRUNNER_DATABASE_PASSWORD_FILE",
+                "JOBRUNNER_REDIS_PASSWORD_FILE",
+                "CREDENTIALS_DIRECTORY",
+                "PGSSLMODE",
                 "RUST_LOG",
             ] {
                 assert!(help.contains(var), "{} --help lacks {var}", sub.get_name());
@@ -389,11 +417,14 @@ mod tests {
 
     #[test]
     fn the_version_names_the_commit_and_the_schema_the_binary_expects() {
-        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")), "{VERSION}");
-        assert!(VERSION.contains(" (commit "), "{VERSION}");
-        // build.rs reads migrations/ on its own; it must agree with the migrator.
-        let schema = format!(", schema {})", crate::ledger::schema_version());
-        assert!(VERSION.ends_with(&schema), "{VERSION} vs {schema}");
+        let version = version::<NoLayer>();
+        assert!(version.starts_with(env!("CARGO_PKG_VERSION")), "{version}");
+        assert!(version.contains(" (commit "), "{version}");
+        let schema = format!(", schema {})", crate::ledger::schema_version(&[]));
+        assert!(version.ends_with(&schema), "{version} vs {schema}");
+        let mut command = command::<NoLayer>();
+        command.build();
+        assert_eq!(command.get_version(), Some(version.as_str()));
     }
 
     #[test]

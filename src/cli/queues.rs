@@ -39,9 +39,16 @@ struct QueueView {
     /// Seconds since the oldest waiting job became due.
     oldest_waiting_secs: Option<i64>,
     paused: bool,
-    /// Jobs in the queue's Redis ready set (dispatched, not yet fetched).
-    redis_ready: i64,
+    /// Jobs in the queue's Redis ready set (dispatched, not yet fetched); absent
+    /// when the queue's Redis did not answer.
+    redis_ready: Option<i64>,
+    /// Why the queue's Redis (its cluster master) could not be read, if it could
+    /// not: one queue's trouble is shown on its own row.
+    redis_error: Option<String>,
 }
+
+/// How long one queue's Redis read may take before its row says so.
+const REDIS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::connect(&config.database).await?;
@@ -51,18 +58,47 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
         .queue_counts(&configured)
         .await
         .context("counting jobs per queue")?;
+    let paused = ledger
+        .paused_queues()
+        .await
+        .context("reading paused queues")?;
     let now = Utc::now();
+    // Each queue's Redis is read on its own, side by side: a cluster master that
+    // is down shows on its queues' rows and delays no other.
+    let reads = counts.iter().map(|c| {
+        let broker = &broker;
+        async move {
+            let read = async {
+                let paused = broker.paused(&c.queue).await?;
+                let (ready, ..) = broker.depth(&c.queue).await?;
+                Ok::<_, crate::broker::Error>((paused, ready))
+            };
+            match tokio::time::timeout(REDIS_READ_TIMEOUT, read).await {
+                Ok(Ok(read)) => Ok(read),
+                Ok(Err(error)) => Err(crate::error_chain(&error)),
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(REDIS_READ_TIMEOUT)
+                )),
+            }
+        }
+    });
+    let depths = futures::future::join_all(reads).await;
     let mut views = Vec::with_capacity(counts.len());
-    for c in counts {
-        let paused = broker.paused(&c.queue).await?;
-        let (redis_ready, ..) = broker.depth(&c.queue).await?;
+    for (c, depth) in counts.into_iter().zip(depths) {
         views.push(QueueView {
             oldest_waiting_secs: c
                 .oldest_waiting_since
                 .map(|t| now.signed_duration_since(t).num_seconds().max(0)),
+            // What daemons obey is the pause in Redis; the ledger's record of
+            // it stands in while the queue's Redis does not answer.
+            paused: match &depth {
+                Ok((paused, _)) => *paused,
+                Err(_) => paused.contains(&c.queue),
+            },
+            redis_ready: depth.as_ref().ok().map(|(_, ready)| *ready),
+            redis_error: depth.err(),
             counts: c,
-            paused,
-            redis_ready,
         });
     }
     broker.quit().await;
@@ -88,7 +124,11 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
                 v.oldest_waiting_secs.map_or("-".into(), age),
                 c.succeeded_last_minute.to_string(),
                 c.dead_last_minute.to_string(),
-                v.redis_ready.to_string(),
+                v.redis_ready.map_or("-".into(), |n| n.to_string()),
+                match &v.redis_error {
+                    None => "ok".to_owned(),
+                    Some(e) => format!("error: {e}"),
+                },
             ]
         })
         .collect();
@@ -107,6 +147,7 @@ pub async fn queues(config: Config, args: QueuesArgs) -> anyhow::Result<ExitCode
                 "OK LAST MIN",
                 "DEAD LAST MIN",
                 "IN REDIS",
+                "REDIS",
             ],
             rows,
         )

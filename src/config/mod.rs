@@ -21,6 +21,8 @@ mod schedule;
 mod secret;
 mod sections;
 mod services;
+mod tls;
+mod topology;
 mod validate;
 
 pub use cron::{CatchUp, CronConfig};
@@ -33,7 +35,9 @@ pub use runtime::{LogConfig, LogFormat, QueueConfig, RuntimeConfig};
 pub use schedule::{Schedule, ScheduleError};
 pub use secret::{Secret, SecretUrl, redact_url, with_secrets_exposed};
 pub use sections::{Claim, Section};
-pub use services::{DatabaseConfig, RedisConfig};
+pub use services::{CREDENTIALS_DIRECTORY, CredentialError, DatabaseConfig, RedisConfig};
+pub use tls::{PgTls, RedisTls, RootCert, SslMode, redis_url_uses_tls};
+pub use topology::{RedisTopology, TopologyKind};
 use validate::NAME_RULE;
 pub use validate::valid_name;
 
@@ -145,7 +149,7 @@ impl Config {
         };
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
-        config.check_environment(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))?;
+        config.check_environment(|name| std::env::var(name).ok())?;
         Ok(config)
     }
 
@@ -221,7 +225,11 @@ impl Config {
     }
 
     /// `JOBRUNNER_DATABASE_URL` / `JOBRUNNER_REDIS_URL` win, then `DATABASE_URL` /
-    /// `REDIS_URL`. The lookup is a parameter so tests need not touch the process env.
+    /// `REDIS_URL`; `JOBRUNNER_DATABASE_PASSWORD_FILE` and
+    /// `JOBRUNNER_REDIS_PASSWORD_FILE` set the password files. A password file
+    /// given as a bare name is a systemd credential, found in
+    /// `$CREDENTIALS_DIRECTORY`. The lookup is a parameter so tests need not
+    /// touch the process env.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         let pick = |a: &str, b: &str| var(a).or_else(|| var(b)).filter(|v| !v.is_empty());
         if let Some(url) = pick("JOBRUNNER_DATABASE_URL", "DATABASE_URL") {
@@ -229,6 +237,20 @@ impl Config {
         }
         if let Some(url) = pick("JOBRUNNER_REDIS_URL", "REDIS_URL") {
             self.redis.url = url.into();
+        }
+        let file = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(path) = file("JOBRUNNER_DATABASE_PASSWORD_FILE") {
+            self.database.password_file = Some(path);
+        }
+        if let Some(path) = file("JOBRUNNER_REDIS_PASSWORD_FILE") {
+            self.redis.password_file = Some(path);
+        }
+        let credentials = var(CREDENTIALS_DIRECTORY).filter(|v| !v.is_empty());
+        for path in [
+            &mut self.database.password_file,
+            &mut self.redis.password_file,
+        ] {
+            services::resolve_credential(path, credentials.as_deref());
         }
     }
 
@@ -344,6 +366,104 @@ mod tests {
     }
 
     #[test]
+    fn a_password_file_by_bare_name_is_a_systemd_credential() {
+        let mut config = Config::from_toml(
+            "[database]\npassword_file = \"db-password\"\n[redis]\npassword_file = \"/etc/jobrunner/redis-password\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        config.database.url = "postgres://app@db/jobs".into();
+        let unresolved = config.validate().unwrap_err().to_string();
+        assert!(
+            unresolved.contains("key `database.password_file`")
+                && unresolved.contains("$CREDENTIALS_DIRECTORY"),
+            "{unresolved}"
+        );
+        config.apply_env(|name| {
+            (name == "CREDENTIALS_DIRECTORY").then(|| "/run/credentials/jobrunner.service".into())
+        });
+        assert_eq!(
+            config.database.password_file.as_deref(),
+            Some(Path::new("/run/credentials/jobrunner.service/db-password"))
+        );
+        assert_eq!(
+            config.redis.password_file.as_deref(),
+            Some(Path::new("/etc/jobrunner/redis-password")),
+            "an absolute path stays as it is"
+        );
+        config.validate().unwrap();
+        config.apply_env(|name| {
+            (name == "JOBRUNNER_REDIS_PASSWORD_FILE").then(|| "/elsewhere/pw".into())
+        });
+        assert_eq!(
+            config.redis.password_file.as_deref(),
+            Some(Path::new("/elsewhere/pw"))
+        );
+    }
+
+    #[test]
+    fn a_password_given_twice_or_tls_settings_on_a_plain_url_are_refused() {
+        for (text, key) in [
+            (
+                "[database]\nurl = \"postgres://a:pw@db/x\"\npassword_file = \"/pw\"\n",
+                "database.password_file",
+            ),
+            (
+                "[redis]\nurl = \"rediss://:pw@cache\"\npassword = \"again\"\n",
+                "redis.password",
+            ),
+            (
+                "[redis]\npassword = \"a\"\npassword_file = \"/pw\"\n",
+                "redis.password_file",
+            ),
+            (
+                "[redis]\nurl = \"rediss://worker@cache\"\nusername = \"other\"\n",
+                "redis.username",
+            ),
+            (
+                "[redis]\nurl = \"redis://cache:6379\"\n[redis.tls]\nca_file = \"/ca.pem\"\n",
+                "redis.tls",
+            ),
+            (
+                "[redis]\nurl = \"rediss://cache\"\n[redis.tls]\ncert_file = \"/c.pem\"\n",
+                "redis.tls.key_file",
+            ),
+        ] {
+            let err = invalid(text);
+            assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
+        }
+        let plain = invalid(
+            "[redis]\nurl = \"redis://cache:6379\"\n[redis.tls]\nverify_server_name = false\n",
+        );
+        assert!(plain.contains("use rediss://"), "{plain}");
+    }
+
+    #[test]
+    fn a_bad_pgsslmode_or_a_missing_certificate_stops_start_up() {
+        let config = Config::from_toml(
+            "[database]\nurl = \"postgres://app@db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let err = config.check_environment(|_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("key `database.url`")
+                && err.contains("sslrootcert `/nonexistent/ca.pem` cannot be read"),
+            "{err}"
+        );
+        let config = Config::from_toml("", "c.toml").unwrap();
+        let err = config
+            .check_environment(|name| (name == "PGSSLMODE").then(|| "verify".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("$PGSSLMODE: `verify` is not an sslmode"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_duration_key_accepts_the_same_forms_and_names_a_bad_one() {
         let config = Config::from_toml(
             "[runtime]\nlease = \"1m 30s\"\npoll_interval = \"250ms\"\ndrain_timeout = \"2h\"\n",
@@ -419,12 +539,14 @@ mod tests {
         )
         .unwrap();
         config.validate().unwrap();
-        let text = config.check_environment(|_| false).unwrap_err().to_string();
+        let text = config.check_environment(|_| None).unwrap_err().to_string();
         assert_eq!(
             text,
             "config k.toml: key `kinds.m.http.hmac_secret_env`: the environment variable `HOOK_KEY` is not set or is empty"
         );
-        config.check_environment(|name| name == "HOOK_KEY").unwrap();
+        config
+            .check_environment(|name| (name == "HOOK_KEY").then(|| "k".to_owned()))
+            .unwrap();
     }
 
     #[test]

@@ -1,21 +1,40 @@
 //! Settings of the daemon's observability surface: `[admin]` (the HTTP listener
-//! for health, metrics, job lookups and live events) and `[events]` (where status
-//! changes are published).
+//! for health, metrics, job lookups, live events and the dashboard, and who may
+//! use it) and `[events]` (where status changes are published).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 /// The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/jobs/{id}`,
-/// `/events`.
+/// `/events`, the dashboard at `/` and its actions.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// `false` (or an empty `listen`) turns the listener off.
     pub enabled: bool,
-    /// Address and port to listen on. Loopback by default: the endpoints carry no
-    /// authentication, so expose them beyond the machine only on purpose.
+    /// Address and port to listen on. Loopback by default. Without `tokens_file`
+    /// only a loopback address is accepted: the endpoints would be open to anyone
+    /// who can reach them.
     pub listen: String,
+    /// A file of bearer tokens, one `SCOPE TOKEN` per line (`read` or `admin`).
+    /// Without it every reading endpoint is open (on loopback only) and nothing
+    /// that changes state is served.
+    pub tokens_file: Option<PathBuf>,
+    /// `true` puts `/metrics` behind a `read` token too (it is open by default, for
+    /// scrapers that send none).
+    pub metrics_need_token: bool,
+    /// Host names (the `Host` header without its port) the listener answers to.
+    /// Empty: any name when tokens are configured, only loopback names (and the
+    /// listen address) when they are not, which keeps a web page that rebinds its
+    /// own domain to 127.0.0.1 from reading the endpoints.
+    pub hosts: Vec<String>,
+    /// A PEM certificate chain; with `tls_key`, the listener speaks HTTPS only
+    /// (and marks the dashboard's session cookie `Secure`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Publishing of job status changes to other processes.
@@ -36,6 +55,11 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: "127.0.0.1:9187".to_owned(),
+            tokens_file: None,
+            metrics_need_token: false,
+            hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -60,13 +84,47 @@ impl AdminConfig {
 
     /// (key, reason) of the first bad setting.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
-        if self.enabled && !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+        if !self.enabled || self.listen.is_empty() {
+            return Ok(());
+        }
+        let Ok(addr) = self.listen.parse::<SocketAddr>() else {
             return Err((
                 "admin.listen".into(),
                 format!(
                     "`{}` is not an address and port like 127.0.0.1:9187 or [::1]:9187 (use \"\" to turn the listener off)",
                     self.listen
                 ),
+            ));
+        };
+        if !addr.ip().is_loopback() && self.tokens_file.is_none() {
+            return Err((
+                "admin.listen".into(),
+                format!(
+                    "`{}` is not a loopback address and admin.tokens_file is not set: the job payloads and \
+                     events would be open to anyone who can reach it; set admin.tokens_file, or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_none() {
+                "admin.tls_cert"
+            } else {
+                "admin.tls_key"
+            };
+            return Err((
+                missing.into(),
+                "set both admin.tls_cert and admin.tls_key, or neither".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains([':', '/', ' ']) && !h.starts_with('['))
+        {
+            return Err((
+                "admin.hosts".into(),
+                format!("`{bad}` is not a host name (give names without a port or scheme)"),
             ));
         }
         Ok(())
@@ -90,6 +148,7 @@ mod tests {
         let off = AdminConfig {
             enabled: false,
             listen: "nonsense".into(),
+            ..AdminConfig::default()
         };
         assert_eq!(off.address(), None);
         assert!(off.validate().is_ok());
@@ -104,5 +163,42 @@ mod tests {
         let (key, reason) = bad.validate().unwrap_err();
         assert_eq!(key, "admin.listen");
         assert!(reason.contains("localhost:9187"), "{reason}");
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        let half = AdminConfig {
+            tls_cert: Some("/etc/jobrunner/admin.crt".into()),
+            ..AdminConfig::default()
+        };
+        let (key, reason) = half.validate().unwrap_err();
+        assert_eq!(key, "admin.tls_key");
+        assert!(reason.contains("both"), "{reason}");
+        let whole = AdminConfig {
+            tls_key: Some("/etc/jobrunner/admin.key".into()),
+            ..half
+        };
+        assert!(whole.validate().is_ok());
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_tokens() {
+        let open = AdminConfig {
+            listen: "0.0.0.0:9187".into(),
+            ..AdminConfig::default()
+        };
+        let (key, reason) = open.validate().unwrap_err();
+        assert_eq!(key, "admin.listen");
+        assert!(reason.contains("admin.tokens_file"), "{reason}");
+        let guarded = AdminConfig {
+            tokens_file: Some("/etc/jobrunner/tokens".into()),
+            ..open
+        };
+        assert!(guarded.validate().is_ok());
+        let ipv6_loopback = AdminConfig {
+            listen: "[::1]:9187".into(),
+            ..AdminConfig::default()
+        };
+        assert!(ipv6_loopback.validate().is_ok());
     }
 }

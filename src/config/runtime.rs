@@ -21,6 +21,12 @@ pub struct RuntimeConfig {
     /// How often expired leases are returned and Redis is checked for a lost epoch.
     #[serde(with = "humantime_serde")]
     pub reap_interval: Duration,
+    /// How often the ledger's unfinished jobs are checked against Redis, to
+    /// dispatch again those Redis lost (a daemon died between settling a job in
+    /// Redis and writing its status, or a failed-over master had not yet
+    /// replicated a dispatch or a lease).
+    #[serde(with = "humantime_serde")]
+    pub orphan_sweep_interval: Duration,
     /// Safety-net sweep of the SQL outbox, in case a NOTIFY was missed.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
@@ -65,6 +71,7 @@ impl Default for RuntimeConfig {
             fetch_batch: 64,
             drain_timeout: Duration::from_secs(30),
             reap_interval: Duration::from_secs(1),
+            orphan_sweep_interval: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
             status_batch_max: 1000,

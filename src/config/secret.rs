@@ -152,18 +152,55 @@ impl From<&str> for SecretUrl {
     }
 }
 
-/// Hides the password in a connection URL for printing.
+/// The query parameters that carry a password in a connection URL (libpq's
+/// `password`, fred's `sentinelPassword`); compared without case.
+const PASSWORD_PARAMS: [&str; 3] = ["password", "sslpassword", "sentinelpassword"];
+
+/// Hides the password in a connection URL for printing: the one in the user
+/// part and any given as a query parameter (`?password=…`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let (userinfo, host) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host),
+        None => (None, rest),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host}"),
-        None => url.to_owned(),
+    let host = redact_query(host);
+    match userinfo {
+        Some(userinfo) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host}"),
+            None => format!("{scheme}://{userinfo}@{host}"),
+        },
+        None => format!("{scheme}://{host}"),
     }
+}
+
+/// `host/db?a=1&password=x` → `host/db?a=1&password=***`.
+fn redact_query(host: &str) -> String {
+    let Some((path, query)) = host.split_once('?') else {
+        return host.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if PASSWORD_PARAMS.contains(&key.to_ascii_lowercase().as_str()) => {
+                format!("{key}={HIDDEN}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
+/// Reads a secret kept in a file (a `password_file`): the whole file, less the
+/// line ending an editor or `echo` leaves at its end.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    let mut text = std::fs::read_to_string(path)?;
+    while text.ends_with(['\n', '\r']) {
+        text.pop();
+    }
+    Ok(Secret(text))
 }
 
 #[cfg(test)]
@@ -180,6 +217,32 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn a_password_given_as_a_query_parameter_is_hidden() {
+        assert_eq!(
+            redact_url("postgres://db/x?sslmode=require&password=hunter2"),
+            "postgres://db/x?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url(
+                "rediss-sentinel://w:pw@s:26379/0?sentinelServiceName=m&sentinelPassword=sp"
+            ),
+            "rediss-sentinel://w:***@s:26379/0?sentinelServiceName=m&sentinelPassword=***"
+        );
+        assert_eq!(
+            redact_url("rediss://:pw@cache:6380"),
+            "rediss://:***@cache:6380"
+        );
+    }
+
+    #[test]
+    fn a_password_file_loses_its_final_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, " two words \r\n").unwrap();
+        assert_eq!(read_secret_file(&path).unwrap().expose(), " two words ");
     }
 
     #[test]

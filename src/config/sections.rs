@@ -1,5 +1,5 @@
-//! Top-level sections that a layer above the core claims (the built-in business
-//! kinds' `[content_generation]` and `[data_extraction]`, or a user's own crate's).
+//! Top-level sections that a layer above the core claims (the binary's business
+//! kinds' settings, or a user's own crate's).
 //!
 //! The core names none of them. A layer describes its section as a type that
 //! implements [`Section`]; whoever loads the config passes the layers' [`Claim`]s,
@@ -19,7 +19,7 @@ use super::with_secrets_exposed;
 pub trait Section:
     Serialize + DeserializeOwned + Default + Clone + std::fmt::Debug + Send + Sync + 'static
 {
-    /// The table's name in the file, e.g. `content_generation`.
+    /// The table's name in the file, e.g. `shop` for `[shop]`.
     const NAME: &'static str;
 
     /// Checks the values; an error is the key (within the section) and the reason.

@@ -16,12 +16,10 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
-        let database_url = self.database.url.expose();
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return bad(
-                "database.url",
-                "must start with postgres:// or postgresql://",
-            );
+        for check in [self.database.validate(), self.redis.validate()] {
+            if let Err((key, reason)) = check {
+                return bad(&key, &reason);
+            }
         }
         if self.database.max_connections < 2 {
             return bad(
@@ -34,10 +32,6 @@ impl Config {
                 "database.min_connections",
                 "must not exceed database.max_connections",
             );
-        }
-        let redis_url = self.redis.url.expose();
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
-            return bad("redis.url", "must start with redis:// or rediss://");
         }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
@@ -75,6 +69,10 @@ impl Config {
         for (key, value) in [
             ("runtime.reap_interval", self.runtime.reap_interval),
             ("runtime.sweep_interval", self.runtime.sweep_interval),
+            (
+                "runtime.orphan_sweep_interval",
+                self.runtime.orphan_sweep_interval,
+            ),
             ("runtime.poll_interval", self.runtime.poll_interval),
         ] {
             if value.is_zero() {
@@ -159,10 +157,12 @@ impl Config {
 
     /// Checks what the configuration expects of this machine: every
     /// `hmac_secret_env` variable is set, every absolute `program` and every
-    /// `working_dir` exists. Separate from [`Config::validate`] so that stays a pure
-    /// function of the file; `is_set` is a parameter so tests need not touch the
-    /// process environment.
-    pub fn check_environment(&self, is_set: impl Fn(&str) -> bool) -> Result {
+    /// `working_dir` exists, the Postgres TLS settings (URL and `PGSSL*`) make
+    /// sense, and every certificate, key and password file can be read.
+    /// Separate from [`Config::validate`] so that stays a pure function of the
+    /// file; `var` looks a variable up, so tests need not touch the process
+    /// environment.
+    pub fn check_environment(&self, var: impl Fn(&str) -> Option<String>) -> Result {
         let bad = |key: String, reason: String| {
             Err(Error::Invalid {
                 origin: self.origin.clone(),
@@ -170,6 +170,35 @@ impl Config {
                 reason,
             })
         };
+        let is_set = |name: &str| var(name).is_some_and(|v| !v.is_empty());
+        let pg_tls = match self.database.tls(&var) {
+            Ok(tls) => tls,
+            Err(reason) => return bad("database.url".into(), reason),
+        };
+        let files = pg_tls
+            .files()
+            .into_iter()
+            .map(|(name, path)| ("database.url", name, path))
+            .chain(
+                self.redis
+                    .tls
+                    .files()
+                    .into_iter()
+                    .map(|(key, path)| (key, "file", path)),
+            );
+        for (key, what, path) in files {
+            if let Err(e) = std::fs::File::open(path) {
+                return bad(
+                    key.into(),
+                    format!("{what} `{}` cannot be read: {e}", path.display()),
+                );
+            }
+        }
+        for read in [self.database.password(), self.redis.password()] {
+            if let Err(e) = read {
+                return bad(e.key.into(), format!("{}: {}", e.path.display(), e.source));
+            }
+        }
         for (name, kind) in &self.kinds {
             if let Some(var) = kind.http.as_ref().and_then(|h| h.hmac_secret_env.as_ref())
                 && !is_set(var)

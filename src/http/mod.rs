@@ -1,35 +1,48 @@
-//! The HTTP listener (configured by `[admin]`): `/healthz`, `/readyz`, `/metrics`, `/jobs/{id}` and
-//! `/events` (Server-Sent Events), for ops and for front ends that show a job's
-//! status without polling. docs/OBSERVABILITY.md lists the endpoints and metrics.
+//! The HTTP listener (configured by `[admin]`): `/healthz`, `/readyz`, `/metrics`,
+//! `/jobs/{id}` and `/events` (Server-Sent Events) for ops and for front ends that
+//! show a job's status without polling, and the dashboard at `/` with its actions.
+//! docs/OBSERVABILITY.md lists the endpoints and metrics, docs/DASHBOARD.md the
+//! dashboard, docs/OPERATIONS.md "Security" the tokens.
+//!
+//! One file per concept: `auth.rs` (tokens, sessions, the `Host` check: the one
+//! middleware every request passes), `probes.rs` (health, readiness, metrics, the
+//! JSON job), `sse.rs` (`/events`), `actions.rs` (what changes state, through
+//! `crate::control`), `dashboard/` (the pages), `tls.rs` (the optional TLS
+//! acceptor).
 //!
 //! The daemon (`runtime`) binds the listener, hands [`serve`] an [`HttpState`]
 //! and stops it with the drain. Every answer is computed from the ledger, the
 //! broker and the metrics registry; this module keeps no job state of its own.
 //!
 //! **Invariant:** nothing here runs SQL or Redis commands itself: it calls
-//! `ledger` and `broker`. No handler can slow the daemon: readiness is cached for a
-//! second and bounded by a timeout, and an SSE client reads from a bounded
-//! broadcast that drops (and tells it about) what it could not keep up with.
+//! `ledger`, `broker` and `control`. No handler can slow the daemon: readiness is
+//! cached for a second and bounded by a timeout, an SSE client reads from a
+//! bounded broadcast that drops (and tells it about) what it could not keep up
+//! with, and every page's query is bounded by a limit or an index range.
 
+mod actions;
+pub mod auth;
+mod dashboard;
+mod probes;
 mod sse;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use serde_json::json;
-use tokio::sync::broadcast;
+use axum::extract::State;
+use axum::routing::{get, post};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+
+pub use auth::Auth;
 
 use crate::broker::Broker;
-use crate::ledger::{self, Event, Ledger};
-use crate::metrics::{self, Metrics, Sample};
+use crate::config::Config;
+use crate::ledger::{Event, Ledger};
+use crate::metrics::Metrics;
 
 /// How long a readiness answer is reused.
 const READY_CACHE: Duration = Duration::from_secs(1);
@@ -118,6 +131,10 @@ pub struct HttpState {
     broken: CancellationToken,
     /// Applied to every job this listener serves (`/jobs/{id}`).
     redaction: Arc<crate::redact::Redaction>,
+    /// Tokens, sessions and allowed hosts.
+    pub auth: Arc<Auth>,
+    /// The daemon's config in force (cron schedules, event channels, queues).
+    pub live: watch::Receiver<Arc<Config>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,10 +148,12 @@ impl HttpState {
         ledger: Ledger,
         broker: Broker,
         metrics: Arc<Metrics>,
-        queues: Vec<String>,
+        live: watch::Receiver<Arc<Config>>,
         events: EventFeed,
         draining: CancellationToken,
+        auth: Arc<Auth>,
     ) -> HttpState {
+        let queues: Vec<String> = live.borrow().queues.keys().cloned().collect();
         HttpState {
             ledger,
             broker,
@@ -145,6 +164,8 @@ impl HttpState {
             ready_cache: Arc::default(),
             broken: CancellationToken::new(),
             redaction: Arc::default(),
+            auth,
+            live,
         }
     }
 
@@ -161,228 +182,68 @@ impl HttpState {
     }
 }
 
-/// Serves until `stop` fires; open SSE streams end then too.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, stop: CancellationToken) {
+/// Serves until `stop` fires; open SSE streams end then too. With `tls`, every
+/// connection is a TLS one.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    stop: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let app = router(state, stop.clone());
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        Some(config) => match tls::TlsListener::new(listener, config, stop.clone()) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
     if let Err(error) = result {
         tracing::error!(%error, "Admin listener failed");
     }
 }
 
 /// The bound address, for the log line tests and ops read.
-pub fn log_listening(addr: SocketAddr) {
-    tracing::info!(admin.addr = %addr, "Admin listener on http://{addr}");
+pub fn log_listening(addr: SocketAddr, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    tracing::info!(admin.addr = %addr, "Admin listener on {scheme}://{addr}");
 }
 
 fn router(state: HttpState, stop: CancellationToken) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/jobs/{id}", get(job))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics_text))
+        .route("/jobs/{id}", get(dashboard::job))
         .route(
             "/events",
             get(move |s: State<HttpState>, q: axum::extract::RawQuery| {
                 sse::events(s, q, stop.clone(), KEEP_ALIVE)
             }),
         )
+        .route("/", get(dashboard::overview))
+        .route("/jobs", get(dashboard::jobs))
+        .route("/cron", get(dashboard::cron))
+        .route("/login", get(dashboard::login).post(actions::login))
+        .route("/logout", post(actions::logout))
+        .route("/assets/{name}", get(dashboard::asset))
+        .route("/jobs/{id}/cancel", post(actions::cancel))
+        .route("/jobs/{id}/retry", post(actions::retry))
+        .route("/jobs/retry-dead", post(actions::retry_dead))
+        .route("/queues/{queue}/pause", post(actions::pause))
+        .route("/queues/{queue}/resume", post(actions::resume))
+        .route("/cron/{name}/run", post(actions::run_cron))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.draining.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining", "redis": "skipped", "postgres": "skipped" })),
-        )
-            .into_response();
-    }
-    if state.broken.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "broken",
-                "error": "a daemon loop ended unexpectedly; see the log and restart the daemon" })),
-        )
-            .into_response();
-    }
-    let r = readiness(&state).await;
-    let text = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
-    };
-    let ok = r.redis.is_ok() && r.postgres.is_ok();
-    let body = json!({
-        "status": if ok { "ready" } else { "unavailable" },
-        "redis": text(&r.redis),
-        "postgres": text(&r.postgres),
-    });
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
-/// Probes both services, or reuses an answer younger than [`READY_CACHE`].
-async fn readiness(state: &HttpState) -> Readiness {
-    if let Some((at, r)) = state
-        .ready_cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        && at.elapsed() < READY_CACHE
-    {
-        return r.clone();
-    }
-    let probe = |name: &'static str| {
-        move |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
-            Ok(inner) => inner,
-            Err(_) => Err(format!("{name} did not answer within {PROBE_TIMEOUT:?}")),
-        }
-    };
-    let (redis, postgres) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, async {
-            state
-                .broker
-                .ping()
-                .await
-                .map_err(|e| crate::error_chain(&e))
-        }),
-        tokio::time::timeout(PROBE_TIMEOUT, async {
-            state
-                .ledger
-                .ping()
-                .await
-                .map_err(|e| crate::error_chain(&e))
-        }),
-    );
-    let r = Readiness {
-        redis: probe("Redis")(redis),
-        postgres: probe("Postgres")(postgres),
-    };
-    *state.ready_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((Instant::now(), r.clone()));
-    r
-}
-
-async fn metrics_text(State(state): State<HttpState>) -> Response {
-    let mut samples: Vec<Sample> = Vec::new();
-    samples.push((
-        metrics::UP,
-        vec![],
-        if state.draining.is_cancelled() {
-            0.0
-        } else {
-            1.0
-        },
-    ));
-    let (size, idle) = state.ledger.pool_stats();
-    samples.push((
-        metrics::PG_CONNECTIONS,
-        vec![("state", "idle".into())],
-        idle as f64,
-    ));
-    samples.push((
-        metrics::PG_CONNECTIONS,
-        vec![("state", "in_use".into())],
-        size.saturating_sub(idle as u32) as f64,
-    ));
-    let pool = state.broker.pool_stats();
-    samples.push((
-        metrics::REDIS_CONNECTIONS,
-        vec![("state", "connected".into())],
-        pool.connected as f64,
-    ));
-    samples.push((
-        metrics::REDIS_CONNECTIONS,
-        vec![("state", "disconnected".into())],
-        (pool.clients - pool.connected) as f64,
-    ));
-    samples.push((metrics::REDIS_QUEUED, vec![], pool.queued as f64));
-    samples.push((
-        metrics::REDIS_REDELIVERIES,
-        vec![],
-        pool.redeliveries as f64,
-    ));
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    for queue in state.queues.iter() {
-        let stats =
-            match tokio::time::timeout(SCRAPE_TIMEOUT, state.broker.queue_stats(queue)).await {
-                Ok(Ok(stats)) => stats,
-                Ok(Err(error)) => {
-                    tracing::debug!(queue, error = %crate::error_chain(&error),
-                        "Queue gauges unavailable for this scrape");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-        for (state_name, value) in [
-            ("ready", stats.ready),
-            ("scheduled", stats.scheduled),
-            ("running", stats.running),
-        ] {
-            samples.push((
-                metrics::QUEUE_JOBS,
-                vec![("queue", queue.clone()), ("state", state_name.into())],
-                value as f64,
-            ));
-        }
-        let age = stats
-            .head_ready_ms
-            .map_or(0.0, |ms| (now_ms - ms).max(0) as f64 / 1000.0);
-        samples.push((
-            metrics::QUEUE_OLDEST_READY,
-            vec![("queue", queue.clone())],
-            age,
-        ));
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(&samples),
-    )
-        .into_response()
-}
-
-async fn job(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<Uuid>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": format!("`{id}` is not a job id (a UUID)") })),
-        )
-            .into_response();
-    };
-    match state.ledger.job(id).await {
-        Ok(job) => match serde_json::to_value(&job) {
-            Ok(mut job) => {
-                crate::redact::apply(&state.redaction, &mut job);
-                Json(job).into_response()
-            }
-            Err(error) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({ "error": format!("job {id} cannot be shown: {error}") })),
-            )
-                .into_response(),
-        },
-        Err(ledger::Error::NotFound(_)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("job {id} not found") })),
-        )
-            .into_response(),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": crate::error_chain(&error) })),
-        )
-            .into_response(),
-    }
 }

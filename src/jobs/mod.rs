@@ -1,18 +1,20 @@
 //! Job kinds: the [`Handler`] trait, the [`Registry`] that maps a kind to its
-//! handler, and the built-in kinds (one file each).
+//! handler, and the kinds built into the core (one file each): the diagnostic
+//! ones (`noop`, `sleep`, `fail`) and the generic `http` and `command` handlers.
+//!
+//! Kinds with their own code and tables come from crates above the core (the
+//! binary's business kinds are one such crate): they add handlers with
+//! [`Registry::register`] and the migrations of their tables with
+//! [`Registry::add_migrations`], and the core never names them.
 //!
 //! **Invariant:** handlers never touch Redis or the `jobrunner.jobs` table; they get
 //! their input in a [`JobContext`] and say how the attempt ended with a
 //! [`JobResult`]. The runtime turns that into leases and status.
 
 mod command;
-mod content_generation;
-mod data_extraction;
 mod diagnostic;
 mod http;
-mod message_processing;
 pub mod payload;
-mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,12 +22,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use sqlx::migrate::Migration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-
-pub use settings::{ContentGenerationConfig, ContentGenerator, DataExtractionConfig, sections};
 
 /// Everything a handler may know about the attempt it runs.
 #[derive(Debug, Clone)]
@@ -145,24 +146,35 @@ where
     }
 }
 
-/// Kind name → handler. Built once at start-up and shared read-only.
+/// Kind name → handler, and the migrations of the kinds' own tables. Built once
+/// at start-up and shared read-only.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Migrations that kinds above the core brought for their tables; the
+    /// daemon refuses to start until they are applied (see [`Registry::add_migrations`]).
+    migrations: Vec<Migration>,
 }
 
 impl Registry {
-    /// The kinds every daemon runs. Kinds read their own settings from `config`.
+    /// The kinds of the core alone: the diagnostic kinds and the kinds an admin
+    /// configured with a generic handler.
     pub fn builtin(config: &Config) -> Registry {
+        Registry::builtin_with(config, |_| {})
+    }
+
+    /// The core's kinds plus those `layer` adds (a crate of kinds above the
+    /// core). Kinds read their own settings from `config`. Kinds an admin
+    /// configured with a generic handler are added last, so they replace a
+    /// kind of the same name.
+    pub fn builtin_with(config: &Config, layer: impl FnOnce(&mut Registry)) -> Registry {
         // reqwest is built without a bundled TLS provider (that keeps aws-lc's long C
         // build out); every kind's client uses ring, installed once for the process.
         // An error only means a provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut registry = Registry::default();
         diagnostic::register(&mut registry);
-        content_generation::register(&mut registry, config);
-        data_extraction::register(&mut registry, &config.section());
-        message_processing::register(&mut registry);
+        layer(&mut registry);
         // Configured kinds come last: a kind an admin configured with a generic
         // handler replaces a built-in of the same name.
         for (name, kind) in &config.kinds {
@@ -180,6 +192,20 @@ impl Registry {
     pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
         self
+    }
+
+    /// Adds migrations that create a kind's own tables. The ledger applies them
+    /// in one sequence with its own, ordered by version (`jobrunner migrate`,
+    /// [`crate::ledger::Ledger::migrate`]), so their versions must not collide
+    /// with the ledger's or another crate's.
+    pub fn add_migrations(&mut self, migrations: impl IntoIterator<Item = Migration>) -> &mut Self {
+        self.migrations.extend(migrations);
+        self
+    }
+
+    /// The migrations kinds added with [`Registry::add_migrations`].
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {

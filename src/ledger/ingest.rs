@@ -72,38 +72,32 @@ impl Ledger {
     /// `dead` with the reason, so one bad job never stalls a queue.
     pub async fn insert_ingested(&self, jobs: &mut [IngestedJob]) -> Result<IngestOutcome> {
         let mut outcome = IngestOutcome::default();
-        // A data error names no row: halve the batch until the culprits stand alone,
-        // so one poison row costs about 2·log2(n) statements, and the rest go in.
-        // A transient error returns at once; the caller retries the whole batch,
-        // which the `ON CONFLICT DO NOTHING` makes harmless for the parts done.
-        let mut pending = Vec::new();
-        pending.push(0..jobs.len());
-        while let Some(range) = pending.pop() {
-            if range.is_empty() {
-                continue;
-            }
-            let part = &mut jobs[range.clone()];
-            match self.insert_ingested_batch(part).await {
-                Ok((finished, conflicts)) => {
-                    outcome.finished.extend(finished);
-                    outcome.conflicts.extend(conflicts);
-                }
-                Err(Error::Sql(sqlx::Error::Database(e))) if is_data_error(e.code().as_deref()) => {
-                    if part.len() > 1 {
-                        let mid = range.start + part.len() / 2;
-                        pending.push(mid..range.end);
-                        pending.push(range.start..mid);
-                    } else {
-                        let reason = format!("the ledger refused this job: {}", e.message());
-                        if self.refuse_ingested(&mut part[0], reason).await? {
-                            outcome.quarantined.push(part[0].id);
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
+        // A data error names no row: `batch::isolate` halves the batch until the
+        // culprits stand alone, so one poison row costs about 2·log2(n) statements,
+        // and the rest go in. Any other error returns after the culprits found so
+        // far are recorded; the caller retries the whole batch, which the
+        // `ON CONFLICT DO NOTHING` makes harmless for the parts done.
+        let out = crate::batch::isolate(
+            std::iter::once(0..jobs.len()),
+            |e: &Error| data_error(e).is_none(),
+            |r| self.insert_ingested_batch(&jobs[r]),
+        )
+        .await;
+        for (_, (finished, conflicts)) in out.done {
+            outcome.finished.extend(finished);
+            outcome.conflicts.extend(conflicts);
+        }
+        for (i, error) in out.poison {
+            let message = data_error(&error).unwrap_or_default();
+            let reason = format!("the ledger refused this job: {message}");
+            if self.refuse_ingested(&mut jobs[i], reason).await? {
+                outcome.quarantined.push(jobs[i].id);
             }
         }
-        Ok(outcome)
+        match out.transient {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 
     /// Records one ingested job Postgres refused as `dead`, with every value it
@@ -272,5 +266,16 @@ impl IngestColumns {
                 .as_deref()
                 .map(|e| crate::pgtext::safe(e).into_owned()),
         );
+    }
+}
+
+/// The server's message when `error` is a data error (SQLSTATE class 22 or 23):
+/// one row's values were refused, and another row would go in.
+fn data_error(error: &Error) -> Option<String> {
+    match error {
+        Error::Sql(sqlx::Error::Database(e)) if is_data_error(e.code().as_deref()) => {
+            Some(e.message().to_owned())
+        }
+        _ => None,
     }
 }

@@ -5,15 +5,18 @@
 //! `outbox.rs` (the dispatch statement and [`OutboxBatch`]), `ingest.rs` (jobs
 //! producers put straight into Redis), `recovery.rs` (putting jobs Redis lost back
 //! in the outbox), `queries.rs` (reads), `control.rs` (cancel, retry, pause, purge),
-//! `writer/` (the batched status writer), `events.rs`, `cron.rs`, `quarantine.rs`,
+//! `schema.rs` (migrations, the ledger's and those of the kinds above the core, and
+//! the schema check), `writer/` (the batched status writer), `events.rs`, `cron.rs`, `quarantine.rs`,
 //! `plans.rs` (the hot statements' plans) and `safe.rs`.
 //!
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
 //! the dispatcher in `runtime` moves outbox rows into `broker`.
 
+mod connect;
 mod control;
 mod cron;
 mod events;
+mod external;
 mod ingest;
 mod outbox;
 mod plans;
@@ -21,6 +24,7 @@ mod quarantine;
 mod queries;
 mod recovery;
 pub mod safe;
+mod schema;
 mod status;
 mod writer;
 
@@ -30,21 +34,25 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{FromRow, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::config::{self, DatabaseConfig};
 use crate::metrics::Metrics;
 
+pub use connect::connect_options;
 pub use control::{Cancelled, DeadFilter};
 pub use cron::{CronFire, CronJob};
 pub use events::{EVENTS_CHANNEL, Event, EventType, ProgressInfo};
+pub use external::ExternalId;
 pub use ingest::{Conflict, IngestOutcome, IngestedJob};
 pub use outbox::{DispatchJob, OutboxBatch};
 pub use plans::HotPlan;
 pub use quarantine::{NewQuarantine, QUARANTINE_TEXT_MAX, Quarantined};
-pub use queries::{JobDetail, JobFilter, JobSummary, QueueCounts};
+pub use queries::{JobDetail, JobFilter, JobSummary, MinuteCount, QueueCounts};
+pub use schema::{migrator, schema_version};
+pub use sqlx::postgres::PgConnectOptions;
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
     Attempt, Claim, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, Verdict,
@@ -59,12 +67,17 @@ pub const ENQUEUED_CHANNEL: &str = "jobrunner_enqueued";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to Postgres at {url}")]
+    #[error("cannot connect to Postgres at {url}{}", hint.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
     Connect {
         url: String,
+        /// What failed, in the operator's terms, when the error shows it (a
+        /// certificate from an unknown CA, a server that refuses plain text).
+        hint: Option<String>,
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot connect to Postgres at {url}: {reason}")]
+    Config { url: String, reason: String },
     #[error(
         "the database schema is not current (at {found}, this jobrunner needs {needed}): run `jobrunner migrate` or start with `jobrunner run --migrate`"
     )]
@@ -127,32 +140,13 @@ pub struct Ledger {
     metrics: Arc<Metrics>,
 }
 
-fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!();
-    migrator.dangerous_set_table_name("jobrunner._sqlx_migrations");
-    migrator.create_schema("jobrunner");
-    migrator
-}
-
-/// The newest migration this binary knows.
-pub fn schema_version() -> i64 {
-    migrator().iter().map(|m| m.version).max().unwrap_or(0)
-}
-
 impl Ledger {
     /// Builds the process's one Postgres pool and checks that the server answers.
     pub async fn connect(config: &DatabaseConfig) -> Result<Ledger> {
         let url = config.url.to_string();
-        let options: PgConnectOptions =
-            config
-                .url
-                .expose()
-                .parse()
-                .map_err(|source| Error::Connect {
-                    url: url.clone(),
-                    source,
-                })?;
-        let options = options.application_name("jobrunner");
+        let (options, tls) = connect_options(config)?;
+        let options = connect::probe_allow(options, &tls).await;
+        let host = options.get_host().to_owned();
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
@@ -162,7 +156,11 @@ impl Ledger {
             .test_before_acquire(config.test_before_acquire)
             .connect_with(options)
             .await
-            .map_err(|source| Error::Connect { url, source })?;
+            .map_err(|source| Error::Connect {
+                url,
+                hint: connect::hint(&source, &tls, &host),
+                source,
+            })?;
         Ok(Ledger {
             pool,
             metrics: Arc::default(),
@@ -200,50 +198,11 @@ impl Ledger {
         &self.pool
     }
 
-    /// Applies every pending migration. Safe to run from several processes at once:
-    /// the migrator takes an advisory lock.
-    pub async fn migrate(&self) -> Result {
-        migrator().run(&self.pool).await?;
-        Ok(())
-    }
-
     /// `SELECT 1` on a pooled connection: does Postgres answer? (The daemon's
     /// watchdog check.)
     pub async fn probe(&self) -> Result {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Fails with [`Error::SchemaOutdated`] unless every migration this binary
-    /// knows has been applied.
-    pub async fn check_schema(&self) -> Result {
-        let needed = schema_version();
-        let applied: Option<i64> = match sqlx::query_scalar(
-            "SELECT max(version) FROM jobrunner._sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await
-        {
-            Ok(v) => v,
-            // 42P01: undefined table, 3F000: undefined schema: never migrated.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42P01") | Some("3F000")) =>
-            {
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match applied {
-            Some(v) if v >= needed => Ok(()),
-            Some(v) => Err(Error::SchemaOutdated {
-                found: format!("version {v}"),
-                needed,
-            }),
-            None => Err(Error::SchemaOutdated {
-                found: "no jobrunner schema".into(),
-                needed,
-            }),
-        }
     }
 
     /// Copies per-kind defaults from the config so SQL producers that give only a

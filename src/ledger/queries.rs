@@ -41,7 +41,19 @@ pub struct JobFilter {
     pub kind: Option<String>,
     /// Only jobs created at or after this.
     pub since: Option<DateTime<Utc>>,
+    /// Keyset cursor: only jobs older than this `(created_at, id)`, the last row
+    /// of the previous page.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
+}
+
+/// Jobs of one queue that ended in one minute, for the dashboard's throughput chart.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct MinuteCount {
+    pub queue: String,
+    pub minute: DateTime<Utc>,
+    pub succeeded: i64,
+    pub dead: i64,
 }
 
 /// One line of a job listing.
@@ -90,6 +102,21 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(Error::NotFound(id))
+    }
+
+    /// The rows of `ids` that exist, in no particular order: one index lookup per
+    /// id (the arq bridge reads where the jobs it took have got to).
+    pub async fn jobs(&self, ids: &[Uuid]) -> Result<Vec<Job>> {
+        Ok(sqlx::query_as::<_, Job>(
+            "SELECT id, queue, kind, payload, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
+                    unique_key, result, last_error, created_at, updated_at, started_at, finished_at,
+                    progress, progress_message
+             FROM jobrunner.jobs WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Polls until the job is final or `timeout` passes; returns the last row read.
@@ -234,6 +261,13 @@ impl Ledger {
             if let Some(since) = filter.since {
                 q.push(" AND created_at >= ").push_bind(since);
             }
+            if let Some((at, id)) = filter.before {
+                // The first condition bounds the index range; the second breaks
+                // ties between jobs created in the same microsecond.
+                q.push(" AND created_at <= ").push_bind(at);
+                q.push(" AND (created_at, id) < (").push_bind(at);
+                q.push(", ").push_bind(id).push(")");
+            }
             q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
                 .push_bind(limit);
         };
@@ -260,6 +294,40 @@ impl Ledger {
         Ok(q.build_query_as::<JobSummary>()
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Jobs carrying unique key `key`, newest first, at most `limit`, from
+    /// `jobs_unique_key_all_idx`.
+    pub async fn jobs_by_unique_key(&self, key: &str, limit: i64) -> Result<Vec<JobSummary>> {
+        Ok(sqlx::query_as::<_, JobSummary>(
+            "SELECT id, queue, kind, status, priority, attempts, max_attempts,
+                    LEAST(GREATEST(run_at, '1970-01-01Z'), '9999-12-31T23:59:59Z') AS run_at,
+                    created_at, finished_at, last_error
+             FROM jobrunner.jobs WHERE unique_key = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(key)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Jobs that ended per queue and minute over the last `minutes` minutes (at
+    /// most 60), from `jobs_updated_at_idx`: a final row's `updated_at` is its end.
+    pub async fn ends_per_minute(&self, minutes: i64) -> Result<Vec<MinuteCount>> {
+        Ok(sqlx::query_as::<_, MinuteCount>(
+            "SELECT queue, date_trunc('minute', updated_at) AS minute,
+                    count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                    count(*) FILTER (WHERE status = 'dead') AS dead
+             FROM jobrunner.jobs
+             WHERE updated_at >= date_trunc('minute', now()) - make_interval(mins => $1::int)
+               AND status = ANY($2)
+             GROUP BY queue, minute ORDER BY queue, minute",
+        )
+        .bind(minutes.clamp(1, 60) as i32 - 1)
+        .bind(&[Status::Succeeded, Status::Dead][..])
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Every column of one job.

@@ -8,16 +8,17 @@ use uuid::Uuid;
 use super::{Ledger, Result, Status};
 
 impl Ledger {
-    /// Puts every job that is not final back in the outbox: used when Redis came
-    /// back empty. Returns how many rows it marked.
-    pub async fn redispatch_all(&self) -> Result<u64> {
+    /// Puts every job of `queue` that is not final back in the outbox: used when
+    /// the queue's Redis came back empty. Returns how many rows it marked.
+    pub async fn redispatch_queue(&self, queue: &str) -> Result<u64> {
         let done = sqlx::query(
             "INSERT INTO jobrunner.outbox (id)
              SELECT id FROM jobrunner.jobs
-             WHERE status = ANY($1)
+             WHERE queue = $2 AND status = ANY($1)
              ON CONFLICT DO NOTHING",
         )
         .bind(&Status::OPEN[..])
+        .bind(queue)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())

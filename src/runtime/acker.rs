@@ -3,10 +3,13 @@
 //! way the status writer group-commits to Postgres. Each worker still learns
 //! whether its own lease was accepted.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::retry::retry_redis;
 use crate::broker::{Broker, Leased};
+use crate::metrics::Metrics;
 
 /// Most leases settled in one script call.
 const BATCH_MAX: usize = 512;
@@ -22,9 +25,13 @@ pub(super) struct Acker {
 
 impl Acker {
     /// Starts the batching task for `queue`; it ends when every [`Acker`] is dropped.
-    pub(super) fn spawn(broker: Broker, queue: String) -> (Acker, tokio::task::JoinHandle<()>) {
+    pub(super) fn spawn(
+        broker: Broker,
+        metrics: Arc<Metrics>,
+        queue: String,
+    ) -> (Acker, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(BATCH_MAX * 4);
-        let task = tokio::spawn(run(broker, queue, rx));
+        let task = tokio::spawn(run(broker, metrics, queue, rx));
         (Acker { tx }, task)
     }
 
@@ -39,14 +46,21 @@ impl Acker {
     }
 }
 
-async fn run(broker: Broker, queue: String, mut rx: mpsc::Receiver<Request>) {
+async fn run(
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    queue: String,
+    mut rx: mpsc::Receiver<Request>,
+) {
     let what = format!("Completing jobs of queue {queue}");
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let jobs: Vec<&Leased> = batch.iter().map(|(job, _)| job).collect();
-        let answers = retry_redis(&what, || broker.complete_many(&queue, &jobs))
-            .await
-            .unwrap_or_else(|| vec![false; batch.len()]);
+        let answers = retry_redis(&metrics, &queue, &what, || {
+            broker.complete_many(&queue, &jobs)
+        })
+        .await
+        .unwrap_or_else(|| vec![false; batch.len()]);
         for ((_, reply), accepted) in batch.drain(..).zip(answers) {
             let _ = reply.send(accepted);
         }

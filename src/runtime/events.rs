@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{Isolated, isolate};
 use crate::broker::{Broker, Received};
 use crate::config::EventsConfig;
 use crate::error_chain;
@@ -29,6 +30,43 @@ pub(super) const BUFFER: usize = 64;
 const PUBLISH_MAX: usize = 5000;
 /// Events buffered per SSE client before it lags.
 pub(super) const SSE_BUFFER: usize = 4096;
+
+/// What publishing one batch did on each channel `[events]` turns on (`None`:
+/// the channel is off).
+pub struct Delivery {
+    pub redis: Option<Isolated<(), crate::broker::Error>>,
+    pub postgres: Option<Isolated<(), crate::ledger::Error>>,
+}
+
+/// Publishes `json` (events, in order) on the channels `config` turns on: the
+/// Redis channel (one script call) and Postgres NOTIFY (one statement). An event
+/// a channel refuses on its own is split out and dropped alone; a failure that
+/// may pass stops that channel's batch. Nothing is retried: an event is a
+/// notification, and the ledger row stays the truth. The daemon's [`Publisher`]
+/// and `control` (events of admin actions outside a daemon) both publish
+/// through this.
+pub async fn deliver(
+    ledger: &Ledger,
+    broker: &Broker,
+    config: &EventsConfig,
+    json: &[String],
+) -> Delivery {
+    let all = || std::iter::once(0..json.len());
+    let mut delivery = Delivery {
+        redis: None,
+        postgres: None,
+    };
+    if config.redis {
+        let publish = |r| broker.publish_events(&json[r]);
+        delivery.redis = Some(isolate(all(), crate::broker::Error::is_transient, publish).await);
+    }
+    if config.postgres {
+        let transient = |e: &crate::ledger::Error| !e.is_permanent();
+        let notify = |r| ledger.notify_events(&json[r]);
+        delivery.postgres = Some(isolate(all(), transient, notify).await);
+    }
+    delivery
+}
 
 /// Sends events where the config says. Cheap to clone; holds no daemon state, so
 /// it can outlive the loops while the writers flush.
@@ -56,24 +94,11 @@ impl Publisher {
             return;
         }
         let json: Vec<String> = events.iter().map(Event::to_json).collect();
-        if self.config.redis {
-            let broker = &self.broker;
-            let out = crate::batch::isolate(
-                std::iter::once(0..json.len()),
-                crate::broker::Error::is_transient,
-                |r| broker.publish_events(&json[r]),
-            )
-            .await;
+        let delivery = deliver(&self.ledger, &self.broker, &self.config, &json).await;
+        if let Some(out) = delivery.redis {
             self.count(Channel::Redis, &json, out);
         }
-        if self.config.postgres {
-            let ledger = &self.ledger;
-            let out = crate::batch::isolate(
-                std::iter::once(0..json.len()),
-                |e: &crate::ledger::Error| !e.is_permanent(),
-                |r| ledger.notify_events(&json[r]),
-            )
-            .await;
+        if let Some(out) = delivery.postgres {
             self.count(Channel::Postgres, &json, out);
         }
         if !self.config.redis
@@ -96,7 +121,7 @@ impl Publisher {
         &self,
         channel: Channel,
         json: &[String],
-        out: crate::batch::Isolated<(), E>,
+        out: Isolated<(), E>,
     ) {
         let sent: usize = out.done.iter().map(|(r, _)| r.len()).sum();
         self.metrics.events_published(channel, sent as u64);

@@ -24,6 +24,7 @@ use crate::broker::{INGEST_FIELDS, Ingest};
 use crate::config::Config;
 use crate::error_chain;
 use crate::ledger::{Event, IngestedJob, NewQuarantine, Status};
+use crate::metrics::RedisPath;
 use crate::pgtext;
 
 /// Most ingest entries claimed in one round trip.
@@ -220,6 +221,7 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: String, shutdown: Cancell
         let claimed = match shared.broker.claim_ingest(&queue, CLAIM_BATCH).await {
             Ok(c) => c,
             Err(error) => {
+                shared.metrics.redis_error(&queue, RedisPath::Ingest);
                 tracing::warn!(queue, error = %error_chain(&error), "Ingest claim failed, retrying");
                 if !super::pause(backoff.next(), &shutdown).await {
                     return;
@@ -351,6 +353,7 @@ async fn settle(
         })
         .collect();
     if let Err(error) = shared.broker.promote_ingested(queue, &promote).await {
+        shared.metrics.redis_error(queue, RedisPath::Ingest);
         tracing::warn!(queue, error = %error_chain(&error),
             "Promoting ingested jobs failed; the reaper will return them for another try");
         return true;

@@ -50,6 +50,7 @@ use crate::jobs::Registry;
 use crate::ledger::{self, Ledger, StatusWriter, WriterHandle};
 use crate::metrics::Metrics;
 
+pub use events::{Delivery, deliver};
 pub use notify::Notifier;
 pub use reload::{Change, ReloadReport};
 pub use worker::backoff;
@@ -66,9 +67,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AdminAuth(#[from] crate::http::auth::Error),
+    #[error(transparent)]
+    AdminTls(#[from] crate::http::tls::Error),
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// A bound admin listener, who may use it, and its TLS settings.
+type AdminListener = (
+    tokio::net::TcpListener,
+    Arc<crate::http::Auth>,
+    Option<Arc<rustls::ServerConfig>>,
+);
 
 /// State every loop and worker of one daemon shares.
 pub(crate) struct Shared {
@@ -132,7 +144,7 @@ impl Daemon {
         notifier: Notifier,
     ) -> Result<Daemon> {
         let ledger = Ledger::connect(&config.database).await?;
-        ledger.check_schema().await?;
+        ledger.check_schema(registry.migrations()).await?;
         ledger.sync_kinds(&config).await?;
         let broker = Broker::connect(&config.redis).await?;
         let listener = bind_admin(&config)?;
@@ -169,8 +181,12 @@ impl Daemon {
         ledger: Ledger,
         broker: Broker,
         notifier: Notifier,
-        listener: Option<tokio::net::TcpListener>,
+        listener: Option<AdminListener>,
     ) -> Daemon {
+        let (listener, auth, tls) = match listener {
+            Some((listener, auth, tls)) => (Some(listener), Some(auth), tls),
+            None => (None, None, None),
+        };
         let metrics = Metrics::new(registry.kinds(), config.queues.keys().map(String::as_str));
         let ledger = ledger.with_metrics(metrics.clone());
         let admin_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -209,7 +225,8 @@ impl Daemon {
             .queues
             .iter()
             .map(|(q, c)| {
-                let (producer, task) = producer::Producer::spawn(&broker, q, c.concurrency);
+                let (producer, task) =
+                    producer::Producer::spawn(&broker, &metrics, q, c.concurrency);
                 acker_tasks.push(task);
                 (q.clone(), producer)
             })
@@ -235,21 +252,23 @@ impl Daemon {
         });
         let shutdown = CancellationToken::new();
         if let Some(addr) = admin_addr {
-            crate::http::log_listening(addr);
+            crate::http::log_listening(addr, tls.is_some());
         }
         let admin = supervise::AdminParts {
             listener,
             stop: admin_stop,
             relay: relay_task,
+            tls,
         };
-        let admin_state = sse.map(|events| {
+        let admin_state = sse.zip(auth).map(|(events, auth)| {
             crate::http::HttpState::new(
                 shared.ledger.clone(),
                 shared.broker.clone(),
                 shared.metrics.clone(),
-                queues.clone(),
+                shared.live.subscribe(),
                 events,
                 shutdown.clone(),
+                auth,
             )
             .with_redaction(redaction)
         });
@@ -364,10 +383,15 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Binds the admin listener when `[admin]` turns it on.
-fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+/// Binds the admin listener when `[admin]` turns it on, with its tokens read.
+fn bind_admin(config: &Config) -> Result<Option<AdminListener>> {
     let Some(addr) = config.admin.address() else {
         return Ok(None);
+    };
+    let auth = Arc::new(crate::http::Auth::from_config(&config.admin, Some(addr))?);
+    let tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::load(cert, key)?),
+        _ => None,
     };
     let bind = || -> std::io::Result<tokio::net::TcpListener> {
         let listener = std::net::TcpListener::bind(addr)?;
@@ -375,6 +399,6 @@ fn bind_admin(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
         tokio::net::TcpListener::from_std(listener)
     };
     bind()
-        .map(Some)
+        .map(|listener| Some((listener, auth, tls)))
         .map_err(|source| Error::Admin { addr, source })
 }

@@ -14,7 +14,7 @@ use super::retry::Backoff;
 use crate::broker::Dispatch;
 use crate::error_chain;
 use crate::ledger::{Event, Status};
-use crate::metrics::Path;
+use crate::metrics::{Path, RedisPath};
 
 /// Most outbox rows moved in one round trip.
 const MOVE_BATCH: usize = 1000;
@@ -228,12 +228,19 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
         let mut requeue: Vec<Uuid> = Vec::new();
         let mut held_back = false;
         let now = Utc::now().timestamp_millis();
+        let mut due = Vec::with_capacity(by_queue.len());
         for (queue, jobs) in &by_queue {
             if backoff.waiting(queue) {
                 requeue.extend(jobs.iter().map(|j| j.id));
                 held_back = true;
-                continue;
+            } else {
+                due.push((*queue, jobs));
             }
+        }
+        // The queues are dispatched side by side: on a cluster each may live on
+        // another master, and one that is slow or failing over (its calls wait
+        // for the command timeout) must not hold back the others.
+        let dispatches = due.into_iter().map(|(queue, jobs)| async move {
             // Before the dispatch script makes them runnable: see `runtime::events`.
             if shared.publisher.enabled() {
                 let at = Utc::now();
@@ -246,7 +253,9 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
                     .collect();
                 shared.publisher.publish(events).await;
             }
-            let done = dispatch_queue(shared, queue, jobs).await;
+            (queue, dispatch_queue(shared, queue, jobs).await)
+        });
+        for (queue, done) in futures::future::join_all(dispatches).await {
             for (id, reason) in done.poison {
                 tracing::error!(queue, job.id = %id, error = %reason,
                     "A job cannot be dispatched; recording it as dead");
@@ -257,6 +266,7 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             match done.error {
                 Some(error) if !done.pending.is_empty() => {
                     let delay = backoff.failed(queue);
+                    shared.metrics.redis_error(queue, RedisPath::Dispatch);
                     // The rows stay in the outbox; other queues go on.
                     tracing::warn!(queue, error = %error_chain(&error), jobs = done.pending.len(),
                         retry_in = ?delay, "Dispatch to Redis failed; the queue's jobs wait in the outbox");

@@ -17,6 +17,7 @@ use super::{Shared, worker};
 use crate::broker::{Broker, KindLimits, Limits, Window};
 use crate::config::Config;
 use crate::error_chain;
+use crate::metrics::{Metrics, RedisPath};
 
 /// The per-queue state every task of the queue shares.
 pub(super) struct Producer {
@@ -36,10 +37,11 @@ impl Producer {
     /// to the producer is dropped.
     pub(super) fn spawn(
         broker: &Broker,
+        metrics: &Arc<Metrics>,
         queue: &str,
         concurrency: usize,
     ) -> (Producer, tokio::task::JoinHandle<()>) {
-        let (acker, task) = Acker::spawn(broker.clone(), queue.to_owned());
+        let (acker, task) = Acker::spawn(broker.clone(), metrics.clone(), queue.to_owned());
         let producer = Producer {
             slots: Arc::new(Semaphore::new(concurrency)),
             fetch_wake: Notify::new(),
@@ -126,6 +128,7 @@ pub(super) async fn fetch(
             }
             Err(error) => {
                 drop(permits);
+                shared.metrics.redis_error(&queue, RedisPath::Fetch);
                 tracing::warn!(queue, error = %error_chain(&error), "Fetch failed, retrying");
                 if !super::pause(backoff.next(), &shutdown).await {
                     return;

@@ -1,9 +1,8 @@
 //! Recovery: the epoch check that notices a Redis which came back empty, the
 //! reaper of expired leases, and the orphan sweep for jobs Redis lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -12,108 +11,130 @@ use uuid::Uuid;
 use super::Shared;
 use crate::error_chain;
 use crate::ledger::{Attempt, StatusUpdate, Transition};
+use crate::metrics::RedisPath;
 
-/// How often the orphan sweep looks for ledger jobs whose Redis copy is gone.
-const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// The epoch each served queue's Redis node was last seen with (`None` until one
+/// check answered).
+pub(super) type Epochs = HashMap<String, Option<String>>;
 
-/// Checks the epoch marker once at start-up, before any loop runs: a Redis without
-/// one has never been seeded or lost its data, and every unfinished job must be
-/// dispatched again. Doing this before the first dispatch matters: done later, it
-/// could put back a job this daemon had already run but not yet recorded.
-pub(super) async fn initial_epoch(shared: &Shared) -> Option<String> {
-    match shared.broker.epoch().await {
-        Ok((current, fresh)) => {
-            if fresh {
-                recover_redis(shared, false).await;
-            }
-            Some(current)
-        }
-        Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "Redis epoch check failed");
-            None
-        }
-    }
-}
-
-/// Returns expired leases and stale ingest claims, and notices a Redis that came
-/// back empty (its epoch marker is gone) to dispatch every unfinished job again.
-pub(super) async fn reaper(
-    shared: Arc<Shared>,
-    mut epoch: Option<String>,
-    shutdown: CancellationToken,
-) {
-    let lease = shared.config.runtime.lease;
-    loop {
-        match shared.broker.epoch().await {
+/// Checks each queue's epoch marker once at start-up, before any loop runs: a
+/// queue whose Redis has none has never been seeded or lost its data, and every
+/// unfinished job of the queue must be dispatched again. Doing this before the
+/// first dispatch matters: done later, it could put back a job this daemon had
+/// already run but not yet recorded. The queues are checked side by side, so a
+/// node that does not answer delays none of the others.
+pub(super) async fn initial_epoch(shared: &Shared) -> Epochs {
+    let checks = shared.config.queues.keys().map(|queue| async move {
+        let epoch = match shared.broker.epoch(queue).await {
             Ok((current, fresh)) => {
-                if fresh || epoch.as_ref().is_some_and(|e| *e != current) {
-                    recover_redis(&shared, epoch.is_some()).await;
+                if fresh {
+                    recover_queue(shared, queue, false).await;
                 }
-                epoch = Some(current);
+                Some(current)
             }
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "Redis epoch check failed")
+                tracing::warn!(queue, error = %error_chain(&error), "Redis epoch check failed");
+                shared.metrics.redis_error(queue, RedisPath::Recovery);
+                None
             }
-        }
-        for queue in shared.config.queues.keys() {
-            let reaped = match shared.broker.reap(queue, lease).await {
-                Ok(r) => r,
-                Err(error) => {
-                    tracing::warn!(queue, error = %error_chain(&error), "Reaping failed");
-                    continue;
-                }
-            };
-            for r in reaped.into_iter().filter(|r| !r.cancelled) {
-                let message = format!(
-                    "lease expired: the worker running attempt {} stopped responding",
-                    r.attempts
-                );
-                tracing::warn!(job.id = %r.id, queue, dead = r.dead, "{message}");
-                shared.metrics.leases_expired(queue, 1);
-                shared
-                    .writer
-                    .send(StatusUpdate::new(
-                        Attempt {
-                            id: r.id,
-                            token: r.token,
-                            number: r.attempts,
-                        },
-                        Transition::LeaseExpired {
-                            error: message,
-                            dead: r.dead,
-                        },
-                    ))
-                    .await;
-            }
-        }
+        };
+        (queue.clone(), epoch)
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Returns expired leases and stale ingest claims, and notices a queue whose Redis
+/// came back empty (its epoch marker is gone) to dispatch the queue's unfinished
+/// jobs again. Each queue is checked on its own, side by side: on a cluster a
+/// failed-over or emptied master concerns only the queues it holds, and a node
+/// that does not answer holds up no other queue.
+pub(super) async fn reaper(shared: Arc<Shared>, mut epochs: Epochs, shutdown: CancellationToken) {
+    loop {
+        let rounds = epochs
+            .iter_mut()
+            .map(|(queue, epoch)| reap_queue(&shared, queue, epoch));
+        futures::future::join_all(rounds).await;
         if !super::pause(shared.config.runtime.reap_interval, &shutdown).await {
             return;
         }
     }
 }
 
-async fn recover_redis(shared: &Shared, lost: bool) {
-    // Paused queues first, so nothing dispatched below runs on a paused queue.
+/// One queue's round of the reaper: its epoch, then its expired leases.
+async fn reap_queue(shared: &Shared, queue: &str, epoch: &mut Option<String>) {
+    match shared.broker.epoch(queue).await {
+        Ok((current, fresh)) => {
+            if fresh || epoch.as_ref().is_some_and(|e| *e != current) {
+                recover_queue(shared, queue, epoch.is_some()).await;
+            }
+            *epoch = Some(current);
+        }
+        Err(error) => {
+            tracing::warn!(queue, error = %error_chain(&error), "Redis epoch check failed");
+            shared.metrics.redis_error(queue, RedisPath::Recovery);
+            // The reap below would fail the same way.
+            return;
+        }
+    }
+    let reaped = match shared.broker.reap(queue, shared.config.runtime.lease).await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(queue, error = %error_chain(&error), "Reaping failed");
+            shared.metrics.redis_error(queue, RedisPath::Recovery);
+            return;
+        }
+    };
+    for r in reaped.into_iter().filter(|r| !r.cancelled) {
+        let message = format!(
+            "lease expired: the worker running attempt {} stopped responding",
+            r.attempts
+        );
+        tracing::warn!(job.id = %r.id, queue, dead = r.dead, "{message}");
+        shared.metrics.leases_expired(queue, 1);
+        shared
+            .writer
+            .send(StatusUpdate::new(
+                Attempt {
+                    id: r.id,
+                    token: r.token,
+                    number: r.attempts,
+                },
+                Transition::LeaseExpired {
+                    error: message,
+                    dead: r.dead,
+                },
+            ))
+            .await;
+    }
+}
+
+/// Seeds a queue's Redis again from the ledger: its pause, then every unfinished
+/// job through the outbox.
+async fn recover_queue(shared: &Shared, queue: &str, lost: bool) {
+    // The pause first, so nothing dispatched below runs on a paused queue.
     match shared.ledger.paused_queues().await {
-        Ok(queues) => {
-            for queue in queues {
-                if let Err(error) = shared.broker.pause(&queue).await {
-                    tracing::error!(queue, error = %error_chain(&error),
-                        "Cannot restore a queue's pause in Redis");
-                }
+        Ok(paused) if paused.iter().any(|p| p == queue) => {
+            if let Err(error) = shared.broker.pause(queue).await {
+                tracing::error!(queue, error = %error_chain(&error),
+                    "Cannot restore a queue's pause in Redis");
             }
         }
-        Err(error) => tracing::error!(error = %error_chain(&error),
-            "Cannot read paused queues to restore them in Redis"),
+        Ok(_) => {}
+        Err(error) => tracing::error!(queue, error = %error_chain(&error),
+            "Cannot read paused queues to restore a pause in Redis"),
     }
-    match shared.ledger.redispatch_all().await {
+    match shared.ledger.redispatch_queue(queue).await {
         Ok(n) if lost || n > 0 => tracing::warn!(
+            queue,
             jobs = n,
-            "Redis has no epoch marker (it restarted empty or was flushed); dispatching every unfinished job again"
+            "The queue's Redis has no epoch marker (it restarted empty, was flushed or failed over before the marker was copied); dispatching the queue's unfinished jobs again"
         ),
         Ok(_) => {}
-        Err(error) => tracing::error!(error = %error_chain(&error),
-            "Cannot mark unfinished jobs for dispatch after Redis lost its data"),
+        Err(error) => tracing::error!(queue, error = %error_chain(&error),
+            "Cannot mark the queue's unfinished jobs for dispatch after its Redis lost its data"),
     }
     shared.outbox_wake.notify_one();
 }
@@ -124,7 +145,7 @@ async fn recover_redis(shared: &Shared, lost: bool) {
 pub(super) async fn orphan_sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
     let stale_after = shared.config.runtime.lease.saturating_mul(2);
     loop {
-        if !super::pause(ORPHAN_SWEEP_INTERVAL, &shutdown).await {
+        if !super::pause(shared.config.runtime.orphan_sweep_interval, &shutdown).await {
             return;
         }
         let before = crate::ledger::safe::before(Utc::now(), stale_after);
@@ -148,7 +169,8 @@ pub(super) async fn orphan_sweep(shared: Arc<Shared>, shutdown: CancellationToke
                 match shared.broker.missing(queue, &ids).await {
                     Ok(m) => missing.extend(m),
                     Err(error) => {
-                        tracing::warn!(error = %error_chain(&error), "Orphan check failed");
+                        tracing::warn!(queue, error = %error_chain(&error), "Orphan check failed");
+                        shared.metrics.redis_error(queue, RedisPath::Recovery);
                     }
                 }
             }

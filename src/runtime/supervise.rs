@@ -25,6 +25,8 @@ pub(super) struct AdminParts {
     pub(super) stop: CancellationToken,
     /// The task feeding `/events` from the Redis channel, awaited at the end.
     pub(super) relay: Option<tokio::task::JoinHandle<()>>,
+    /// TLS on the listener, when `[admin]` configures it.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Runs the loops, then performs the ordered drain once `shutdown` fires.
@@ -46,6 +48,7 @@ pub(super) async fn supervise(
             listener,
             state.with_broken(alive.ended_early()),
             admin.stop.clone(),
+            admin.tls,
         ))),
         _ => None,
     };
@@ -113,6 +116,21 @@ pub(super) async fn supervise(
         retention::run(shared.clone(), shutdown.clone()),
     ));
     loops.spawn(presence::heartbeat(shared.clone(), shutdown.clone()));
+    let arq = shared.config.section::<crate::arq::ArqConfig>();
+    if arq.enabled() {
+        match crate::arq::check(&shared.config) {
+            Ok(()) => {
+                let bridge = crate::arq::Bridge::new(
+                    arq,
+                    shared.broker.clone(),
+                    shared.ledger.clone(),
+                    shared.config.events.clone(),
+                );
+                loops.spawn(alive.watch("arq", bridge.run(shutdown.clone())));
+            }
+            Err(error) => tracing::error!(%error, "arq bridge is off"),
+        }
+    }
     for queue in shared.config.queues.keys() {
         // One ingester per queue: a second one was measured to starve the status
         // writers of Postgres time (ledger lag went from ~70ms to seconds).

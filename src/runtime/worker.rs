@@ -107,7 +107,7 @@ pub(super) async fn execute(
             }
             None => {
                 // The status writer stopped (shutdown during a Postgres outage).
-                persist(|| shared.broker.release(&job)).await;
+                persist(&shared, &job, || shared.broker.release(&job)).await;
                 drop(permit);
                 return;
             }
@@ -212,8 +212,11 @@ async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -
                     cancel.cancel();
                     return Outcome::LeaseLost;
                 }
-                Err(error) => tracing::warn!(error = %crate::error_chain(&error),
-                    "Heartbeat failed; the lease may expire"),
+                Err(error) => {
+                    shared.metrics.redis_error(&job.queue, crate::metrics::RedisPath::Ack);
+                    tracing::warn!(error = %crate::error_chain(&error),
+                        "Heartbeat failed; the lease may expire");
+                }
             },
             _ = cancelled.cancelled(), if !cancel_seen => {
                 tracing::info!("Job cancelled while running; stopping its handler");
@@ -277,7 +280,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             return;
         }
         Outcome::Interrupted => {
-            let accepted = persist(|| broker.release(job)).await;
+            let accepted = persist(shared, job, || broker.release(job)).await;
             tracing::info!("Job handed back unfinished at shutdown");
             (accepted, transition(job, Transition::HandedBack))
         }
@@ -298,7 +301,7 @@ async fn settle(shared: &Shared, job: &Leased, outcome: Outcome) {
             let delay = retry_after
                 .unwrap_or_else(|| backoff(&kind.backoff, job.attempt))
                 .min(MAX_RETRY_DELAY);
-            let accepted = persist(|| broker.retry(job, delay)).await;
+            let accepted = persist(shared, job, || broker.retry(job, delay)).await;
             if accepted {
                 tracing::warn!(error = %message, retry_in = ?delay, "Job failed, retrying");
             }
@@ -371,18 +374,18 @@ fn count_outcome(shared: &Shared, job: &Leased, status: Status) {
 async fn complete(shared: &Shared, job: &Leased) -> bool {
     match shared.producers.get(&job.queue) {
         Some(p) => p.acker.complete(job.clone()).await,
-        None => persist(|| shared.broker.complete(job)).await,
+        None => persist(shared, job, || shared.broker.complete(job)).await,
     }
 }
 
 /// A fenced Redis call, retried through a short outage; false (outcome dropped)
 /// if Redis stays away, which is safe: see [`retry::retry_redis`].
-async fn persist<F, Fut>(call: F) -> bool
+async fn persist<F, Fut>(shared: &Shared, job: &Leased, call: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = crate::broker::Result<bool>>,
 {
-    super::retry::retry_redis("Settling a job in Redis", call)
+    super::retry::retry_redis(&shared.metrics, &job.queue, "Settling a job in Redis", call)
         .await
         .unwrap_or(false)
 }

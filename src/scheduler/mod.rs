@@ -108,6 +108,23 @@ pub fn job_of(cron: &CronConfig) -> CronJob {
     }
 }
 
+/// The queue a schedule's job goes to: its own, else its kind's, else the default.
+pub fn queue_of(config: &Config, cron: &CronConfig) -> String {
+    cron.queue
+        .clone()
+        .or_else(|| config.kinds.get(&cron.kind).map(|k| k.queue.clone()))
+        .unwrap_or_else(|| crate::config::DEFAULT_QUEUE.to_owned())
+}
+
+/// A schedule's next fire time after `now`; `None` when it is disabled (or its
+/// expression, validated at load, yields no further time).
+pub fn next_fire(cron: &CronConfig, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.enabled
+        .then(|| cron.parse_schedule().ok())
+        .flatten()
+        .and_then(|s| s.next_after(now))
+}
+
 /// One enabled schedule as this daemon tracks it.
 struct Tracked {
     config: CronConfig,

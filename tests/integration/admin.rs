@@ -146,7 +146,8 @@ async fn queues_counts_each_status_per_queue_as_a_table_and_as_json() {
             "OLDEST WAIT",
             "OK LAST MIN",
             "DEAD LAST MIN",
-            "IN REDIS"
+            "IN REDIS",
+            "REDIS"
         ]
         .join(" ")
         .split(' ')
@@ -154,7 +155,9 @@ async fn queues_counts_each_status_per_queue_as_a_table_and_as_json() {
     );
     assert_eq!(
         row(&out, "default"),
-        ["default", "0", "1", "0", "0", "1", "no", "-", "2", "1", "0"]
+        [
+            "default", "0", "1", "0", "0", "1", "no", "-", "2", "1", "0", "ok"
+        ]
     );
     let reports = row(&out, "reports");
     assert_eq!(reports[..7], ["reports", "1", "0", "0", "0", "0", "yes"]);
@@ -502,7 +505,7 @@ async fn retention_prunes_final_jobs_past_their_ttl_and_keeps_the_rest() {
     config.retention.interval = Duration::from_millis(100);
     config.retention.batch = 2;
     let daemon = app
-        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let mut succeeded = Vec::new();
     for n in 0..5 {

@@ -234,7 +234,10 @@ fn uncomment_keys(text: &str) -> String {
 
 #[test]
 fn the_example_config_is_valid_as_shipped_and_with_every_key_uncommented() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/jobrunner.example.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/jobrunner.example.toml"
+    );
     let text = std::fs::read_to_string(example).expect("config/jobrunner.example.toml");
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full.toml");
@@ -393,7 +396,10 @@ kind = "noop""#,
         assert_eq!(code, 0, "{args:?}: {err}");
         let doc = one_json_document(&out);
         assert_eq!(doc["current"], true, "{args:?}: {doc}");
-        assert_eq!(doc["schema_version"], jobrunner::ledger::schema_version());
+        assert_eq!(
+            doc["schema_version"],
+            jobrunner::ledger::schema_version(&jobrunner_kinds::migrations())
+        );
     }
 
     let (code, out, err) = app.cli(&["config", "--json"]);
@@ -418,7 +424,7 @@ async fn migrate_check_exits_0_when_current_and_1_with_one_line_otherwise() {
         out,
         format!(
             "Database schema is current (version {})\n",
-            jobrunner::ledger::schema_version()
+            jobrunner::ledger::schema_version(&jobrunner_kinds::migrations())
         )
     );
 
@@ -470,7 +476,7 @@ fn version_completions_and_man_pages_come_from_the_binary() {
         version.starts_with(&format!("jobrunner {} (commit ", env!("CARGO_PKG_VERSION")))
             && version.trim_end().ends_with(&format!(
                 ", schema {})",
-                jobrunner::ledger::schema_version()
+                jobrunner::ledger::schema_version(&jobrunner_kinds::migrations())
             )),
         "{version}"
     );

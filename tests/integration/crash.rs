@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobrunner::broker::RedisEnqueue;
-use jobrunner::jobs::{JobContext, JobResult, Registry};
+use jobrunner::jobs::{JobContext, JobResult};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -131,7 +131,7 @@ async fn two_daemons_on_one_queue_never_run_the_same_job_at_once() {
     let overlap = Arc::new(Overlap::default());
     let registry = || {
         let overlap = overlap.clone();
-        let mut registry = Registry::builtin(&app.config);
+        let mut registry = jobrunner_kinds::registry(&app.config);
         registry.register("track", move |ctx: JobContext| {
             let overlap = overlap.clone();
             async move {
@@ -324,7 +324,7 @@ async fn jobs_queued_when_redis_restarts_empty_all_still_run() {
 async fn jobs_pending_when_a_daemon_starts_on_a_fresh_redis_run_exactly_once() {
     let app = spawn_app().await;
     let runs = Arc::new(Mutex::new(Vec::new()));
-    let mut registry = Registry::builtin(&app.config);
+    let mut registry = jobrunner_kinds::registry(&app.config);
     let seen = runs.clone();
     registry.register("count", move |ctx: JobContext| {
         let seen = seen.clone();

@@ -211,7 +211,7 @@ async fn higher_priority_jobs_run_first() {
     let dispatcher = app
         .start_daemon_with(
             dispatcher_only.clone(),
-            jobrunner::jobs::Registry::builtin(&dispatcher_only),
+            jobrunner_kinds::registry(&dispatcher_only),
         )
         .await;
     for _ in 0..100 {

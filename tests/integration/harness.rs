@@ -138,9 +138,24 @@ pub struct Postgres {
     log: PathBuf,
     /// Run initdb/postgres through `runuser -u postgres --` (we are root).
     as_postgres_user: bool,
+    /// Extra `-c name=value` settings, from [`PgSetup::settings`].
+    settings: Vec<String>,
     server: Option<Supervised>,
     janitor: Janitor,
     dir: tempfile::TempDir,
+}
+
+/// What a cluster needs beyond the defaults (a TLS cluster: its certificate
+/// files, `ssl=on` and a `pg_hba.conf` that takes only TLS).
+#[derive(Default)]
+pub struct PgSetup {
+    /// Files written into the cluster's directory (mode 0600, owned by the
+    /// server's user): name and contents.
+    pub files: Vec<(String, String)>,
+    /// `name=value` settings; `{dir}` stands for the cluster's directory.
+    pub settings: Vec<String>,
+    /// The whole of `pg_hba.conf`, replacing initdb's.
+    pub hba: Option<String>,
 }
 
 impl Postgres {
@@ -157,6 +172,11 @@ impl Postgres {
     /// Panics (with the tail of the server log) if the cluster cannot be
     /// created or started.
     pub fn start() -> Postgres {
+        Postgres::start_with(PgSetup::default())
+    }
+
+    /// [`Postgres::start`] with `setup`'s files, settings and `pg_hba.conf`.
+    pub fn start_with(setup: PgSetup) -> Postgres {
         let bins = pg_bins();
         let as_postgres_user = running_as_root();
         let dir = tempfile::Builder::new()
@@ -227,11 +247,35 @@ impl Postgres {
             );
         }
 
+        for (name, contents) in &setup.files {
+            let to = dir.path().join(name);
+            fs::write(&to, contents).expect("harness: write a file into the cluster's directory");
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).expect("harness: chmod");
+        }
+        if let Some(hba) = &setup.hba {
+            fs::write(data.join("pg_hba.conf"), hba).expect("harness: write pg_hba.conf");
+        }
+        if as_postgres_user && (!setup.files.is_empty() || setup.hba.is_some()) {
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path())
+                .output()
+                .expect("harness: cannot run chown");
+            assert!(out.status.success(), "harness: chown failed");
+        }
+        let dir_text = dir.path().display().to_string();
+        let settings = setup
+            .settings
+            .iter()
+            .map(|s| s.replace("{dir}", &dir_text))
+            .collect();
         let mut pg = Postgres {
             port: 0,
             data,
             log,
             as_postgres_user,
+            settings,
             server: None,
             janitor,
             dir,
@@ -258,6 +302,16 @@ impl Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/NAME`
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db)
+    }
+
+    /// The same database through the cluster's Unix socket, which a
+    /// `pg_hba.conf` taking only TLS over TCP still lets in (`local` lines).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{db}?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
     }
 
     /// The temporary directory holding the data directory, socket and log.
@@ -376,6 +430,9 @@ impl Postgres {
         ] {
             args.extend(["-c".into(), setting.into()]);
         }
+        for setting in &self.settings {
+            args.extend(["-c".into(), setting.into()]);
+        }
 
         let server = Supervised::spawn(
             &self.janitor,
@@ -444,15 +501,39 @@ pub fn shared_postgres() -> &'static Postgres {
 pub struct Redis {
     port: u16,
     log: PathBuf,
+    setup: RedisSetup,
     server: Option<Supervised>,
     janitor: Janitor,
     dir: tempfile::TempDir,
+}
+
+/// What a server needs beyond the defaults.
+#[derive(Default, Clone)]
+pub struct RedisSetup {
+    /// Serve TLS only (`--port 0 --tls-port PORT`), with this certificate, key
+    /// and CA (PEM files); client certificates are checked when sent.
+    pub tls: Option<RedisServerTls>,
+    /// Further `--name value` arguments (an ACL `--user` line, say).
+    pub args: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct RedisServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Redis {
     /// Start a new, empty server on a free port; blocks until `PING` answers
     /// `+PONG`. Panics (with the tail of the log) on failure.
     pub fn start() -> Redis {
+        Redis::start_with(RedisSetup::default())
+    }
+
+    /// [`Redis::start`] with `setup`'s TLS and arguments. A TLS server is
+    /// ready when its log says so (a plain `PING` cannot reach it).
+    pub fn start_with(setup: RedisSetup) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("jobrunner-test-redis-")
             .tempdir()
@@ -463,6 +544,7 @@ impl Redis {
         let mut redis = Redis {
             port: 0,
             log,
+            setup,
             server: None,
             janitor,
             dir,
@@ -486,9 +568,14 @@ impl Redis {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/0`
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server)
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.setup.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// The temporary directory (`--dir`) holding the log.
@@ -533,9 +620,25 @@ impl Redis {
     fn launch(&mut self) -> Result<(), LaunchError> {
         let bin = redis_bin();
         let log_offset = file_len(&self.log);
-        let args: Vec<OsString> = vec![
-            "--port".into(),
-            self.port.to_string().into(),
+        let mut args: Vec<OsString> = match &self.setup.tls {
+            None => vec!["--port".into(), self.port.to_string().into()],
+            Some(tls) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string().into(),
+                "--tls-cert-file".into(),
+                tls.cert.clone().into(),
+                "--tls-key-file".into(),
+                tls.key.clone().into(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.clone().into(),
+                "--tls-auth-clients".into(),
+                "optional".into(),
+            ],
+        };
+        args.extend(self.setup.args.iter().map(OsString::from));
+        args.extend::<[OsString; 10]>([
             "--bind".into(),
             "127.0.0.1".into(),
             "--save".into(),
@@ -546,7 +649,7 @@ impl Redis {
             "no".into(),
             "--dir".into(),
             self.dir.path().into(),
-        ];
+        ]);
         let server = Supervised::spawn(
             &self.janitor,
             false,
@@ -562,8 +665,10 @@ impl Redis {
         })?;
 
         let port = self.port;
+        let tls = self.setup.tls.is_some();
         // The log check makes sure it is *our* server that answers.
-        let ready = move |log: &str| log.contains("Ready to accept connections") && ping(port);
+        let ready =
+            move |log: &str| log.contains("Ready to accept connections") && (tls || ping(port));
         await_ready(
             server,
             "redis-server",
@@ -583,6 +688,119 @@ impl Drop for Redis {
         self.kill();
         self.janitor.finish();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Chromedriver
+// ---------------------------------------------------------------------------
+
+/// One throwaway `chromedriver` (Debian's `chromium-driver`) on a free port on
+/// 127.0.0.1, for the dashboard's browser tests. Each test opens its own
+/// headless Chromium session through it. Stopped (with its browsers) when the
+/// test process exits, like the other servers.
+pub struct Chromedriver {
+    port: u16,
+    server: Option<Supervised>,
+    janitor: Janitor,
+    dir: tempfile::TempDir,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver; blocks until it accepts connections.
+    pub fn start() -> Chromedriver {
+        let dir = tempfile::Builder::new()
+            .prefix("jobrunner-test-chromedriver-")
+            .tempdir()
+            .expect("harness: cannot create a temporary directory for chromedriver");
+        let janitor = Janitor::spawn(dir.path());
+        let log = dir.path().join("chromedriver.log");
+        File::create(&log).expect("harness: cannot create chromedriver.log");
+        let bin = find_bin("chromedriver", &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
+            .expect("harness: chromedriver is not installed (Debian: chromium-driver; scripts/test.sh installs it)");
+        let mut driver = Chromedriver {
+            port: 0,
+            server: None,
+            janitor,
+            dir,
+        };
+        for attempt in 1..=PORT_ATTEMPTS {
+            driver.port = free_port();
+            let args: Vec<OsString> = vec![
+                format!("--port={}", driver.port).into(),
+                "--allowed-ips=127.0.0.1".into(),
+            ];
+            let server = Supervised::spawn(
+                &driver.janitor,
+                false,
+                driver.dir.path(),
+                &log,
+                // TERM lets chromedriver close the browsers it started.
+                "TERM",
+                &bin,
+                &args,
+            )
+            .unwrap_or_else(|message| panic!("harness: chromedriver: {message}"));
+            let port = driver.port;
+            match await_ready(
+                server,
+                "chromedriver",
+                "KILL",
+                &log,
+                0,
+                REDIS_READY_TIMEOUT,
+                |log| {
+                    log.contains("started successfully")
+                        && TcpStream::connect_timeout(&local(port), Duration::from_secs(1)).is_ok()
+                },
+            ) {
+                Ok(server) => {
+                    driver.server = Some(server);
+                    return driver;
+                }
+                Err(e) if e.port_busy && attempt < PORT_ATTEMPTS => continue,
+                Err(e) => panic!("harness: chromedriver failed to start: {}", e.message),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The WebDriver URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.stop("TERM");
+        }
+        self.janitor.finish();
+    }
+}
+
+/// The chromedriver shared by all browser tests in this process.
+pub fn shared_chromedriver() -> &'static Chromedriver {
+    static SHARED: OnceLock<Chromedriver> = OnceLock::new();
+    SHARED.get_or_init(Chromedriver::start)
+}
+
+/// The Chromium binary chromedriver should start.
+pub fn chromium_bin() -> Option<PathBuf> {
+    find_bin(
+        "chromium",
+        &["/usr/bin/chromium", "/usr/lib/chromium/chromium"],
+    )
+}
+
+/// `name` on the PATH, else the first of `fallbacks` that exists.
+fn find_bin(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
 }
 
 // ---------------------------------------------------------------------------
@@ -616,13 +834,13 @@ pub fn unique_name(prefix: &str) -> String {
 // ---------------------------------------------------------------------------
 
 /// A server process running under the [`SUPERVISOR`] shell.
-struct Supervised {
+pub(crate) struct Supervised {
     /// The supervisor (`sh`, or `runuser` running `sh`).
     child: Child,
     /// Write end of the supervisor's stdin; closing it stops the server.
     stdin: Option<ChildStdin>,
     /// Pid of the server process itself.
-    pid: u32,
+    pub(crate) pid: u32,
     /// Signal used when dropped without an explicit stop.
     default_signal: &'static str,
 }
@@ -630,7 +848,7 @@ struct Supervised {
 impl Supervised {
     /// Start `program args...` under a new supervisor (registered with
     /// `janitor`), with `dir` as working directory and output appended to `log`.
-    fn spawn(
+    pub(crate) fn spawn(
         janitor: &Janitor,
         as_postgres_user: bool,
         dir: &Path,
@@ -688,7 +906,7 @@ impl Supervised {
     /// Ask the supervisor to send `signal` to the server, then wait for both to
     /// exit (escalating to SIGKILL after 30 s). Returns the supervisor's exit
     /// status, which is the server's.
-    fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+    pub(crate) fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(format!("{signal}\n").as_bytes());
             // Dropping `stdin` closes the pipe.
@@ -724,12 +942,12 @@ impl Drop for Supervised {
 
 /// Removes a directory when [`finish`](Janitor::finish)ed, dropped, or when
 /// this process dies (see [`JANITOR`]).
-struct Janitor {
+pub(crate) struct Janitor {
     child: Option<Child>,
 }
 
 impl Janitor {
-    fn spawn(dir: &Path) -> Janitor {
+    pub(crate) fn spawn(dir: &Path) -> Janitor {
         let child = Command::new("sh")
             .arg("-c")
             .arg(JANITOR)
@@ -754,7 +972,7 @@ impl Janitor {
     }
 
     /// Close the pipe and wait until the directory has been removed.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
             let _ = child.wait();
@@ -768,10 +986,10 @@ impl Drop for Janitor {
     }
 }
 
-struct LaunchError {
+pub(crate) struct LaunchError {
     /// The server could not bind its port (another process holds it).
-    port_busy: bool,
-    message: String,
+    pub(crate) port_busy: bool,
+    pub(crate) message: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -821,7 +1039,7 @@ fn pg_bins() -> &'static PgBins {
     })
 }
 
-fn redis_bin() -> &'static Path {
+pub(crate) fn redis_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         which("redis-server")
@@ -896,7 +1114,7 @@ fn local(port: u16) -> SocketAddr {
 }
 
 /// True if `PING` on 127.0.0.1:port answers `+PONG`.
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&local(port), Duration::from_secs(1)) else {
         return false;
     };
@@ -921,7 +1139,7 @@ fn postmaster_ready(data: &Path, pid: u32) -> bool {
 /// Polls `ready` (given the server's log since `log_offset`) until it holds, the
 /// server exits, or `timeout` passes; on failure the server is stopped with
 /// `stop_signal` and the error carries the end of its log.
-fn await_ready(
+pub(crate) fn await_ready(
     mut server: Supervised,
     name: &str,
     stop_signal: &str,
@@ -964,7 +1182,7 @@ fn await_ready(
 }
 
 /// The process exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => match stat.rfind(')') {
             Some(i) => !matches!(
@@ -993,12 +1211,12 @@ fn append_to(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("harness: cannot open {}: {e}", path.display()))
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Contents of a log file from byte `offset` on.
-fn read_log(path: &Path, offset: u64) -> String {
+pub(crate) fn read_log(path: &Path, offset: u64) -> String {
     let bytes = fs::read(path).unwrap_or_default();
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
@@ -1006,7 +1224,7 @@ fn read_log(path: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-fn log_tail(path: &Path, offset: u64) -> String {
+pub(crate) fn log_tail(path: &Path, offset: u64) -> String {
     tail(&read_log(path, offset))
 }
 

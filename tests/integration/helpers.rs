@@ -49,7 +49,7 @@ async fn template() -> &'static str {
                 .await
                 .expect("connect to template");
             Ledger::from_pool(pool.clone())
-                .migrate()
+                .migrate(&jobrunner_kinds::migrations())
                 .await
                 .expect("migrate the template database");
             pool.close().await;
@@ -61,6 +61,14 @@ async fn template() -> &'static str {
 /// A fresh database and Redis with a config for fast tests: short lease, fast
 /// reaper and polling, millisecond backoff for the `fail` kind.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(None).await
+}
+
+/// [`spawn_app`] on the Redis at `redis_url` (a cluster or a Sentinel set the test
+/// started) instead of a standalone server of its own. `TestApp::redis` is then
+/// a standalone server the daemon does not use (starting one costs a few ms and
+/// keeps the field there for every test).
+pub async fn spawn_app_on(redis_url: Option<String>) -> TestApp {
     init_logging();
     let template = template().await;
     let pg = harness::shared_postgres();
@@ -74,7 +82,7 @@ pub async fn spawn_app() -> TestApp {
     };
     config.database.url = url.into();
     config.database.max_connections = 8;
-    config.redis.url = redis.url().into();
+    config.redis.url = redis_url.unwrap_or_else(|| redis.url()).into();
     config.redis.key_prefix = harness::unique_name("jr");
     config.redis.reconnect_max_delay = Duration::from_millis(500);
     config.runtime.lease = Duration::from_secs(2);
@@ -115,7 +123,7 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// An in-process daemon with the built-in kinds.
     pub async fn start_daemon(&self) -> Daemon {
-        self.start_daemon_with(self.config.clone(), Registry::builtin(&self.config))
+        self.start_daemon_with(self.config.clone(), jobrunner_kinds::registry(&self.config))
             .await
     }
 

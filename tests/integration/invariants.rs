@@ -1,45 +1,74 @@
 //! The module boundaries docs/ARCHITECTURE.md states as invariants, checked on
-//! the source tree: only `broker` talks to Redis, and only `ledger` runs SQL on
-//! the ledger's own tables.
+//! the source tree: only `broker` talks to Redis, only `ledger` runs SQL on the
+//! ledger's own tables, and the core never names a business kind.
 
 use std::path::{Path, PathBuf};
 
 /// Tables whose rows only `ledger` reads and writes.
-const LEDGER_TABLES: [&str; 4] = [
+const LEDGER_TABLES: [&str; 5] = [
     "jobrunner.jobs",
     "jobrunner.outbox",
     "jobrunner.cron_fires",
     "jobrunner.quarantine",
+    "jobrunner.external_ids",
 ];
 
 /// Folders outside `ledger` allowed to run SQL on the ledger tables, and why.
 const LEDGER_SQL_ALLOWED: [&str; 1] = [
     // The benchmark empties the tables between runs and reads timings straight
-    // from the rows; it is a tool beside the core and will move out of it.
-    "src/bench",
+    // from the rows; it is a tool of the binary beside the core, not part of it.
+    "bin/src/bench",
 ];
 
-/// Every `.rs` file under `src/`, as paths relative to the crate root.
-fn sources() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The source folders of the workspace: the core, the business kinds, the binary.
+const CRATES: [&str; 3] = ["src", "kinds/src", "bin/src"];
+
+/// The files of the core: its library, its build script and its migrations.
+const CORE: [&str; 3] = ["src", "build.rs", "migrations"];
+
+/// The repository root (the tests belong to the binary's package, in bin/).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Every file under the `folders` (or the files themselves), as paths relative
+/// to the repository root.
+fn files(folders: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut dirs = vec![root.join("src")];
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for folder in folders {
+        let path = root().join(folder);
+        if path.is_dir() {
+            dirs.push(path);
+        } else {
+            out.push(PathBuf::from(folder));
+        }
+    }
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path.strip_prefix(root).unwrap().to_owned());
+            } else {
+                out.push(path.strip_prefix(root()).unwrap().to_owned());
             }
         }
     }
+    out
+}
+
+/// Every `.rs` file of the workspace's crates.
+fn sources() -> Vec<PathBuf> {
+    let out: Vec<PathBuf> = files(&CRATES)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
     assert!(out.len() > 20, "found the source tree: {out:?}");
     out
 }
 
 fn read(path: &Path) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    std::fs::read_to_string(root().join(path)).unwrap()
 }
 
 /// The code of a file without its comment lines.
@@ -78,6 +107,80 @@ fn offenders(owners: &[&str], breaks: fn(&str) -> bool) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Whether `text` holds `word` with no identifier character (or `-`) on
+/// either side.
+fn has_word(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
+}
+
+/// What names a business kind: the crate, each kind's module (`pub mod` in
+/// kinds/src/lib.rs) in its Rust and its kind-name spelling, and the tables the
+/// kinds' migrations create. Read from the kinds' crate, so a new kind is covered.
+struct KindNames {
+    words: Vec<String>,
+    /// Table names that are plain words (`messages`): only SQL that names them
+    /// counts (`FROM messages`, `public.messages`), not the English word.
+    plain_tables: Vec<String>,
+}
+
+impl KindNames {
+    fn read() -> KindNames {
+        let mut words = vec!["jobrunner_kinds".to_owned(), "jobrunner-kinds".to_owned()];
+        for line in read(Path::new("kinds/src/lib.rs")).lines() {
+            if let Some(name) = line
+                .strip_prefix("pub mod ")
+                .and_then(|r| r.strip_suffix(';'))
+            {
+                words.push(name.to_owned());
+                words.push(name.replace('_', "-"));
+            }
+        }
+        let mut plain_tables = Vec::new();
+        for file in files(&["kinds/migrations"]) {
+            let sql = read(&file);
+            for part in sql.split("CREATE TABLE ").skip(1) {
+                let name: String = part
+                    .trim_start_matches("public.")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name.contains('_') {
+                    words.push(name);
+                } else {
+                    plain_tables.push(name);
+                }
+            }
+        }
+        assert!(words.len() >= 8, "kinds and tables: {words:?}");
+        KindNames {
+            words,
+            plain_tables,
+        }
+    }
+
+    /// The first name of a business kind that `text` holds.
+    fn named_in(&self, text: &str) -> Option<String> {
+        if let Some(word) = self.words.iter().find(|w| has_word(text, w)) {
+            return Some(word.clone());
+        }
+        let upper = text.to_uppercase();
+        self.plain_tables
+            .iter()
+            .find(|table| {
+                let table = table.to_uppercase();
+                ["PUBLIC.", "FROM ", "INTO ", "UPDATE ", "JOIN ", "TABLE "]
+                    .iter()
+                    .any(|sql| has_word(&upper, &format!("{sql}{table}")))
+            })
+            .cloned()
+    }
+}
+
 #[test]
 fn only_broker_names_the_redis_client() {
     let offenders = offenders(&["src/broker"], names_fred);
@@ -101,6 +204,20 @@ fn only_ledger_runs_sql_on_the_ledger_tables() {
 }
 
 #[test]
+fn the_core_never_names_a_business_kind() {
+    let names = KindNames::read();
+    let offenders: Vec<(PathBuf, String)> = files(&CORE)
+        .into_iter()
+        .filter_map(|p| Some((p.clone(), names.named_in(&read(&p))?)))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "the core (src/, build.rs, migrations/) must not name the business kinds, \
+         their crate or their tables; these files do (and the name): {offenders:?}"
+    );
+}
+
+#[test]
 fn the_checks_recognise_what_they_forbid() {
     assert!(names_fred("use fred::prelude::*;"));
     assert!(!names_fred(&code("// fred:: is named in a comment only")));
@@ -119,4 +236,49 @@ fn the_checks_recognise_what_they_forbid() {
     // The allowed exception is real: drop it and the check fails.
     assert!(!offenders(&["src/ledger"], runs_ledger_sql).is_empty());
     assert!(!offenders(&[], names_fred).is_empty());
+
+    let names = KindNames::read();
+    for named in [
+        "use jobrunner_kinds::registry;",
+        "registry.get(\"message-processing\")",
+        "mod data_extraction;",
+        "sqlx::query(\"DELETE FROM content_posts\")",
+        "INSERT INTO public.messages (id) VALUES ($1)",
+        "update conversations set unread_count = 0",
+    ] {
+        assert!(names.named_in(named).is_some(), "{named}");
+    }
+    for plain in [
+        "let messages = Vec::new();",
+        "the log messages of a job",
+        "a data extraction of sorts",
+        "jobrunner_kindsx",
+    ] {
+        assert_eq!(names.named_in(plain), None, "{plain}");
+    }
+    // The kinds' own crate and the binary do name them.
+    for layer in ["kinds/src/lib.rs", "bin/src/main.rs"] {
+        assert!(names.named_in(&read(Path::new(layer))).is_some(), "{layer}");
+    }
+}
+
+/// TLS everywhere (reqwest, sqlx, fred) is rustls on ring: neither aws-lc (its C
+/// build is long and needs cmake) nor OpenSSL is ever compiled. Cargo.lock
+/// lists every crate any feature of the build can compile.
+#[test]
+fn the_build_compiles_neither_aws_lc_nor_openssl() {
+    let lock = read(Path::new("Cargo.lock"));
+    assert!(lock.contains("name = \"ring\""), "ring is the provider");
+    for name in [
+        "aws-lc-sys",
+        "aws-lc-rs",
+        "openssl-sys",
+        "openssl",
+        "native-tls",
+    ] {
+        assert!(
+            !lock.contains(&format!("name = \"{name}\"\n")),
+            "Cargo.lock holds {name}: `cargo tree -i {name}` shows who brings it"
+        );
+    }
 }

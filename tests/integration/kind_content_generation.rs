@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use jobrunner::config::{Config, KindConfig};
-use jobrunner::jobs::Registry;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -311,7 +310,7 @@ impl FakeOpenAi {
     /// A config whose openai generator points here.
     fn config(&self, app: &TestApp) -> Config {
         let mut config = app.config.clone();
-        let mut content: jobrunner::jobs::ContentGenerationConfig = config.section();
+        let mut content: jobrunner_kinds::ContentGenerationConfig = config.section();
         content.openai_base_url = self.url.clone();
         content.openai_model = MODEL.into();
         content.openai_api_key_env = KEY_ENV.into();
@@ -371,7 +370,7 @@ async fn the_openai_generator_drafts_every_post_with_bounded_concurrency() {
     let fake = FakeOpenAi::start(|_, body| good_reply(body)).await;
     let config = fake.config(&app);
     let daemon = app
-        .start_daemon_with(config.clone(), Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let id = insert_campaign(
         &app,
@@ -427,7 +426,7 @@ async fn a_429_with_retry_after_is_retried_after_that_wait_and_then_succeeds() {
     kind.backoff.max = Duration::from_secs(3600);
     config.kinds.insert(KIND.into(), kind);
     let daemon = app
-        .start_daemon_with(config.clone(), Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let id = insert_campaign(
         &app,
@@ -469,7 +468,7 @@ async fn a_400_ends_dead_and_fails_the_campaign_with_the_upstream_message() {
     .await;
     let config = fake.config(&app);
     let daemon = app
-        .start_daemon_with(config.clone(), Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let id = insert_campaign(
         &app,
@@ -503,11 +502,11 @@ async fn a_missing_api_key_variable_is_named_and_fails_the_campaign() {
     let app = spawn_app().await;
     let mut config = app.config.clone();
     let unset = format!("JOBRUNNER_TEST_UNSET_{}", Uuid::now_v7().simple());
-    let mut content: jobrunner::jobs::ContentGenerationConfig = config.section();
+    let mut content: jobrunner_kinds::ContentGenerationConfig = config.section();
     content.openai_api_key_env = unset.clone();
     config.set_section(&content);
     let daemon = app
-        .start_daemon_with(config.clone(), Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let id = insert_campaign(
         &app,

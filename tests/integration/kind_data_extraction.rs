@@ -116,7 +116,7 @@ async fn dead_url() -> String {
 /// with millisecond backoff.
 async fn app_with(allow: &[&str], max_attempts: i32) -> TestApp {
     let mut app = spawn_app().await;
-    let mut extraction: jobrunner::jobs::DataExtractionConfig = app.config.section();
+    let mut extraction: jobrunner_kinds::DataExtractionConfig = app.config.section();
     extraction.allow_hosts = allow.iter().map(|s| s.to_string()).collect();
     extraction.fetch_timeout = Duration::from_secs(5);
     app.config.set_section(&extraction);
@@ -316,7 +316,7 @@ async fn running_the_same_query_twice_leaves_the_same_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_page_is_cut_off_and_what_came_before_the_cut_is_kept() {
     let mut app = app_with(&["127.0.0.1"], 3).await;
-    let mut extraction: jobrunner::jobs::DataExtractionConfig = app.config.section();
+    let mut extraction: jobrunner_kinds::DataExtractionConfig = app.config.section();
     extraction.max_body_bytes = 64 * 1024;
     app.config.set_section(&extraction);
     let filler = "<p>nothing to see here, just padding text</p>\n".repeat(40_000); // ~1.8 MB

@@ -318,7 +318,7 @@ async fn an_id_too_long_for_any_index_is_bad_input_never_retried() {
 fn documented_sql(marker: &str) -> String {
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/docs/kinds/message-processing.md"
+        "/../docs/kinds/message-processing.md"
     ))
     .unwrap();
     let after = &doc[doc.find(marker).expect("marker in the doc")..];

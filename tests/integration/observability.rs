@@ -593,7 +593,7 @@ async fn redis_and_postgres_channels_carry_the_same_events() {
     let mut config = app.config.clone();
     config.events.postgres = true;
     let daemon = app
-        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
 
     let id = app.enqueue("fail", json!({"times": 1})).await;
@@ -713,7 +713,7 @@ async fn events_reach_sse_clients_of_a_daemon_that_did_not_run_the_job() {
     let watcher = app
         .start_daemon_with(
             watcher_config.clone(),
-            jobrunner::jobs::Registry::builtin(&watcher_config),
+            jobrunner_kinds::registry(&watcher_config),
         )
         .await;
     let (id, tx) = enqueue_in_tx(&app, "noop", json!({})).await;
@@ -761,7 +761,7 @@ async fn with_redis_events_off_sse_still_shows_this_daemons_jobs_and_redis_hears
     let mut config = app.config.clone();
     config.events.redis = false;
     let daemon = app
-        .start_daemon_with(config.clone(), jobrunner::jobs::Registry::builtin(&config))
+        .start_daemon_with(config.clone(), jobrunner_kinds::registry(&config))
         .await;
     let (id, tx) = enqueue_in_tx(&app, "noop", json!({})).await;
     let mut stream = SseStream::open(&admin(&daemon), &format!("job={id}")).await;

@@ -500,7 +500,7 @@ async fn random_poison_never_holds_up_ordinary_jobs_or_breaks_the_daemon() {
     use proptest::test_runner::{Config as PropConfig, TestRunner};
 
     let app = spawn_app().await;
-    let mut registry = jobrunner::jobs::Registry::builtin(&app.config);
+    let mut registry = jobrunner_kinds::registry(&app.config);
     registry.register("probe", probe);
     let daemon = app.start_daemon_with(app.config.clone(), registry).await;
     let addr = daemon.admin_addr().expect("admin listener");

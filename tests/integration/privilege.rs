@@ -211,7 +211,10 @@ async fn migrations_apply_without_createrole_and_the_manual_recipe_grants_the_ro
     .unwrap();
     let app_url = as_user(&pg.url("app"), &owner);
     let ledger = Ledger::from_pool(sqlx::PgPool::connect(&app_url).await.unwrap());
-    ledger.migrate().await.expect("migrates without CREATEROLE");
+    ledger
+        .migrate(&jobrunner_kinds::migrations())
+        .await
+        .expect("migrates without CREATEROLE");
     let roles: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'jobrunner\\_%'")
             .fetch_one(&mut conn)

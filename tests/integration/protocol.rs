@@ -11,7 +11,7 @@ use jobrunner::ledger::Status;
 
 /// The ```lua block of docs/PROTOCOL.md.
 fn documented_script() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
         .expect("docs/PROTOCOL.md");
     let start = doc.find("```lua\n").expect("a ```lua block") + "```lua\n".len();
     let end = start + doc[start..].find("\n```").expect("end of the lua block");
@@ -82,10 +82,21 @@ pub fn enqueue_on(
 
 #[test]
 fn the_documented_script_is_the_one_the_daemon_ships() {
+    // The fenced block plus the newline that ends its last line.
     assert_eq!(
-        documented_script(),
-        jobrunner::broker::enqueue_script_source().trim_matches('\n')
+        format!("{}\n", documented_script()),
+        jobrunner::broker::enqueue_script_source()
     );
+}
+
+#[test]
+fn the_python_clients_script_is_the_one_the_daemon_ships() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../clients/python/src/jobrunner_client/enqueue.lua"
+    ))
+    .expect("the Python client's enqueue.lua");
+    assert_eq!(shipped, jobrunner::broker::enqueue_script_source());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,7 +242,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         return;
     };
     assert!(version.status.success());
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/jobrunner.service");
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/jobrunner.service");
     let text = std::fs::read_to_string(unit).expect("systemd/jobrunner.service");
     for line in [
         "Type=notify",
@@ -268,6 +268,14 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("jobrunner.service");
     let binary = env!("CARGO_BIN_EXE_jobrunner");
+    // The commented credentials example is checked as if a drop-in enabled it.
+    assert!(
+        text.contains("\n#LoadCredential=database-password:"),
+        "{text}"
+    );
+    let text = text
+        .replace("\n#LoadCredential=", "\nLoadCredential=")
+        .replace("\n#Environment=JOBRUNNER_", "\nEnvironment=JOBRUNNER_");
     std::fs::write(&copy, text.replace("/usr/bin/jobrunner", binary)).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", copy.to_str().unwrap()])

@@ -1,8 +1,9 @@
 //! The scripts that bring jobs into Redis: the producer's ENQUEUE, the ingest
 //! claim and promotion, the outbox's DISPATCH, and the check for lost copies.
 
-/// The producer-facing enqueue, documented in docs/PROTOCOL.md (which holds a copy
-/// of its full text: a test keeps the two equal). `check_job` is every rule a job
+/// The producer-facing enqueue, documented in docs/PROTOCOL.md and shipped in the
+/// Python client's `enqueue.lua` (both hold a copy of its full text: tests keep
+/// the three equal). `check_job` is every rule a job
 /// must meet; a batch form of this script must call it for each job.
 /// KEYS: job hash, ingest list. ARGV: id, kind, payload, priority, max_attempts, delay_ms.
 pub const ENQUEUE: &str = r#"
@@ -117,7 +118,8 @@ return 1
 /// it. An entry with no key is skipped if it is a canonical id (a job cancelled
 /// before ingest) and returned unclaimed otherwise, so garbage is reported, not
 /// lost. An ingest list that is not a list is renamed to `<ingest>:bad`.
-/// KEYS: ingest, ingesting. ARGV: n, job key prefix.
+/// KEYS: ingest, ingesting, job key prefix (`prefix:{q}:job:`, which the claimed
+/// ids are appended to). ARGV: n.
 /// Returns flat, 8 per entry: entry, key type, kind, payload, priority,
 /// max_attempts, created_ms, run_ms (nil where missing); or `{'!', type}` when the
 /// ingest list was of the wrong type and has been moved aside.
@@ -136,7 +138,7 @@ local canonical = '^' .. string.rep(h, 8) .. '%-' .. string.rep(h, 4) .. '%-' ..
   .. '%-' .. string.rep(h, 4) .. '%-' .. string.rep(h, 12) .. '$'
 local out, claimed = {}, {}
 for _, id in ipairs(ids) do
-  local key = ARGV[2] .. id
+  local key = KEYS[3] .. id
   local kt = redis.call('TYPE', key)['ok']
   if kt ~= 'none' or not string.match(id, canonical) then
     if kt ~= 'none' then
@@ -157,13 +159,14 @@ return out
 "#;
 
 /// Moves ingested jobs (now in the ledger) to ready or delayed.
-/// KEYS: ingesting, ready, delayed. ARGV: job key prefix, wake channel, then per job:
-/// ingest entry (the id as read), max_attempts, refused ("1": the ledger recorded it
-/// dead or it was quarantined; drop its key, whatever its type).
+/// KEYS: ingesting, ready, delayed, then the job key of each entry.
+/// ARGV: wake channel, then per job: ingest entry (the id as read), max_attempts,
+/// refused ("1": the ledger recorded it dead or it was quarantined; drop its key,
+/// whatever its type).
 pub const PROMOTE_INGESTED: &str = r#"
 local now = now_ms()
 local ids = {}
-for i = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return 1 end
 -- Only ids still claimed: the reaper may have handed some back meanwhile.
 local claimed = redis.call('ZMSCORE', KEYS[1], unpack(ids))
@@ -171,8 +174,8 @@ redis.call('ZREM', KEYS[1], unpack(ids))
 local ready, delayed = {}, {}
 for n, id in ipairs(ids) do
   if claimed[n] then
-    local i = 3 * n
-    local key = ARGV[1] .. id
+    local i = 3 * n - 1
+    local key = KEYS[3 + n]
     if ARGV[i + 2] == '1' then
       redis.call('DEL', key)
     elseif redis.call('EXISTS', key) == 0 then
@@ -193,7 +196,7 @@ for n, id in ipairs(ids) do
 end
 if #ready > 0 then redis.call('ZADD', KEYS[2], unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', KEYS[3], unpack(delayed)) end
-wake(KEYS[2], ARGV[2])
+wake(KEYS[2], ARGV[1])
 return 1
 "#;
 
@@ -204,22 +207,22 @@ return 1
 /// every check comes before the first write, so a failed call changes nothing.
 /// Called with no jobs, it only checks the queue's own keys.
 /// A retried job (`revive` "1") passes its tombstone, and clears it.
-/// KEYS: ready, delayed. ARGV: job key prefix, wake channel, then per job:
-/// id, kind, payload, priority, attempts, max_attempts, run_ms, revive.
+/// KEYS: ready, delayed, then per job: job key, tombstone key. ARGV: wake channel,
+/// then per job: id, kind, payload, priority, attempts, max_attempts, run_ms, revive.
 pub const DISPATCH: &str = r#"
 local now = now_ms()
-local qp = string.sub(ARGV[1], 1, -5)
 -- Every check before any write: a script that failed halfway would leave job
 -- hashes that no ready or delayed set names, and later dispatches skip them.
 redis.call('ZCARD', KEYS[1])
 redis.call('ZCARD', KEYS[2])
 local todo = {}
-for i = 3, #ARGV, 8 do
+for i = 2, #ARGV, 8 do
   local id = ARGV[i]
-  local key = ARGV[1] .. id
+  local k = 3 + (i - 2) / 4
+  local key = KEYS[k]
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
-    if ARGV[i + 7] == '1' or redis.call('EXISTS', qp .. 'ended:' .. id) == 0 then
+    if ARGV[i + 7] == '1' or redis.call('EXISTS', KEYS[k + 1]) == 0 then
       todo[#todo + 1] = i
     end
   elseif t ~= 'hash' then
@@ -229,8 +232,9 @@ end
 local ready, delayed = {}, {}
 for _, i in ipairs(todo) do
   local id = ARGV[i]
-  if ARGV[i + 7] == '1' then redis.call('DEL', qp .. 'ended:' .. id) end
-  redis.call('HSET', ARGV[1] .. id, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2],
+  local k = 3 + (i - 2) / 4
+  if ARGV[i + 7] == '1' then redis.call('DEL', KEYS[k + 1]) end
+  redis.call('HSET', KEYS[k], 'kind', ARGV[i + 1], 'payload', ARGV[i + 2],
     'priority', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max_attempts', ARGV[i + 5],
     'run_ms', ARGV[i + 6])
   if tonumber(ARGV[i + 6]) > now then
@@ -243,15 +247,16 @@ for _, i in ipairs(todo) do
 end
 if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', KEYS[2], unpack(delayed)) end
-wake(KEYS[1], ARGV[2])
+wake(KEYS[1], ARGV[1])
 return #todo
 "#;
 
-/// Which of the given jobs have no hash in Redis. ARGV: job key prefix, ids...
+/// Which of the given jobs have no hash in Redis. KEYS: the jobs' hash keys.
+/// ARGV: their ids, in the same order.
 pub const MISSING: &str = r#"
 local out = {}
-for i = 2, #ARGV do
-  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then table.insert(out, ARGV[i]) end
 end
 return out
 "#;

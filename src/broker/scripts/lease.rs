@@ -6,7 +6,7 @@
 /// seeded with the clock in microseconds, so tokens keep growing even if Redis
 /// restarts empty.
 ///
-/// Limits (ARGV[4], JSON, "" for none) come from the daemon's live config on every
+/// Limits (ARGV[3], JSON, "" for none) come from the daemon's live config on every
 /// call: `{"q": {"l": limit, "p": period_ms}, "k": {kind: {"c": concurrency, "l":
 /// limit, "p": period_ms, "f": payload field}}}`. A job over a limit is not leased
 /// and its attempt is not counted: over its kind's concurrency it is parked in
@@ -14,22 +14,24 @@
 /// its window has room; over the queue's rate the scan stops and the reply says
 /// when to come back. Rate windows are exact sliding windows (a zset of lease times
 /// per limit). A paused queue leases nothing.
-/// KEYS: ready, delayed, leases, fence, paused. ARGV: n, lease_ms, job key prefix,
+/// KEYS: ready, delayed, leases, fence, paused, queue key prefix (`prefix:{q}:`,
+/// for the job hashes and the flow keys of the ids it pops). ARGV: n, lease_ms,
 /// limits. Returns flat: when to fetch again (next due ms, or -1), then per job:
 /// id, kind, payload, attempts, max_attempts, token, ready_ms.
 pub const FETCH: &str = r#"
 local now = now_ms()
 local n = tonumber(ARGV[1])
-local qp = string.sub(ARGV[3], 1, -5)
+local qp = KEYS[6]
+local jp = qp .. 'job:'
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', s(now), 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
-  local priority = redis.call('HGET', ARGV[3] .. id, 'priority')
+  local priority = redis.call('HGET', jp .. id, 'priority')
   redis.call('ZADD', KEYS[1], s(ready_score(priority, now)), id)
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
 local limits = {}
-if ARGV[4] and ARGV[4] ~= '' then limits = cjson.decode(ARGV[4]) end
+if ARGV[3] and ARGV[3] ~= '' then limits = cjson.decode(ARGV[3]) end
 local kinds = limits.k or {}
 local ql = limits.q
 -- Parked jobs go back to ready as far as their kind has room (a freed slot does
@@ -93,7 +95,7 @@ while #leased < n and examined < cap do
       redis.call('ZADD', KEYS[1], score, id)
     else
       examined = examined + 1
-      local key = ARGV[3] .. id
+      local key = jp .. id
       local h = redis.call('HMGET', key, 'kind', 'payload', 'max_attempts', 'attempts', 'run_ms', 'created_ms')
       if h[1] then
         local kl = kinds[h[1]]
@@ -178,21 +180,23 @@ if out[1] ~= -1 then out[1] = s(out[1]) end
 return out
 "#;
 
-/// Ends jobs for good (succeeded, dead or cancelled), many per call. KEYS: leases.
-/// ARGV: job key prefix, then id, token per job. Returns 1 (accepted) or 0 (this
-/// lease is no longer held: drop the outcome) per job, in order.
+/// Ends jobs for good (succeeded, dead or cancelled), many per call.
+/// KEYS: leases, ready, then per job: job key, tombstone key, its kind's inflight
+/// and parked keys. ARGV: wake channel, then id, token per job. Returns 1
+/// (accepted) or 0 (this lease is no longer held: drop the outcome) per job, in
+/// order.
 pub const COMPLETE: &str = r#"
-local qp = string.sub(ARGV[1], 1, -5)
 local out = {}
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local key = ARGV[1] .. id
-  local h = redis.call('HMGET', key, 'token', 'slot', 'kind')
+  local k = 3 + 2 * (i - 2)
+  local key = KEYS[k]
+  local h = redis.call('HMGET', key, 'token', 'slot')
   -- Removing the lease is the check that it was still there.
   if h[1] == token and redis.call('ZREM', KEYS[1], id) == 1 then
-    if h[2] then free_slot(qp, key, id, h[3]) end
+    if h[2] then free_slot(key, id, KEYS[k + 2], KEYS[k + 3], KEYS[2], ARGV[1]) end
     redis.call('DEL', key)
-    tombstone(qp, id)
+    tombstone(KEYS[k + 1])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -202,66 +206,74 @@ return out
 "#;
 
 /// Schedules another attempt after a delay; `run_ms` becomes the retry time. A job
-/// cancelled meanwhile ends here instead. KEYS: leases, delayed.
-/// ARGV: job key, id, token, delay_ms, queue key prefix.
+/// cancelled meanwhile ends here instead. KEYS: leases, delayed, job key, tombstone
+/// key, the kind's inflight and parked keys, ready. ARGV: id, token, delay_ms, wake
+/// channel.
 pub const RETRY: &str = r#"
-if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-if end_lease(KEYS[1], ARGV[5], ARGV[1], ARGV[2]) then return 1 end
-local due = s(now_ms() + tonumber(ARGV[4]))
-redis.call('HSET', ARGV[1], 'run_ms', due)
-redis.call('ZADD', KEYS[2], due, ARGV[2])
+if not holds_lease(KEYS[1], KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+if end_lease(KEYS[1], KEYS[3], ARGV[1], KEYS[5], KEYS[6], KEYS[7], ARGV[4], KEYS[4]) then
+  return 1
+end
+local due = s(now_ms() + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], 'run_ms', due)
+redis.call('ZADD', KEYS[2], due, ARGV[1])
 return 1
 "#;
 
 /// Hands a job back unfinished (drain): it is ready again at once and the attempt
 /// does not count; a job cancelled meanwhile ends here instead.
-/// KEYS: leases, ready. ARGV: job key, id, token, wake channel, queue key prefix.
+/// KEYS: leases, ready, job key, tombstone key, the kind's inflight and parked
+/// keys. ARGV: id, token, wake channel.
 pub const RELEASE: &str = r#"
-if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-if end_lease(KEYS[1], ARGV[5], ARGV[1], ARGV[2]) then return 1 end
-redis.call('HINCRBY', ARGV[1], 'attempts', -1)
-local priority = redis.call('HGET', ARGV[1], 'priority')
-redis.call('ZADD', KEYS[2], s(ready_score(priority, now_ms())), ARGV[2])
-wake(KEYS[2], ARGV[4])
+if not holds_lease(KEYS[1], KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+if end_lease(KEYS[1], KEYS[3], ARGV[1], KEYS[5], KEYS[6], KEYS[2], ARGV[3], KEYS[4]) then
+  return 1
+end
+redis.call('HINCRBY', KEYS[3], 'attempts', -1)
+local priority = redis.call('HGET', KEYS[3], 'priority')
+redis.call('ZADD', KEYS[2], s(ready_score(priority, now_ms())), ARGV[1])
+wake(KEYS[2], ARGV[3])
 return 1
 "#;
 
-/// Extends a lease. KEYS: leases. ARGV: job key, id, token, lease_ms.
+/// Extends a lease. KEYS: leases, job key. ARGV: id, token, lease_ms.
 /// Returns 0 (lease lost), 1 (extended) or 2 (extended, but the job was cancelled:
 /// stop it).
 pub const HEARTBEAT: &str = r#"
-if not holds_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', s(now_ms() + tonumber(ARGV[4])), ARGV[2])
-if redis.call('HEXISTS', ARGV[1], 'cancel') == 1 then return 2 end
+if not holds_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', s(now_ms() + tonumber(ARGV[3])), ARGV[1])
+if redis.call('HEXISTS', KEYS[2], 'cancel') == 1 then return 2 end
 return 1
 "#;
 
 /// Returns expired leases to ready (or ends them dead when attempts are spent, or
 /// drops them when they were cancelled) and puts back ingest claims older than the
 /// ingest timeout.
-/// KEYS: leases, ready, ingest, ingesting. ARGV: job key prefix, wake channel,
-/// ingest_timeout_ms. Returns flat: id, "queued"|"dead"|"cancelled", attempts, token
-/// per job.
+/// KEYS: leases, ready, ingest, ingesting, queue key prefix (`prefix:{q}:`, for the
+/// keys of the ids it finds expired). ARGV: wake channel, ingest_timeout_ms.
+/// Returns flat: id, "queued"|"dead"|"cancelled", attempts, token per job.
 pub const REAP: &str = r#"
 local now = now_ms()
-local qp = string.sub(ARGV[1], 1, -5)
+local qp = KEYS[5]
 local out = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', s(now), 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], id)
-  local key = ARGV[1] .. id
+  local key = qp .. 'job:' .. id
   local h = redis.call('HMGET', key, 'attempts', 'max_attempts', 'token', 'priority', 'slot', 'kind', 'cancel')
   if h[1] then
-    if h[5] then free_slot(qp, key, id, h[6]) end
+    if h[5] then
+      free_slot(key, id, qp .. 'inflight:' .. h[6], qp .. 'parked:' .. h[6], KEYS[2], ARGV[1])
+    end
     local attempts = tonumber(h[1]) or 0
     local max = tonumber(h[2]) or 1
     if h[7] then
       redis.call('DEL', key)
-      tombstone(qp, id)
+      tombstone(qp .. 'ended:' .. id)
       table.insert(out, id); table.insert(out, 'cancelled')
     elseif max > 0 and attempts >= max then
       redis.call('DEL', key)
-      tombstone(qp, id)
+      tombstone(qp .. 'ended:' .. id)
       table.insert(out, id); table.insert(out, 'dead')
     else
       redis.call('ZADD', KEYS[2], s(ready_score(h[4], now)), id)
@@ -270,11 +282,11 @@ for _, id in ipairs(expired) do
     table.insert(out, s(attempts)); table.insert(out, h[3] or '0')
   end
 end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', s(now - tonumber(ARGV[3])), 'LIMIT', 0, 1000)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', s(now - tonumber(ARGV[2])), 'LIMIT', 0, 1000)
 for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[4], id)
   redis.call('LPUSH', KEYS[3], id)
 end
-wake(KEYS[2], ARGV[2])
+wake(KEYS[2], ARGV[1])
 return out
 "#;

@@ -5,9 +5,14 @@
 //! Numbers handed to `redis.call` go through `s()`: Lua would print a large number
 //! such as a fencing token with 14 significant digits and lose the rest.
 //!
-//! Keys of one queue share the hash tag `{queue}`. The per-job hash keys, and the
-//! flow-control keys (`inflight:<kind>`, `parked:<kind>`, `rate…`), are built from
-//! a prefix passed in ARGV; they sit in the same slot as the declared keys.
+//! Keys of one queue share the hash tag `{queue}`, so every script runs in one
+//! Redis Cluster slot. Every key a caller can name (a job's hash and tombstone,
+//! its kind's `inflight:<kind>` and `parked:<kind>`) is passed in KEYS, which is
+//! how Redis and fred route the call. A script that finds job ids only as it runs
+//! (FETCH, REAP and CLAIM_INGEST pop them from a set or list) builds those keys
+//! from a declared key of the queue, `prefix:{q}:` or `prefix:{q}:job:`, never
+//! from ARGV: whatever it builds shares the tag, hence the slot, of its KEYS.
+//! ARGV carries only values and channel names.
 
 mod control;
 mod dispatch;
@@ -33,13 +38,13 @@ local function wake(ready_key, channel)
 end
 "#;
 
-/// A job that ended leaves a tombstone for a minute (`qp` is `prefix:{q}:`), so
-/// a late or repeated DISPATCH of it (a resent command, an outbox row read before
-/// the ledger recorded the end) does not bring it back. Not in the prelude: the
-/// documented ENQUEUE script must not change.
+/// A job that ended leaves a tombstone for a minute (`ended` is its
+/// `prefix:{q}:ended:<id>` key), so a late or repeated DISPATCH of it (a resent
+/// command, an outbox row read before the ledger recorded the end) does not bring
+/// it back. Not in the prelude: the documented ENQUEUE script must not change.
 const TOMBSTONE: &str = r#"
-local function tombstone(qp, id)
-  redis.call('SET', qp .. 'ended:' .. id, '1', 'PX', '60000')
+local function tombstone(ended)
+  redis.call('SET', ended, '1', 'PX', '60000')
 end
 "#;
 
@@ -52,30 +57,30 @@ end
 "#;
 
 /// A lease counted against its kind's concurrency (`slot` set by FETCH) gives its
-/// slot back: the oldest parked job of the kind returns to ready. `qp` is the
-/// queue's key prefix `prefix:{q}:`. `end_lease` is the shared first half of
-/// RETRY and RELEASE.
+/// slot back: the oldest parked job of the kind returns to ready. `inflight` and
+/// `parked` are the kind's keys, `wake_channel` the queue's wake channel.
+/// `end_lease` is the shared first half of RETRY and RELEASE.
 const FREE_SLOT: &str = r#"
-local function free_slot(qp, key, id, kind)
+local function free_slot(key, id, inflight, parked, ready, wake_channel)
   redis.call('HDEL', key, 'slot')
-  if redis.call('SREM', qp .. 'inflight:' .. kind, id) == 1 then
-    local p = redis.call('ZPOPMIN', qp .. 'parked:' .. kind, 1)
+  if redis.call('SREM', inflight, id) == 1 then
+    local p = redis.call('ZPOPMIN', parked, 1)
     if p[1] then
-      redis.call('ZADD', qp .. 'ready', p[2], p[1])
-      redis.call('PUBLISH', qp .. 'wake', 'ready')
+      redis.call('ZADD', ready, p[2], p[1])
+      redis.call('PUBLISH', wake_channel, 'ready')
     end
   end
 end
 -- Ends a lease that is going back to wait (retry, release): drops the lease,
 -- frees the kind's slot, and, for a job cancelled meanwhile, deletes it instead.
 -- True when the job was cancelled and is gone.
-local function end_lease(leases, qp, key, id)
+local function end_lease(leases, key, id, inflight, parked, ready, wake_channel, ended)
   redis.call('ZREM', leases, id)
-  local h = redis.call('HMGET', key, 'slot', 'kind', 'cancel')
-  if h[1] then free_slot(qp, key, id, h[2]) end
-  if h[3] then
+  local h = redis.call('HMGET', key, 'slot', 'cancel')
+  if h[1] then free_slot(key, id, inflight, parked, ready, wake_channel) end
+  if h[2] then
     redis.call('DEL', key)
-    tombstone(qp, id)
+    tombstone(ended)
     return true
   end
   return false

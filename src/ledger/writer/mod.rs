@@ -32,6 +32,7 @@ mod transition;
 
 use super::events::{Event, cut};
 use super::{Ledger, Status};
+use crate::batch::Backoff;
 use crate::metrics::{Channel, Path};
 pub(super) use admit::ADMISSION;
 pub use admit::{Claim, Verdict};
@@ -303,7 +304,7 @@ impl StatusWriter {
         let mut changed = Vec::new();
         let mut buried = HashMap::new();
         let mut todo: Vec<std::ops::Range<usize>> = std::iter::once(0..batch.len()).collect();
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let ledger = &self.ledger;
         loop {
             let out = crate::batch::isolate(
@@ -344,10 +345,9 @@ impl StatusWriter {
             }
             tracing::warn!(%error, batch = left, "Status write failed, retrying");
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next()) => {}
                 _ = give_up.cancelled() => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
             todo = out.pending;
         }
         (changed, buried)

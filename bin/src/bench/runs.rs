@@ -1,0 +1,408 @@
+//! The runs a benchmark makes, in order (drain, throughput, latency, bulk), and
+//! the producers that enqueue for them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+use jobrunner::broker::{Broker, RedisEnqueue};
+
+use super::report::{Report, Spread, spread_json, summarize};
+use super::{Bench, Path, RunKind, cpu, signal};
+
+impl Bench {
+    pub(super) async fn all(&self, pid: u32, report: &mut Report) -> anyhow::Result<()> {
+        let args = &self.args;
+        let has = |r: RunKind| args.runs.contains(&r);
+        let backlog = args.backlog.unwrap_or(args.jobs);
+        for &path in &args.paths {
+            let name = path.name();
+            let label = name.to_uppercase();
+            if has(RunKind::Drain) {
+                self.say(format!("Backlog drain, {label} path, {backlog} jobs..."));
+                let since = self.reset().await?;
+                signal(pid, "STOP");
+                let enqueued = self.enqueue(path, backlog).await;
+                signal(pid, "CONT");
+                enqueued?;
+                let resumed = Utc::now();
+                let before = self.probe.sample().await;
+                self.wait_succeeded(since, backlog, Duration::from_secs(1800))
+                    .await?;
+                let after = self.probe.sample().await;
+                let cost = self.probe.cost(&before, &after, backlog as u64);
+                let last = self.last_update(since).await?;
+                let secs = (last - resumed).as_seconds_f64().max(1e-3);
+                let rate = backlog as f64 / secs;
+                report.row(
+                    format!("{label} backlog drain rate (daemon only)"),
+                    format!("{rate:.0} jobs/s"),
+                );
+                report.row(format!("{label} drain CPU"), cost.line());
+                report.row(format!("{label} drain machine load"), cost.load_line());
+                report.set(
+                    name,
+                    "drain",
+                    json!({"jobs": backlog, "rate": rate, "cpu": cost}),
+                );
+            }
+            if has(RunKind::Throughput) {
+                self.say(format!("Throughput, {label} path, {} jobs...", args.jobs));
+                let since = self.reset().await?;
+                let before = self.probe.sample().await;
+                let start = Instant::now();
+                self.enqueue(path, args.jobs).await?;
+                let enqueue = start.elapsed();
+                self.wait_succeeded(since, args.jobs, Duration::from_secs(1800))
+                    .await?;
+                let total = start.elapsed();
+                let after = self.probe.sample().await;
+                let cost = self.probe.cost(&before, &after, args.jobs as u64);
+                let lag = self.lag(since).await?;
+                let enqueue_rate = args.jobs as f64 / enqueue.as_secs_f64();
+                let rate = args.jobs as f64 / total.as_secs_f64();
+                report.row(
+                    format!("{label} enqueue rate ({} producers)", args.producers),
+                    format!("{enqueue_rate:.0} jobs/s"),
+                );
+                report.row(
+                    format!("{label} end-to-end rate (enqueue → succeeded)"),
+                    format!("{rate:.0} jobs/s"),
+                );
+                report.row(
+                    format!("{label} end-to-end CPU (with enqueue)"),
+                    cost.line(),
+                );
+                report.row(format!("{label} end-to-end machine load"), cost.load_line());
+                report.row(
+                    format!("{label} ledger lag p50 / p99 / max (ms)"),
+                    format!("{:.1} / {:.1} / {:.1}", lag.0, lag.1, lag.2),
+                );
+                report.set(
+                    name,
+                    "throughput",
+                    json!({"jobs": args.jobs, "enqueue_rate": enqueue_rate, "rate": rate,
+                           "cpu": cost, "ledger_lag_ms": spread_json(lag)}),
+                );
+            }
+            if has(RunKind::Latency) {
+                self.say(format!(
+                    "Latency, {label} path, {} jobs/s for {}s...",
+                    args.rate, args.latency_secs
+                ));
+                let pickup = self.latency(path).await?;
+                report.row(
+                    format!("{label} pickup p50 / p99 / max (ms) at {}/s", args.rate),
+                    format!("{:.1} / {:.1} / {:.1}", pickup.0, pickup.1, pickup.2),
+                );
+                report.set(
+                    name,
+                    "latency",
+                    json!({"rate": args.rate, "pickup_ms": spread_json(pickup)}),
+                );
+            }
+            if has(RunKind::Bulk) && path == Path::Sql {
+                self.say(format!(
+                    "Bulk enqueue, SQL path, {} jobs in calls of {}...",
+                    args.jobs, args.bulk_batch
+                ));
+                let (rate, cost) = self.bulk(pid).await?;
+                report.row(
+                    format!("SQL enqueue_many rate ({} per call)", args.bulk_batch),
+                    format!("{rate:.0} jobs/s"),
+                );
+                report.row("SQL enqueue_many CPU", cost.line());
+                report.set(
+                    name,
+                    "bulk",
+                    json!({"jobs": args.jobs, "batch": args.bulk_batch, "rate": rate, "cpu": cost}),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn say(&self, line: String) {
+        if !self.args.json {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Clears the previous run's jobs (keeping the `--ledger-rows` filler) and
+    /// returns the moment from which rows belong to the next run.
+    async fn reset(&self) -> anyhow::Result<DateTime<Utc>> {
+        match self.built {
+            None => {
+                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Some(built) => {
+                sqlx::query("TRUNCATE jobrunner.outbox")
+                    .execute(&self.pool)
+                    .await?;
+                sqlx::query("DELETE FROM jobrunner.jobs WHERE created_at >= $1")
+                    .bind(built)
+                    .execute(&self.pool)
+                    .await?;
+                // As autovacuum would: the next run starts from current statistics.
+                sqlx::query("VACUUM (ANALYZE) jobrunner.jobs")
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Enqueues `n` no-ops through one way in, from `--producers` tasks.
+    async fn enqueue(&self, path: Path, n: usize) -> anyhow::Result<()> {
+        let producers = self.args.producers;
+        let per = n / producers;
+        let mut tasks = JoinSet::new();
+        for i in 0..producers {
+            let k = if i == 0 { per + n % producers } else { per };
+            let (pool, broker) = (self.pool.clone(), self.broker.clone());
+            let queues = self.args.queues.clone();
+            tasks.spawn(async move {
+                match path {
+                    Path::Sql => enqueue_sql(&pool, &queues, k).await,
+                    Path::Redis => enqueue_redis(&broker, &queues, k).await,
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// Waits until `n` jobs created since `since` succeeded. Polls rarely: each
+    /// count reads the run's rows, and Postgres time spent counting is in the
+    /// CPU figures. The next poll comes at half the time the rest should take.
+    async fn wait_succeeded(
+        &self,
+        since: DateTime<Utc>,
+        n: usize,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobrunner.jobs
+                 WHERE status = 'succeeded' AND created_at >= $1",
+            )
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+            let done = done as usize;
+            if done >= n {
+                return Ok(());
+            }
+            let elapsed = start.elapsed();
+            if elapsed > limit {
+                bail!("only {done} of {n} jobs succeeded within {limit:?}");
+            }
+            let rest = if done == 0 {
+                Duration::from_millis(100)
+            } else {
+                elapsed.mul_f64((n - done) as f64 / done as f64)
+            };
+            let pause = (rest / 2).clamp(Duration::from_millis(10), Duration::from_secs(2));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// When the last row of the run was written.
+    async fn last_update(&self, since: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+        let last: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT max(updated_at) FROM jobrunner.jobs WHERE created_at >= $1")
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+        last.context("the run wrote no rows")
+    }
+
+    /// How long after a job finished its row said so.
+    async fn lag(&self, since: DateTime<Utc>) -> anyhow::Result<Spread> {
+        let values: Vec<f64> = sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT (extract(epoch FROM (updated_at - finished_at)) * 1000)::float8
+             FROM jobrunner.jobs WHERE created_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        Ok(summarize(values))
+    }
+
+    /// Steady load at `--rate` for `--latency-secs`; pickup latency percentiles.
+    async fn latency(&self, path: Path) -> anyhow::Result<Spread> {
+        let args = &self.args;
+        let since = self.reset().await?;
+        let total = args.rate as u64 * args.latency_secs;
+        // Ticks of 10ms, each sending its share of the second's jobs.
+        let per_tick = (args.rate as f64 / 100.0).max(1.0);
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sent = 0u64;
+        let mut owed = 0.0f64;
+        // Each task returns (job id, when enqueue returned to the producer): pickup
+        // latency is measured from there, as a producer would see it.
+        let mut tasks: JoinSet<anyhow::Result<(uuid::Uuid, DateTime<Utc>)>> = JoinSet::new();
+        let mut returned = Vec::with_capacity(total as usize);
+        while sent < total {
+            ticker.tick().await;
+            owed += per_tick;
+            while owed >= 1.0 && sent < total {
+                owed -= 1.0;
+                sent += 1;
+                let (pool, broker) = (self.pool.clone(), self.broker.clone());
+                tasks.spawn(async move {
+                    let id = match path {
+                        Path::Sql => {
+                            sqlx::query_scalar("SELECT jobrunner.enqueue('noop', '{}'::jsonb)")
+                                .fetch_one(&pool)
+                                .await?
+                        }
+                        Path::Redis => {
+                            broker
+                                .enqueue(&RedisEnqueue {
+                                    queue: "default".into(),
+                                    kind: "noop".into(),
+                                    payload: "{}".into(),
+                                    ..Default::default()
+                                })
+                                .await?
+                        }
+                    };
+                    Ok((id, Utc::now()))
+                });
+            }
+            while let Some(r) = tasks.try_join_next() {
+                returned.push(r??);
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            returned.push(r??);
+        }
+        self.wait_succeeded(since, total as usize, Duration::from_secs(120))
+            .await?;
+        let (ids, times): (Vec<uuid::Uuid>, Vec<DateTime<Utc>>) = returned.into_iter().unzip();
+        let values: Vec<f64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM (j.started_at - r.returned_at)) * 1000)::float8
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS r(id, returned_at)
+             JOIN jobrunner.jobs j USING (id)",
+        )
+        .bind(ids)
+        .bind(times)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(summarize(values))
+    }
+
+    /// `jobrunner.enqueue_many` from `--producers` tasks, with the daemon stopped
+    /// so only the enqueue is timed; the daemon then drains what was enqueued.
+    async fn bulk(&self, pid: u32) -> anyhow::Result<(f64, cpu::Cost)> {
+        let args = &self.args;
+        let since = self.reset().await?;
+        signal(pid, "STOP");
+        let before = self.probe.sample().await;
+        let start = Instant::now();
+        let per = args.jobs / args.producers;
+        let mut tasks = JoinSet::new();
+        for i in 0..args.producers {
+            let n = if i == 0 {
+                per + args.jobs % args.producers
+            } else {
+                per
+            };
+            let (pool, batch) = (self.pool.clone(), args.bulk_batch as i64);
+            tasks.spawn(async move {
+                let mut left = n as i64;
+                while left > 0 {
+                    let k = left.min(batch);
+                    sqlx::query(
+                        "SELECT jobrunner.enqueue_many('noop',
+                             ARRAY(SELECT jsonb_build_object('i', g) FROM generate_series(1, $1) g))",
+                    )
+                    .bind(k)
+                    .execute(&pool)
+                    .await?;
+                    left -= k;
+                }
+                anyhow::Ok(())
+            });
+        }
+        let mut outcome = Ok(());
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+                outcome = Err(e);
+            }
+        }
+        let elapsed = start.elapsed();
+        let after = self.probe.sample().await;
+        signal(pid, "CONT");
+        outcome?;
+        self.wait_succeeded(since, args.jobs, Duration::from_secs(1800))
+            .await?;
+        let cost = self.probe.cost(&before, &after, args.jobs as u64);
+        Ok((args.jobs as f64 / elapsed.as_secs_f64(), cost))
+    }
+}
+
+/// SQL producers batch like a web app's bulk import: 500 `enqueue` calls a
+/// transaction, round robin over `queues`.
+async fn enqueue_sql(pool: &PgPool, queues: &[String], n: usize) -> anyhow::Result<()> {
+    let mut left = n as i64;
+    while left > 0 {
+        let k = left.min(500);
+        sqlx::query(
+            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g),
+                 queue => ($2::text[])[1 + g % cardinality($2::text[])])
+             FROM generate_series(1, $1) g",
+        )
+        .bind(k)
+        .bind(queues)
+        .execute(pool)
+        .await?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Redis producers keep 32 enqueues in flight each, as concurrent requests would.
+async fn enqueue_redis(broker: &Arc<Broker>, queues: &[String], n: usize) -> anyhow::Result<()> {
+    let mut inflight = JoinSet::new();
+    for j in 0..n {
+        if inflight.len() >= 32
+            && let Some(r) = inflight.join_next().await
+        {
+            r??;
+        }
+        let b = broker.clone();
+        let queue = queues[j % queues.len()].clone();
+        inflight.spawn(async move {
+            b.enqueue(&RedisEnqueue {
+                queue,
+                kind: "noop".into(),
+                payload: format!("{{\"i\":{j}}}"),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        });
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    Ok(())
+}

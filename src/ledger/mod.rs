@@ -55,7 +55,8 @@ pub use schema::{migrator, schema_version};
 pub use sqlx::postgres::PgConnectOptions;
 pub use status::{ALL_STATUSES, Status};
 pub use writer::{
-    Attempt, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, WriterHandle,
+    Attempt, Claim, EventSender, ProgressReport, StatusUpdate, StatusWriter, Transition, Verdict,
+    WriterHandle,
 };
 
 /// How long a waiter treats a missing row as "not ingested yet".

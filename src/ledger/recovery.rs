@@ -40,6 +40,28 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
+    /// Puts one unfinished job back in the outbox past its Redis tombstone: its
+    /// Redis copy named another kind than its row and was ended unrun, so the
+    /// dispatcher writes the job into Redis again from its row.
+    pub async fn redispatch_ended(&self, id: Uuid) -> Result<u64> {
+        // The outbox row and the dispatcher's wake-up in one statement.
+        let done = sqlx::query(
+            "WITH job AS (SELECT id, queue FROM jobrunner.jobs
+                          WHERE id = $1 AND status = ANY($2)),
+                  queued AS (INSERT INTO jobrunner.outbox (id, revive)
+                             SELECT id, true FROM job
+                             ON CONFLICT (id) DO UPDATE SET revive = true
+                             RETURNING id)
+             SELECT pg_notify($3, job.queue) FROM job JOIN queued USING (id)",
+        )
+        .bind(id)
+        .bind(&Status::OPEN[..])
+        .bind(super::ENQUEUED_CHANNEL)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(done.len() as u64)
+    }
+
     /// Puts the given jobs back in the outbox (their Redis copy was found missing),
     /// unless a status write touched them after `before`.
     pub async fn redispatch_stale(&self, ids: &[Uuid], before: DateTime<Utc>) -> Result<u64> {

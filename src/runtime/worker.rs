@@ -18,7 +18,7 @@ use crate::broker::Heartbeat;
 use crate::broker::Leased;
 use crate::config::{BackoffConfig, OnTimeout};
 use crate::jobs::{JobContext, JobError, Progress};
-use crate::ledger::{Attempt, ProgressReport, Status, StatusUpdate, Transition};
+use crate::ledger::{Attempt, Claim, ProgressReport, Status, StatusUpdate, Transition, Verdict};
 
 /// The delay before the attempt after `attempt` (1-based): `base · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" (half fixed, half random) so retries of a
@@ -73,18 +73,35 @@ pub(super) async fn execute(
         }
         // The ledger admits the lease before anything runs: a job whose row is
         // final (a late or repeated dispatch re-created it in Redis) never runs
-        // again, and every run is one counted attempt.
+        // again, every run is one counted attempt, and the job runs the row's
+        // payload and attempt budget, whatever its Redis hash says.
+        let mut job = job;
+        let claim = Claim {
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+        };
         match shared
             .writer
-            .admit(transition(&job, Transition::Running))
+            .admit(transition(&job, Transition::Running), claim)
             .await
         {
-            Some(true) => {}
-            Some(false) => {
+            Some(Verdict::Run {
+                payload,
+                max_attempts,
+            }) => {
+                job.payload = payload;
+                job.max_attempts = max_attempts;
+            }
+            Some(Verdict::Refused) => {
                 tracing::warn!(token = job.token,
                     "The ledger refused this lease (the job already ended, or a newer attempt owns it); not running it");
                 // Fenced: ends only this lease, and leaves the job's tombstone.
                 complete(&shared, &job).await;
+                drop(permit);
+                return;
+            }
+            Some(Verdict::Foreign { queue, kind }) => {
+                refuse_foreign(&shared, &job, &queue, &kind).await;
                 drop(permit);
                 return;
             }
@@ -105,6 +122,27 @@ pub(super) async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// Ends a lease whose queue or kind differ from its job's row, unrun. A copy
+/// on another queue is only ended (the job's own copy runs on its queue); the
+/// job's own copy with a rewritten kind is ended and the job dispatched again
+/// from its row, so it still runs, once, as enqueued.
+async fn refuse_foreign(shared: &Shared, job: &Leased, queue: &str, kind: &str) {
+    tracing::error!(
+        token = job.token,
+        ledger.queue = queue,
+        ledger.kind = kind,
+        "The ledger row of this job is on another queue or of another kind than this lease; not running it"
+    );
+    if !complete(shared, job).await || job.queue != queue {
+        return;
+    }
+    match shared.ledger.redispatch_ended(job.id).await {
+        Ok(_) => tracing::warn!("Dispatching the job again from its ledger row"),
+        Err(error) => tracing::error!(error = %crate::error_chain(&error),
+            "Dispatching the job again from its ledger row failed; the orphan sweep will"),
+    }
 }
 
 async fn attempt(shared: &Shared, job: &Leased, hard_stop: &CancellationToken) -> Outcome {

@@ -32,7 +32,7 @@ fn two_queues(app: &TestApp) -> Config {
     config
 }
 
-async fn start(app: &TestApp) -> Daemon {
+pub async fn start(app: &TestApp) -> Daemon {
     let config = two_queues(app);
     let registry = Registry::builtin(&config);
     app.start_daemon_with(config, registry).await
@@ -63,7 +63,7 @@ async fn ran_as_enqueued(app: &TestApp, id: Uuid) {
     assert_eq!(job.attempts, 1, "it ran once");
 }
 
-async fn redis_drained(app: &TestApp, queue: &str) {
+pub async fn redis_drained(app: &TestApp, queue: &str) {
     for _ in 0..100 {
         if app.broker.depth(queue).await.unwrap() == (0, 0, 0, 0) {
             return;

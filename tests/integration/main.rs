@@ -26,6 +26,7 @@ mod kind_content_generation;
 mod kind_data_extraction;
 mod kind_http;
 mod kind_message;
+mod ledger_payload;
 mod logs;
 mod observability;
 mod pki;

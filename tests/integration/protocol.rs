@@ -27,7 +27,7 @@ pub enum Reply {
 }
 
 /// One command over a fresh connection: as little client as a producer could have.
-fn redis_command(app: &TestApp, args: &[&str]) -> Reply {
+pub fn redis_command(app: &TestApp, args: &[&str]) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", app.redis.port())).expect("connect");
     let mut request = format!("*{}\r\n", args.len());
     for a in args {

@@ -35,6 +35,7 @@ use super::{Ledger, Status};
 use crate::batch::Backoff;
 use crate::metrics::{Channel, Path};
 pub(super) use admit::ADMISSION;
+pub use admit::{Claim, Verdict};
 use fold::{Merged, coalesce, event_steps, progress_events, split_progress, status_events};
 pub(super) use statements::{
     LATE_ERRORS, PLAN_GUARD, PROGRESS_UPDATE, STATUS_UPDATE, bind_status_batch, sample_batch,
@@ -79,9 +80,9 @@ pub struct StatusUpdate {
 /// An update on its way to a shard, with whoever waits for its verdict.
 struct Entry {
     update: StatusUpdate,
-    /// Set on an admission: answered once every earlier write of the shard is
-    /// written, true when the lease may run (see [`WriterHandle::admit`]).
-    verdict: Option<oneshot::Sender<bool>>,
+    /// Set on an admission: the lease's claim, answered once every earlier
+    /// write of the shard is written (see [`WriterHandle::admit`]).
+    verdict: Option<(Claim, oneshot::Sender<Verdict>)>,
 }
 
 /// The sending side, cloned into every worker.
@@ -109,19 +110,22 @@ impl WriterHandle {
     }
 
     /// Asks the ledger whether a lease may run, once every earlier write of the
-    /// job's shard is written: `Some(true)` when its row is unfinished and no
-    /// newer attempt owns it, `Some(false)` when the row refuses it (the job is
-    /// final, a newer attempt owns it, or there is no such row), `None` when no
-    /// answer came (the writer stopped first). `update` is the lease's `running`
-    /// write: an admitted one is written with the job's next change or within
-    /// [`admit::HOLD`], and counts the lease in `attempts`. A worker admits its
-    /// lease this way before it runs the handler, so a job whose ledger row is
-    /// final never runs again.
-    pub async fn admit(&self, update: StatusUpdate) -> Option<bool> {
+    /// job's shard is written: [`Verdict::Run`] with the row's payload and
+    /// attempt budget when its row is unfinished, on the lease's queue, of the
+    /// lease's kind, and no newer attempt owns it; [`Verdict::Foreign`] when the
+    /// row's queue or kind differ from the lease's; [`Verdict::Refused`]
+    /// otherwise (the job is final, a newer attempt owns it, or there is no
+    /// such row); `None` when no answer came (the writer stopped first).
+    /// `update` is the lease's `running` write: an admitted one is written with
+    /// the job's next change or within [`admit::HOLD`], and counts the lease in
+    /// `attempts`. A worker admits its lease this way before it runs the
+    /// handler, so a job whose ledger row is final never runs again, and a job
+    /// runs what its row holds, whatever its Redis hash says.
+    pub async fn admit(&self, update: StatusUpdate, claim: Claim) -> Option<Verdict> {
         let (tx, rx) = oneshot::channel();
         let entry = Entry {
             update,
-            verdict: Some(tx),
+            verdict: Some((claim, tx)),
         };
         self.shard(entry.update.id).send(entry).await.ok()?;
         rx.await.ok()
@@ -199,7 +203,7 @@ impl StatusWriter {
             let mut updates = Vec::with_capacity(buf.len());
             for e in std::mem::take(&mut buf) {
                 match e.verdict {
-                    Some(tx) => admissions.push((e.update, tx)),
+                    Some((claim, tx)) => admissions.push((e.update, claim, tx)),
                     None => updates.push(e.update),
                 }
             }
@@ -247,11 +251,14 @@ impl StatusWriter {
     /// their leases back.
     async fn answer(
         &self,
-        admissions: Vec<(StatusUpdate, oneshot::Sender<bool>)>,
+        admissions: Vec<(StatusUpdate, Claim, oneshot::Sender<Verdict>)>,
         held: &mut Vec<admit::Held>,
         give_up: &tokio_util::sync::CancellationToken,
     ) {
-        let asked: Vec<(Uuid, i64)> = admissions.iter().map(|(u, _)| (u.id, u.token)).collect();
+        let asked: Vec<(Uuid, i64, &Claim)> = admissions
+            .iter()
+            .map(|(u, claim, _)| (u.id, u.token, claim))
+            .collect();
         let ids: Vec<Uuid> = asked.iter().map(|a| a.0).collect();
         let mut delay = Duration::from_millis(50);
         let rows = loop {
@@ -277,11 +284,11 @@ impl StatusWriter {
             held.iter().map(|h| (h.update.id, h.update.token)).collect();
         let verdicts = admit::verdicts(&asked, &rows, &held_tokens);
         let now = tokio::time::Instant::now();
-        for ((update, tx), admitted) in admissions.into_iter().zip(verdicts) {
-            if admitted {
+        for ((update, _, tx), verdict) in admissions.into_iter().zip(verdicts) {
+            if let Verdict::Run { .. } = verdict {
                 held.push(admit::Held { update, since: now });
             }
-            let _ = tx.send(admitted);
+            let _ = tx.send(verdict);
         }
     }
 

@@ -183,26 +183,32 @@ async fn status_writes_stay_on_primary_key_lookups_after_the_table_grows_from_sm
         handed_back: false,
     };
     // Writes one `running` per id with `token` and waits until all are written.
-    // The wait reads through the writer's one connection too, so every scan of
-    // `jobs` counted below is that backend's; unprepared, so it is planned
-    // for the table as it is.
+    // The wait reads on another connection with sequential scans off, so it
+    // never scans `jobs` itself, however the planner sees the table: every scan
+    // counted below is the writer's.
     let round = |ids: Vec<Uuid>, token: i64| {
-        let (handle, writer_pool) = (handle.clone(), writer_pool.clone());
+        let handle = handle.clone();
         async move {
             let n = ids.len() as i64;
             for &id in &ids {
                 handle.send(running(id, token)).await;
             }
             for _ in 0..500 {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("SET LOCAL enable_seqscan = off")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
                 let done: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM jobrunner.jobs WHERE id = ANY($1) AND lease_token = $2",
                 )
                 .persistent(false)
                 .bind(&ids)
                 .bind(token)
-                .fetch_one(&writer_pool)
+                .fetch_one(&mut *tx)
                 .await
                 .unwrap();
+                tx.commit().await.unwrap();
                 if done == n {
                     return;
                 }
@@ -215,7 +221,7 @@ async fn status_writes_stay_on_primary_key_lookups_after_the_table_grows_from_sm
     // Batches of the size a drain writes, enough of them for the plan cache to
     // settle on a generic plan if it is allowed one.
     let small = |n: i32| async move {
-        sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+        sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs, jobrunner.external_ids")
             .execute(pool)
             .await
             .unwrap();

@@ -138,7 +138,7 @@ impl Bench {
     async fn reset(&self) -> anyhow::Result<DateTime<Utc>> {
         match self.built {
             None => {
-                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs")
+                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs, jobrunner.external_ids")
                     .execute(&self.pool)
                     .await?;
             }

@@ -1,6 +1,7 @@
 //! The module boundaries docs/ARCHITECTURE.md states as invariants, checked on
 //! the source tree: only `broker` talks to Redis, only `ledger` runs SQL on the
-//! ledger's own tables, and the core never names a business kind.
+//! ledger's own tables, the core never names a business kind, and no source
+//! file outgrows one concept.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,10 @@ const CRATES: [&str; 3] = ["src", "kinds/src", "bin/src"];
 
 /// The files of the core: its library, its build script and its migrations.
 const CORE: [&str; 3] = ["src", "build.rs", "migrations"];
+
+/// Most lines of non-test code a source file may hold: past it, a module is
+/// split along its concepts into a directory (docs/ARCHITECTURE.md, "Code map").
+const MAX_CODE_LINES: usize = 400;
 
 /// The repository root (the tests belong to the binary's package, in bin/).
 fn root() -> &'static Path {
@@ -77,6 +82,14 @@ fn code(text: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A file's lines of non-test code: every line (comments and blank lines
+/// included) before the first that starts `#[cfg(test)]`.
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .count()
 }
 
 /// Whether code names the Redis client crate.
@@ -218,7 +231,33 @@ fn the_core_never_names_a_business_kind() {
 }
 
 #[test]
+fn no_source_file_holds_more_than_400_lines_of_code() {
+    let mut over: Vec<(PathBuf, usize)> = sources()
+        .into_iter()
+        .map(|p| {
+            let n = code_lines(&read(&p));
+            (p, n)
+        })
+        .filter(|(_, n)| *n > MAX_CODE_LINES)
+        .collect();
+    over.sort();
+    assert!(
+        over.is_empty(),
+        "split these files along their concepts: each holds more than \
+         {MAX_CODE_LINES} lines before its `#[cfg(test)]` (file, lines): {over:?}"
+    );
+}
+
+#[test]
 fn the_checks_recognise_what_they_forbid() {
+    assert_eq!(code_lines("a\n\n// b\n#[cfg(test)]\nmod tests {}\n"), 3);
+    assert_eq!(code_lines("a\n    #[cfg(test)]\nb\n"), 3);
+    let longest = sources()
+        .iter()
+        .map(|p| code_lines(&read(p)))
+        .max()
+        .unwrap();
+    assert!(longest > MAX_CODE_LINES / 2, "counted the files: {longest}");
     assert!(names_fred("use fred::prelude::*;"));
     assert!(!names_fred(&code("// fred:: is named in a comment only")));
     assert!(runs_ledger_sql(

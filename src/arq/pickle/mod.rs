@@ -5,7 +5,8 @@
 //! matched against a fixed list of value types (`globals::global`), and each is
 //! built by hand from its pickled state; anything else is an error that names
 //! the global or opcode. The corpus in `tests/fixtures/pickle/` (blobs written
-//! by CPython for protocols 2 to 5 by `make.py`, beside them) checks every type.
+//! by CPython for protocols 2 to 5 by `make.py`, beside them) checks every type:
+//! `corpus::tests`, with `globals_outside_the_list_are_refused_naming_them`.
 
 mod decode;
 mod encode;

@@ -8,9 +8,13 @@
 //! tokens file and token digests are in `tokens`, the log-in sessions and the
 //! CSRF check in `sessions`.
 //!
-//! **Invariant:** tokens and session ids are compared as SHA-256 digests in
-//! constant time, and never logged; a request that changes state needs an
-//! `admin` token (or session), and a session's request also its CSRF token.
+//! **Invariant:** a request that changes state needs an `admin` token (or
+//! session), and a session's request also its CSRF token. Checked by
+//! `tests/integration/admin_auth.rs` and `dashboard.rs` (see
+//! docs/ARCHITECTURE.md, `http`) and the tests below.
+//!
+//! Design note: tokens and session ids are compared as SHA-256 digests in
+//! constant time (`tokens::constant_time_eq`), and never logged.
 
 mod sessions;
 mod tokens;

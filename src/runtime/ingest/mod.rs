@@ -11,6 +11,8 @@
 //! **Invariant:** no value read from Redis reaches arithmetic or a statement
 //! unchecked: times are whole milliseconds inside the years 1970-9999, text is
 //! UTF-8 without U+0000, and the id is a canonical UUID.
+//! Checked by `check.rs`'s tests, `tests/integration/poison_redis.rs` and
+//! `tests/integration/poison_props.rs`.
 
 mod check;
 

@@ -20,6 +20,7 @@
 
 pub mod content_generation;
 pub mod data_extraction;
+mod db;
 pub mod message_processing;
 mod settings;
 

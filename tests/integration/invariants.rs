@@ -473,6 +473,72 @@ fn the_ssrf_guard_never_opens_a_connection() {
     );
 }
 
+/// The code map's headings that are no module of the library: the kinds'
+/// crate and the binary's modules.
+const MAP_BEYOND_THE_LIBRARY: [&str; 3] = ["kinds", "demo", "bench"];
+
+#[test]
+fn the_code_map_names_every_module_and_only_modules() {
+    let doc = read(Path::new("docs/ARCHITECTURE.md"));
+    let map = doc
+        .split("\n## Code map")
+        .nth(1)
+        .and_then(|m| m.split("\n## ").next())
+        .expect("docs/ARCHITECTURE.md has a Code map section");
+    let headings: Vec<String> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect();
+    let modules: Vec<String> = read(Path::new("src/lib.rs"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .filter_map(|l| l.strip_suffix(';'))
+        .map(str::to_owned)
+        .collect();
+    assert!(modules.len() > 10, "{modules:?}");
+    let unmapped: Vec<&String> = modules.iter().filter(|m| !headings.contains(m)).collect();
+    assert!(
+        unmapped.is_empty(),
+        "modules of src/lib.rs without a `### `name`` heading in the code map: {unmapped:?}"
+    );
+    let stray: Vec<&String> = headings
+        .iter()
+        .filter(|h| !modules.contains(h) && !MAP_BEYOND_THE_LIBRARY.contains(&h.as_str()))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "code map headings naming no module: {stray:?}"
+    );
+    // Every file is named on the map: as `file.rs`, as its module (`name`,
+    // `name::…`) or, for a `mod.rs`, as its directory (`name/`).
+    let unnamed: Vec<PathBuf> = sources()
+        .into_iter()
+        .filter(|p| !p.ends_with("lib.rs") && !p.ends_with("main.rs"))
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            let module = if file == "mod.rs" {
+                p.parent().unwrap().file_name().unwrap().to_string_lossy()
+            } else {
+                p.file_stem().unwrap().to_string_lossy()
+            };
+            ![
+                format!("{module}.rs"),
+                format!("`{module}`"),
+                format!("`{module}::"),
+                format!("{module}/"),
+            ]
+            .iter()
+            .any(|name| doc.contains(name.as_str()))
+        })
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "source files docs/ARCHITECTURE.md does not name: {unnamed:?}"
+    );
+}
+
 #[test]
 fn no_source_file_holds_more_than_400_lines_of_code() {
     let mut over: Vec<(PathBuf, usize)> = sources()

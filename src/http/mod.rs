@@ -4,7 +4,7 @@
 //! docs/OBSERVABILITY.md lists the endpoints and metrics, docs/DASHBOARD.md the
 //! dashboard, docs/OPERATIONS.md "Security" the tokens.
 //!
-//! One file per concept: `auth.rs` (tokens, sessions, the `Host` check: the one
+//! One file per concept: `auth/` (tokens, sessions, the `Host` check: the one
 //! middleware every request passes), `probes.rs` (health, readiness, metrics, the
 //! JSON job), `sse.rs` (`/events`), `actions.rs` (what changes state, through
 //! `crate::control`), `dashboard/` (the pages), `tls.rs` (the optional TLS

@@ -15,10 +15,12 @@
 //! sequence with its own ([`migrations`]).
 //!
 //! **Invariant:** the core never names these kinds, their settings or their
-//! tables; the binary is the only place that puts the two together.
+//! tables; the binary is the only place that puts the two together. Checked by
+//! `tests/integration/invariants.rs::the_core_never_names_a_business_kind`.
 
 pub mod content_generation;
 pub mod data_extraction;
+mod db;
 pub mod message_processing;
 mod settings;
 

@@ -10,7 +10,8 @@
 //! queues there are only `prefix:workers` (one hash, routed by its own slot) and
 //! the `prefix:events` channel (pub/sub reaches every node of a cluster).
 //!
-//! **Invariant:** no other file formats a key or channel name by hand.
+//! **Invariant:** no other file formats a key or channel name by hand. Checked by
+//! `tests/integration/invariants.rs::only_broker_keys_builds_a_redis_key`.
 
 use uuid::Uuid;
 

@@ -9,7 +9,9 @@
 //! subscribes, `stats` reads sizes back, and `scripts` holds the Lua text.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
-//! command here blocks on the server, so every call may share the pool.
+//! command here blocks on the server, so every call may share the pool. Checked
+//! by `tests/integration/invariants.rs::only_broker_names_the_redis_client`,
+//! `::in_the_core_only_ledger_runs_sql` and `::no_redis_command_blocks_on_the_server`.
 
 mod arq;
 mod connect;

@@ -5,7 +5,8 @@
 //! job that cannot be retried, a service down), 2 a usage error (clap, which also
 //! lists the valid values of `--status`).
 //!
-//! **Invariant:** like the rest of `cli`, this only calls `ledger` and `broker`.
+//! **Invariant:** like the rest of `cli`, this only calls `ledger` and `broker`
+//! (checked with it: see `cli/mod.rs`).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;

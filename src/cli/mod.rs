@@ -8,7 +8,9 @@
 //! 2 usage error (clap), 3 `status --wait` saw the job end other than `succeeded`.
 //!
 //! **Invariant:** nothing here talks to Redis or Postgres directly; it calls
-//! `ledger`, `broker` and `runtime`.
+//! `ledger`, `broker` and `runtime`. Checked by
+//! `tests/integration/invariants.rs::in_the_core_only_ledger_runs_sql` and
+//! `::only_broker_names_the_redis_client`.
 
 mod args;
 mod control;

@@ -2,7 +2,8 @@
 //!
 //! A human table by default, one JSON document with `--json`.
 //!
-//! **Invariant:** like the rest of `cli`, this only calls `ledger` and `broker`.
+//! **Invariant:** like the rest of `cli`, this only calls `ledger` and `broker`
+//! (checked with it: see `cli/mod.rs`).
 
 use std::process::ExitCode;
 

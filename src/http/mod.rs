@@ -4,7 +4,7 @@
 //! docs/OBSERVABILITY.md lists the endpoints and metrics, docs/DASHBOARD.md the
 //! dashboard, docs/OPERATIONS.md "Security" the tokens.
 //!
-//! One file per concept: `auth.rs` (tokens, sessions, the `Host` check: the one
+//! One file per concept: `auth/` (tokens, sessions, the `Host` check: the one
 //! middleware every request passes), `probes.rs` (health, readiness, metrics, the
 //! JSON job), `sse.rs` (`/events`), `actions.rs` (what changes state, through
 //! `crate::control`), `dashboard/` (the pages), `tls.rs` (the optional TLS
@@ -15,7 +15,11 @@
 //! broker and the metrics registry; this module keeps no job state of its own.
 //!
 //! **Invariant:** nothing here runs SQL or Redis commands itself: it calls
-//! `ledger`, `broker` and `control`. No handler can slow the daemon: readiness is
+//! `ledger`, `broker` and `control`. Checked by
+//! `tests/integration/invariants.rs::in_the_core_only_ledger_runs_sql` and
+//! `::only_broker_names_the_redis_client`.
+//!
+//! Design note: no handler can slow the daemon: readiness is
 //! cached for a second and bounded by a timeout, an SSE client reads from a
 //! bounded broadcast that drops (and tells it about) what it could not keep up
 //! with, and every page's query is bounded by a limit or an index range.

@@ -10,6 +10,8 @@
 //! **Invariant:** handlers never touch Redis or the `jobrunner.jobs` table; they get
 //! their input in a [`JobContext`] and say how the attempt ended with a
 //! [`JobResult`]. The runtime turns that into leases and status.
+//! Checked by `tests/integration/invariants.rs::only_broker_names_the_redis_client`
+//! and `::only_ledger_runs_sql_on_the_ledger_tables`.
 
 mod command;
 mod diagnostic;

@@ -10,7 +10,9 @@
 //! `plans.rs` (the hot statements' plans) and `safe.rs`.
 //!
 //! **Invariant:** only `ledger` runs SQL on `jobrunner.jobs`. It never talks to Redis;
-//! the dispatcher in `runtime` moves outbox rows into `broker`.
+//! the dispatcher in `runtime` moves outbox rows into `broker`. Checked by
+//! `tests/integration/invariants.rs::only_ledger_runs_sql_on_the_ledger_tables`
+//! and `::only_broker_names_the_redis_client`.
 
 mod connect;
 mod control;

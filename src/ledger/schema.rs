@@ -13,6 +13,7 @@
 //!
 //! **Invariant:** the ledger never names a crate of kinds; their migrations come in
 //! as values ([`crate::jobs::Registry::add_migrations`], [`crate::cli::Layer`]).
+//! Checked by `tests/integration/invariants.rs::the_core_never_names_a_business_kind`.
 
 use sqlx::migrate::{Migration, Migrator};
 

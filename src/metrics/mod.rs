@@ -9,7 +9,8 @@
 //! (`defs.rs`) with its type and help text, and recording goes through one typed method per event,
 //! so a name or label is never spelled at a call site.
 //!
-//! **Invariant:** recording a job's outcome, duration or wait takes no lock and
+//! Design note (timed, not asserted, by `timing::print_the_cost_of_recording`):
+//! recording a job's outcome, duration or wait takes no lock and
 //! builds no labels: the series of every registered kind and served queue are
 //! slots made at start-up and filled on first use (a series appears once it has a
 //! value, as before). A counter is an atomic add; a histogram sample goes into the
@@ -47,6 +48,9 @@ pub struct Metrics {
     events: [(OnceLock<Counter>, OnceLock<Counter>); 3],
     /// Poison items, per [`Path`] in [`Path::ALL`] order.
     poison: [OnceLock<Counter>; 3],
+    /// Ends the upkeep task as the registry is dropped, not at its next tick,
+    /// so a stopped daemon leaves no task behind.
+    _upkeep: Option<tokio_util::sync::DropGuard>,
 }
 
 #[derive(Default)]
@@ -87,10 +91,15 @@ impl Metrics {
         kinds: impl IntoIterator<Item = &'a str>,
         queues: impl IntoIterator<Item = &'a str>,
     ) -> Arc<Metrics> {
-        let metrics = Arc::new(Metrics::with_series(kinds, queues));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(upkeep(Arc::downgrade(&metrics)));
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Arc::new(Metrics::with_series(kinds, queues));
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let metrics = Arc::new(Metrics {
+            _upkeep: Some(stop.clone().drop_guard()),
+            ..Metrics::with_series(kinds, queues)
+        });
+        runtime.spawn(upkeep(Arc::downgrade(&metrics), stop));
         metrics
     }
 
@@ -113,6 +122,7 @@ impl Metrics {
             pg_acquire: OnceLock::new(),
             events: Default::default(),
             poison: Default::default(),
+            _upkeep: None,
         }
     }
 
@@ -360,12 +370,16 @@ fn recorder() -> PrometheusRecorder {
     recorder
 }
 
-/// Folds histogram samples every [`UPKEEP`] until the registry is dropped.
-async fn upkeep(metrics: Weak<Metrics>) {
+/// Folds histogram samples every [`UPKEEP`] until the registry is dropped
+/// (which cancels `stop`).
+async fn upkeep(metrics: Weak<Metrics>, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         match metrics.upgrade() {
             Some(metrics) => metrics.upkeep(),
             None => return,

@@ -10,6 +10,8 @@
 //! **Invariant:** without `$NOTIFY_SOCKET` every call is a no-op, so the daemon
 //! behaves the same outside systemd. The environment is read once, by
 //! [`Notifier::from_env`] in `cli`; the library never reads it on its own.
+//! Checked by `a_disabled_notifier_sends_nothing_and_has_no_watchdog` below and
+//! `tests/integration/invariants.rs::only_cli_reads_the_systemd_environment`.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;

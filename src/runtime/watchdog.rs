@@ -4,7 +4,7 @@
 //! fails the pings stop, so systemd restarts a daemon that is stuck rather than
 //! one that is merely busy.
 //!
-//! **Invariant:** this task holds the daemon's shared state only until the drain
+//! Design note: this task holds the daemon's shared state only until the drain
 //! is over (`stop`), so it never delays the status writer's final flush.
 
 use std::future::Future;

@@ -13,8 +13,11 @@
 //! broker's fetch promotes them when due.
 //!
 //! **Invariant:** the scheduler runs SQL only through `ledger` and never touches
-//! Redis. It reads the cron section from the live config at every round, never
-//! from a copy taken at start.
+//! Redis. Checked by `tests/integration/invariants.rs::in_the_core_only_ledger_runs_sql`
+//! and `::only_broker_names_the_redis_client`.
+//!
+//! Design note: it reads the cron section from the live config at every round,
+//! never from a copy taken at start.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,13 +3,12 @@
 //! run without Python): jobs taken from an arq queue run as jobrunner jobs, and
 //! arq's result record and queue entry end the way arq's worker leaves them.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::BufRead;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, send_to_redis, spawn_app};
 use jobrunner::arq::pickle::{self, Value};
 use jobrunner::arq::{ArqConfig, ArqFunction};
 use jobrunner::config::Config;
@@ -57,15 +56,7 @@ fn read_reply(r: &mut impl BufRead) -> Reply {
 /// One command with binary-safe arguments over a fresh connection, the way
 /// arq's client (redis-py) sends it.
 fn redis(app: &TestApp, args: &[&[u8]]) -> Reply {
-    let mut stream = TcpStream::connect(("127.0.0.1", app.redis.port())).expect("connect");
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        request.extend_from_slice(a);
-        request.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&request).expect("send");
-    read_reply(&mut BufReader::new(stream))
+    read_reply(&mut send_to_redis(app, args))
 }
 
 fn s(text: &str) -> Value {

@@ -325,15 +325,8 @@ fn cli_with_stdin(
 ) -> (i32, String, String) {
     use std::io::Write as _;
     let path = app.write_config(&app.config);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-        .arg("--config")
-        .arg(&path)
+    let mut child = crate::helpers::jobrunner(&path)
         .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("JOBRUNNER_DATABASE_URL")
-        .env_remove("JOBRUNNER_REDIS_URL")
-        .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -346,11 +339,7 @@ fn cli_with_stdin(
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::helpers::outcome(&out)
 }
 
 fn one_json_document(out: &str) -> Value {
@@ -434,12 +423,8 @@ async fn migrate_check_exits_0_when_current_and_1_with_one_line_otherwise() {
     config.database.url = pg.create_database(&name, None).await.into();
     let path = app.write_config(&config);
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-            .arg("--config")
-            .arg(&path)
+        crate::helpers::jobrunner(&path)
             .args(args)
-            .env_remove("JOBRUNNER_DATABASE_URL")
-            .env_remove("DATABASE_URL")
             .output()
             .unwrap()
     };

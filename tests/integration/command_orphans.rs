@@ -1,13 +1,12 @@
 //! A `command` job's program dies with a daemon that was SIGKILLed (no drain, no
 //! cleanup): the parent-death signal, not systemd's `KillMode`, ends it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jobrunner::config::{CommandKindConfig, HandlerName, KindConfig};
+use jobrunner::config::{HandlerName, KindConfig};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{sh_command, spawn_app};
 use jobrunner::ledger::Status;
 
 /// Whether the process is gone (or a zombie nobody reaped yet: it runs no more).
@@ -29,13 +28,7 @@ async fn a_sigkilled_daemons_running_program_dies_with_it() {
         "orphan".into(),
         KindConfig {
             handler: Some(HandlerName::Command),
-            command: Some(CommandKindConfig {
-                program: "/bin/sh".into(),
-                args: vec!["-c".into(), script],
-                dead_exit_codes: vec![],
-                env: BTreeMap::new(),
-                working_dir: None,
-            }),
+            command: Some(sh_command(&script)),
             ..KindConfig::default()
         },
     );

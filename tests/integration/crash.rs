@@ -353,3 +353,50 @@ async fn jobs_pending_when_a_daemon_starts_on_a_fresh_redis_run_exactly_once() {
         "each job ran once"
     );
 }
+
+/// Every task a daemon spawns is tracked and ends before `Daemon::wait`
+/// returns: the runtime holds as many live tasks after the drain as before the
+/// start, with jobs finished, running into the drain and waiting in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_daemon_leaves_no_task_behind() {
+    let app = spawn_app().await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let daemon = jobrunner::runtime::Daemon::start_with(
+        app.config.clone(),
+        jobrunner_kinds::registry(&app.config),
+        app.ledger.clone(),
+        app.broker.clone(),
+    );
+    let done = app.enqueue("noop", json!({})).await;
+    assert_eq!(app.wait_final(done, 15).await.status, Status::Succeeded);
+    let running = app.enqueue("sleep", json!({"ms": 500})).await;
+    app.wait_until(running, 15, "running", |j| j.status == Status::Running)
+        .await;
+    for _ in 0..20 {
+        app.enqueue("sleep", json!({"ms": 200})).await;
+    }
+    let during = tasks();
+    assert!(
+        during > before + 5,
+        "a running daemon has its loops: {before} tasks before, {during} during"
+    );
+    daemon.stop().await;
+    // A task that returned may be counted until the runtime has reaped it.
+    let mut after = tasks();
+    for _ in 0..50 {
+        if after <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = tasks();
+    }
+    assert_eq!(
+        after, before,
+        "tasks alive after Daemon::wait returned ({before} before the start)"
+    );
+}

@@ -4,7 +4,7 @@
 //! (role `pwuser`, scram-sha-256) and a TLS Redis with an ACL user.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jobrunner::broker::Broker;
@@ -20,24 +20,14 @@ const WRONG_REDIS_PASSWORD: &str = "wrong-redis-pass-a93f77";
 /// `jobrunner ARGS` with `config`, systemd's credentials directory set to
 /// `credentials`: (exit code, stdout, stderr).
 fn jobrunner(config: &Path, credentials: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-        .arg("--config")
-        .arg(config)
+    let out = crate::helpers::jobrunner(config)
         .args(args)
-        .env_remove("JOBRUNNER_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("JOBRUNNER_REDIS_URL")
-        .env_remove("REDIS_URL")
         .env("RUST_LOG", "debug")
         .env("CREDENTIALS_DIRECTORY", credentials)
         .stdin(Stdio::null())
         .output()
         .expect("run jobrunner");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::helpers::outcome(&out)
 }
 
 fn credentials(db: &str, redis: &str) -> tempfile::TempDir {
@@ -85,9 +75,7 @@ async fn passwords_from_credentials_work_and_never_show_in_output_logs_or_metric
 
     // The daemon and the CLI log in with the credentials.
     let log = app.dir.path().join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-        .arg("--config")
-        .arg(&path)
+    let mut daemon = crate::helpers::jobrunner(&path)
         .arg("run")
         .env("RUST_LOG", "debug")
         .env("CREDENTIALS_DIRECTORY", right.path())

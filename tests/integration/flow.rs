@@ -2,18 +2,15 @@
 //! kind's concurrency limit, rate limits, unique keys, cancellation, pause and
 //! resume, and `on_timeout = "dead"`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jobrunner::config::{
-    CommandKindConfig, HandlerName, KindConfig, OnTimeout, QueueConfig, RateLimit,
-};
+use jobrunner::config::{HandlerName, KindConfig, OnTimeout, QueueConfig, RateLimit};
 use jobrunner::ledger::{Job, Ledger, NewJob};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, sh_command, spawn_app};
 use jobrunner::ledger::Status;
 
 /// The most intervals that overlap at any instant.
@@ -74,13 +71,7 @@ async fn a_kind_concurrency_limit_holds_across_three_daemons_and_every_job_finis
     let kind = KindConfig {
         concurrency: Some(2),
         handler: Some(HandlerName::Command),
-        command: Some(CommandKindConfig {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script],
-            dead_exit_codes: vec![],
-            env: BTreeMap::new(),
-            working_dir: None,
-        }),
+        command: Some(sh_command(&script)),
         ..KindConfig::default()
     };
     app.config.kinds.insert("slow".into(), kind);

@@ -280,18 +280,11 @@ impl Postgres {
             janitor,
             dir,
         };
-        for attempt in 1..=PORT_ATTEMPTS {
-            pg.port = free_port();
-            match pg.launch() {
-                Ok(()) => return pg,
-                Err(e) if e.port_busy && attempt < PORT_ATTEMPTS => continue,
-                Err(e) => panic!(
-                    "harness: Postgres failed to start on port {}: {}",
-                    pg.port, e.message
-                ),
-            }
-        }
-        unreachable!()
+        launch_on_a_free_port("Postgres", |port| {
+            pg.port = port;
+            pg.launch()
+        });
+        pg
     }
 
     /// The TCP port the server listens on (on 127.0.0.1).
@@ -385,19 +378,8 @@ impl Postgres {
         if let Some(mut server) = self.server.take() {
             server.stop("QUIT");
         }
-        let deadline = Instant::now() + SAME_PORT_RETRY;
-        loop {
-            match self.launch() {
-                Ok(()) => return,
-                Err(e) if e.port_busy && Instant::now() < deadline => {
-                    sleep(Duration::from_millis(100))
-                }
-                Err(e) => panic!(
-                    "harness: Postgres failed to restart on port {}: {}",
-                    self.port, e.message
-                ),
-            }
-        }
+        let port = self.port;
+        launch_again_on_the_same_port("Postgres", port, || self.launch());
     }
 
     /// Stop the server (fast shutdown: sessions are terminated, a clean
@@ -549,18 +531,11 @@ impl Redis {
             janitor,
             dir,
         };
-        for attempt in 1..=PORT_ATTEMPTS {
-            redis.port = free_port();
-            match redis.launch() {
-                Ok(()) => return redis,
-                Err(e) if e.port_busy && attempt < PORT_ATTEMPTS => continue,
-                Err(e) => panic!(
-                    "harness: redis-server failed to start on port {}: {}",
-                    redis.port, e.message
-                ),
-            }
-        }
-        unreachable!()
+        launch_on_a_free_port("redis-server", |port| {
+            redis.port = port;
+            redis.launch()
+        });
+        redis
     }
 
     /// The TCP port the server listens on (on 127.0.0.1).
@@ -601,19 +576,8 @@ impl Redis {
     /// server first if it is still running.
     pub fn start_again(&mut self) {
         self.kill();
-        let deadline = Instant::now() + SAME_PORT_RETRY;
-        loop {
-            match self.launch() {
-                Ok(()) => return,
-                Err(e) if e.port_busy && Instant::now() < deadline => {
-                    sleep(Duration::from_millis(100))
-                }
-                Err(e) => panic!(
-                    "harness: redis-server failed to restart on port {}: {}",
-                    self.port, e.message
-                ),
-            }
-        }
+        let port = self.port;
+        launch_again_on_the_same_port("redis-server", port, || self.launch());
     }
 
     /// Start `redis-server` on `self.port` and wait until it answers PING.
@@ -1124,6 +1088,45 @@ pub(crate) fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 7];
     stream.read_exact(&mut buf).is_ok() && buf.starts_with(b"+PONG")
+}
+
+/// Starts a server with `launch` on a free port, and on another while the one
+/// picked turns out taken (another process bound it first), up to
+/// [`PORT_ATTEMPTS`] ports. Panics with the server's log on any other failure.
+fn launch_on_a_free_port(name: &str, mut launch: impl FnMut(u16) -> Result<(), LaunchError>) {
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        match launch(port) {
+            Ok(()) => return,
+            Err(e) if e.port_busy && attempt < PORT_ATTEMPTS => continue,
+            Err(e) => panic!(
+                "harness: {name} failed to start on port {port}: {}",
+                e.message
+            ),
+        }
+    }
+    unreachable!()
+}
+
+/// Starts a server with `launch` again on its own `port`, retrying for
+/// [`SAME_PORT_RETRY`] while the port is still held (the old process's socket
+/// may linger a moment after it exited).
+fn launch_again_on_the_same_port(
+    name: &str,
+    port: u16,
+    mut launch: impl FnMut() -> Result<(), LaunchError>,
+) {
+    let deadline = Instant::now() + SAME_PORT_RETRY;
+    loop {
+        match launch() {
+            Ok(()) => return,
+            Err(e) if e.port_busy && Instant::now() < deadline => sleep(Duration::from_millis(100)),
+            Err(e) => panic!(
+                "harness: {name} failed to restart on port {port}: {}",
+                e.message
+            ),
+        }
+    }
 }
 
 /// The postmaster with `pid` wrote "ready" into DATA/postmaster.pid.

@@ -4,8 +4,8 @@
 //! (`spawn_daemon`) for crash and signal tests.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use jobrunner::broker::Broker;
@@ -153,12 +153,8 @@ impl TestApp {
             .dir
             .path()
             .join(format!("daemon-{}.log", Uuid::now_v7()));
-        let child = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-            .args(["--config", path.to_str().expect("utf-8 path"), "run"])
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("JOBRUNNER_DATABASE_URL")
-            .env_remove("JOBRUNNER_REDIS_URL")
+        let child = jobrunner(&path)
+            .arg("run")
             .env("RUST_LOG", "info,jobrunner=debug,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,23 +167,12 @@ impl TestApp {
     /// Runs the CLI with this app's config; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let path = self.write_config(&self.config);
-        let out = Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-            .arg("--config")
-            .arg(&path)
+        let out = jobrunner(&path)
             .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("JOBRUNNER_DATABASE_URL")
-            .env_remove("JOBRUNNER_REDIS_URL")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()
             .expect("run jobrunner");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(&out)
     }
 
     pub async fn enqueue(&self, kind: &str, payload: Value) -> Uuid {
@@ -248,6 +233,31 @@ impl TestApp {
 
 /// A daemon process that is killed when dropped, and whose log is printed when the
 /// test panics.
+/// The `jobrunner` binary with `--config config`, without the environment that
+/// would override the file (the service URLs) or the log level (`RUST_LOG`);
+/// a test adds the arguments and variables it needs.
+pub fn jobrunner(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobrunner"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("JOBRUNNER_DATABASE_URL")
+        .env_remove("JOBRUNNER_REDIS_URL")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A finished command's (exit code, stdout, stderr); a signal's exit is -1.
+pub fn outcome(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub struct DaemonProcess {
     pub child: Child,
     pub log: PathBuf,
@@ -299,17 +309,43 @@ impl Drop for DaemonProcess {
     }
 }
 
-/// A `command` kind running `script` with `/bin/sh`, failing fast.
+/// `/bin/sh -c script` as a command kind's program, with no dead exit codes.
+pub fn sh_command(script: &str) -> CommandKindConfig {
+    CommandKindConfig {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        dead_exit_codes: vec![],
+        env: BTreeMap::new(),
+        working_dir: None,
+    }
+}
+
+/// One command with binary-safe arguments, sent over a fresh connection to the
+/// app's Redis the way a bare client (redis-py, a producer without a library)
+/// sends it; the reply is read from what this returns.
+pub fn send_to_redis(app: &TestApp, args: &[&[u8]]) -> std::io::BufReader<std::net::TcpStream> {
+    use std::io::Write as _;
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", app.redis.port())).expect("connect");
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        request.extend_from_slice(a);
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request).expect("send");
+    std::io::BufReader::new(stream)
+}
+
+/// A `command` kind running `script` with `/bin/sh`, failing fast; exit code 3
+/// ends the job dead.
 pub fn sh_kind(script: &str) -> KindConfig {
     let mut kind = KindConfig {
         max_attempts: 3,
         handler: Some(HandlerName::Command),
         command: Some(CommandKindConfig {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
             dead_exit_codes: vec![3],
-            env: BTreeMap::new(),
-            working_dir: None,
+            ..sh_command(script)
         }),
         ..KindConfig::default()
     };

@@ -1,6 +1,9 @@
-//! The module boundaries docs/ARCHITECTURE.md states as invariants, checked on
-//! the source tree: only `broker` talks to Redis, only `ledger` runs SQL on the
-//! ledger's own tables, and the core never names a business kind.
+//! The invariants docs/ARCHITECTURE.md states that can be read off the source
+//! tree: only `broker` talks to Redis and builds its keys, and it never blocks
+//! on the server; only `ledger` runs SQL; the core never names a business kind;
+//! the ledger's objects live in the `jobrunner` schema and the kinds' outside
+//! it; no global state but two named exceptions; only `cli` reads systemd's
+//! environment; and no source file outgrows one concept.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +28,10 @@ const CRATES: [&str; 3] = ["src", "kinds/src", "bin/src"];
 
 /// The files of the core: its library, its build script and its migrations.
 const CORE: [&str; 3] = ["src", "build.rs", "migrations"];
+
+/// Most lines of non-test code a source file may hold: past it, a module is
+/// split along its concepts into a directory (docs/ARCHITECTURE.md, "Code map").
+const MAX_CODE_LINES: usize = 400;
 
 /// The repository root (the tests belong to the binary's package, in bin/).
 fn root() -> &'static Path {
@@ -77,6 +84,127 @@ fn code(text: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A file's lines of non-test code: every line (comments and blank lines
+/// included) before the first that starts `#[cfg(test)]`.
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .count()
+}
+
+/// The uses of `sqlx` the core may make outside `ledger`: the types a
+/// handler's context and a layer's migrations carry, and a log filter's name.
+const SQLX_ALLOWED: [&str; 3] = ["sqlx::migrate::Migration", "sqlx::PgPool", "sqlx="];
+
+/// Whether code uses `sqlx` for anything but the [`SQLX_ALLOWED`] types: a
+/// query, a connection, a listener or a transaction.
+fn uses_sqlx(code: &str) -> bool {
+    code.match_indices("sqlx")
+        .any(|(at, _)| !SQLX_ALLOWED.iter().any(|a| code[at..].starts_with(a)))
+}
+
+/// Redis commands that block on the server until data arrives (fred names
+/// them the same, in lower case).
+const BLOCKING_COMMANDS: [&str; 11] = [
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BLMOVE",
+    "BLMPOP",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BZMPOP",
+    "XREAD",
+    "XREADGROUP",
+    "WAIT",
+];
+
+/// Whether code names a blocking Redis command, as a command or fred method.
+fn names_blocking_command(code: &str) -> bool {
+    BLOCKING_COMMANDS.iter().any(|c| {
+        has_word(code, &format!("\"{c}\""))
+            || has_word(code, &format!("'{c}'"))
+            // `.wait(` is a process's or a task's, not Redis's WAIT.
+            || (*c != "WAIT" && code.contains(&format!(".{}(", c.to_lowercase())))
+    })
+}
+
+/// The pieces of a format string that build one of jobrunner's Redis keys or
+/// channels, or arq's: a queue's hash tag, the prefix-wide keys and the keys
+/// named by an id.
+const KEY_FORMATS: [&str; 11] = [
+    ":{{{",
+    "}:workers\"",
+    "}:events\"",
+    "}job:{",
+    "}ended:{",
+    "}inflight:{",
+    "}parked:{",
+    "\"arq:job:{",
+    "\"arq:result:{",
+    "\"arq:in-progress:{",
+    "\"arq:retry:{",
+];
+
+/// Whether code builds a Redis key or channel name by hand.
+fn formats_a_key(code: &str) -> bool {
+    KEY_FORMATS.iter().any(|k| code.contains(k))
+}
+
+/// The `static` items the library may hold, and why: anything else would be
+/// state shared behind the caller's back, where config and registries are
+/// passed explicitly.
+const STATICS_ALLOWED: [(&str, &str); 3] = [
+    // tracing's subscriber is process-wide; SIGHUP changes its level through
+    // this reload handle.
+    ("src/telemetry.rs", "FILTER"),
+    // A thread-local flag scoped to one synchronous call (`with_secrets_exposed`).
+    ("src/config/secret.rs", "EXPOSED"),
+    // Immutable: the metadata every metric series is registered with.
+    ("src/metrics/mod.rs", "METADATA"),
+];
+
+/// The names of the `static` items code declares.
+fn statics(code: &str) -> Vec<String> {
+    code.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let rest = l.strip_prefix("static ")?;
+            let rest = rest.strip_prefix("mut ").unwrap_or(rest);
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+/// The names of the schema objects a migration creates.
+fn created_objects(sql: &str) -> Vec<String> {
+    let upper = sql.to_uppercase();
+    let mut out = Vec::new();
+    for what in ["TABLE ", "VIEW ", "FUNCTION ", "TYPE ", "SEQUENCE "] {
+        for create in ["CREATE ", "CREATE OR REPLACE "] {
+            let needle = format!("{create}{what}");
+            for (at, _) in upper.match_indices(&needle) {
+                let rest = &sql[at + needle.len()..];
+                let rest = rest
+                    .strip_prefix("IF NOT EXISTS ")
+                    .or_else(|| rest.strip_prefix("if not exists "))
+                    .unwrap_or(rest);
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                    .collect();
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 /// Whether code names the Redis client crate.
@@ -218,7 +346,252 @@ fn the_core_never_names_a_business_kind() {
 }
 
 #[test]
+fn in_the_core_only_ledger_runs_sql() {
+    let offenders: Vec<PathBuf> = sources()
+        .into_iter()
+        .filter(|p| p.starts_with("src") && !p.starts_with("src/ledger"))
+        .filter(|p| uses_sqlx(&code(&read(p))))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "outside ledger the core only carries {SQLX_ALLOWED:?}; these files use sqlx \
+         for more (run SQL through a Ledger method instead): {offenders:?}"
+    );
+}
+
+#[test]
+fn no_redis_command_blocks_on_the_server() {
+    let offenders = offenders(&[], names_blocking_command);
+    assert!(
+        offenders.is_empty(),
+        "every command shares the pool, so none may block on the server \
+         ({BLOCKING_COMMANDS:?}); these files name one: {offenders:?}"
+    );
+}
+
+#[test]
+fn only_broker_keys_builds_a_redis_key() {
+    let offenders = offenders(&["src/broker/keys.rs"], formats_a_key);
+    assert!(
+        offenders.is_empty(),
+        "build keys and channels with broker::Keys / QueueKeys / keys::arq; \
+         these files format one by hand: {offenders:?}"
+    );
+}
+
+#[test]
+fn the_library_holds_no_global_state_but_the_named_exceptions() {
+    let mut found: Vec<(String, String)> = sources()
+        .into_iter()
+        .filter(|p| p.starts_with("src"))
+        .flat_map(|p| {
+            let file = p.to_string_lossy().into_owned();
+            statics(&code(&read(&p)))
+                .into_iter()
+                .map(move |name| (file.clone(), name))
+        })
+        .collect();
+    found.sort();
+    let mut allowed: Vec<(String, String)> = STATICS_ALLOWED
+        .iter()
+        .map(|(f, n)| (f.to_string(), n.to_string()))
+        .collect();
+    allowed.sort();
+    assert_eq!(
+        found, allowed,
+        "config and shared state are passed explicitly; a new `static` needs a \
+         reason in STATICS_ALLOWED"
+    );
+}
+
+#[test]
+fn the_ledgers_objects_live_in_jobrunner_and_the_kinds_outside_it() {
+    let mut core = Vec::new();
+    for file in files(&["migrations"]) {
+        core.extend(created_objects(&read(&file)));
+    }
+    let mut kinds = Vec::new();
+    for file in files(&["kinds/migrations"]) {
+        kinds.extend(created_objects(&read(&file)));
+    }
+    assert!(core.len() >= 10 && kinds.len() >= 4, "{core:?} {kinds:?}");
+    let stray: Vec<&String> = core
+        .iter()
+        .filter(|n| !n.starts_with("jobrunner."))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "the ledger's objects outside `jobrunner`: {stray:?}"
+    );
+    let intruders: Vec<&String> = kinds
+        .iter()
+        .filter(|n| n.starts_with("jobrunner."))
+        .collect();
+    assert!(
+        intruders.is_empty(),
+        "the kinds' tables belong to the web systems, outside `jobrunner`: {intruders:?}"
+    );
+}
+
+#[test]
+fn only_cli_reads_the_systemd_environment() {
+    let reads = |code: &str| code.contains("Notifier::from_env");
+    let readers = offenders(&["src/cli", "src/runtime/notify.rs"], reads);
+    assert!(
+        readers.is_empty(),
+        "the library never reads $NOTIFY_SOCKET on its own; these files do: {readers:?}"
+    );
+    let names = |code: &str| {
+        ["\"NOTIFY_SOCKET\"", "\"WATCHDOG_USEC\"", "\"WATCHDOG_PID\""]
+            .iter()
+            .any(|v| code.contains(v))
+    };
+    let offenders = offenders(&["src/runtime/notify.rs"], names);
+    assert!(
+        offenders.is_empty(),
+        "only runtime/notify.rs reads systemd's variables: {offenders:?}"
+    );
+}
+
+#[test]
+fn the_ssrf_guard_never_opens_a_connection() {
+    let guard = code(&read(Path::new("kinds/src/data_extraction/guard.rs")));
+    assert!(guard.contains("lookup_host"), "read the guard");
+    let opens = [
+        "TcpStream",
+        "TcpSocket",
+        "UdpSocket",
+        "reqwest::Client",
+        "ClientBuilder",
+        ".connect(",
+        ".send(",
+    ];
+    let found: Vec<&&str> = opens.iter().filter(|o| guard.contains(*o)).collect();
+    assert!(
+        found.is_empty(),
+        "the SSRF guard only answers \"may we\"; it names {found:?}"
+    );
+}
+
+/// The code map's headings that are no module of the library: the kinds'
+/// crate and the binary's modules.
+const MAP_BEYOND_THE_LIBRARY: [&str; 3] = ["kinds", "demo", "bench"];
+
+#[test]
+fn the_code_map_names_every_module_and_only_modules() {
+    let doc = read(Path::new("docs/ARCHITECTURE.md"));
+    let map = doc
+        .split("\n## Code map")
+        .nth(1)
+        .and_then(|m| m.split("\n## ").next())
+        .expect("docs/ARCHITECTURE.md has a Code map section");
+    let headings: Vec<String> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect();
+    let modules: Vec<String> = read(Path::new("src/lib.rs"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .filter_map(|l| l.strip_suffix(';'))
+        .map(str::to_owned)
+        .collect();
+    assert!(modules.len() > 10, "{modules:?}");
+    let unmapped: Vec<&String> = modules.iter().filter(|m| !headings.contains(m)).collect();
+    assert!(
+        unmapped.is_empty(),
+        "modules of src/lib.rs without a `### `name`` heading in the code map: {unmapped:?}"
+    );
+    let stray: Vec<&String> = headings
+        .iter()
+        .filter(|h| !modules.contains(h) && !MAP_BEYOND_THE_LIBRARY.contains(&h.as_str()))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "code map headings naming no module: {stray:?}"
+    );
+    // Every file is named on the map: as `file.rs`, as its module (`name`,
+    // `name::…`) or, for a `mod.rs`, as its directory (`name/`).
+    let unnamed: Vec<PathBuf> = sources()
+        .into_iter()
+        .filter(|p| !p.ends_with("lib.rs") && !p.ends_with("main.rs"))
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            let module = if file == "mod.rs" {
+                p.parent().unwrap().file_name().unwrap().to_string_lossy()
+            } else {
+                p.file_stem().unwrap().to_string_lossy()
+            };
+            ![
+                format!("{module}.rs"),
+                format!("`{module}`"),
+                format!("`{module}::"),
+                format!("{module}/"),
+            ]
+            .iter()
+            .any(|name| doc.contains(name.as_str()))
+        })
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "source files docs/ARCHITECTURE.md does not name: {unnamed:?}"
+    );
+}
+
+#[test]
+fn no_source_file_holds_more_than_400_lines_of_code() {
+    let mut over: Vec<(PathBuf, usize)> = sources()
+        .into_iter()
+        .map(|p| {
+            let n = code_lines(&read(&p));
+            (p, n)
+        })
+        .filter(|(_, n)| *n > MAX_CODE_LINES)
+        .collect();
+    over.sort();
+    assert!(
+        over.is_empty(),
+        "split these files along their concepts: each holds more than \
+         {MAX_CODE_LINES} lines before its `#[cfg(test)]` (file, lines): {over:?}"
+    );
+}
+
+#[test]
 fn the_checks_recognise_what_they_forbid() {
+    assert_eq!(code_lines("a\n\n// b\n#[cfg(test)]\nmod tests {}\n"), 3);
+    assert_eq!(code_lines("a\n    #[cfg(test)]\nb\n"), 3);
+    let longest = sources()
+        .iter()
+        .map(|p| code_lines(&read(p)))
+        .max()
+        .unwrap();
+    assert!(longest > MAX_CODE_LINES / 2, "counted the files: {longest}");
+    assert!(uses_sqlx("sqlx::query(\"SELECT 1\")"));
+    assert!(uses_sqlx("use sqlx::Row;"));
+    assert!(!uses_sqlx(
+        "pub db: sqlx::PgPool, m: &[sqlx::migrate::Migration]"
+    ));
+    assert!(uses_sqlx(&code(&read(Path::new("src/ledger/mod.rs")))));
+    assert!(names_blocking_command("client.blmove(src, dst, 5.0)"));
+    assert!(names_blocking_command("redis.call('BZPOPMIN', KEYS[1], 0)"));
+    assert!(!names_blocking_command(
+        "let wait = Duration::ZERO; // WAITING"
+    ));
+    assert!(formats_a_key("format!(\"{}:{{{queue}}}:\", prefix)"));
+    assert!(formats_a_key("format!(\"arq:job:{id}\")"));
+    assert!(formats_a_key(&code(&read(Path::new("src/broker/keys.rs")))));
+    assert!(!formats_a_key("format!(\"{}: {}\", key, error)"));
+    assert_eq!(
+        statics("static A: u8 = 1;\n    pub static mut B: u8 = 2;\nlet s: &'static str;"),
+        ["A", "B"]
+    );
+    assert_eq!(
+        created_objects(
+            "CREATE TABLE public.m (id int);\ncreate or replace function jobrunner.f()"
+        ),
+        ["public.m", "jobrunner.f"]
+    );
     assert!(names_fred("use fred::prelude::*;"));
     assert!(!names_fred(&code("// fred:: is named in a comment only")));
     assert!(runs_ledger_sql(

@@ -2,7 +2,7 @@
 //! entries written into the ingest structures by hand (bypassing the script) that
 //! end `dead` or quarantined while every ordinary job next to them runs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -10,22 +10,16 @@ use jobrunner::broker::RedisEnqueue;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, send_to_redis, spawn_app};
 use jobrunner::ledger::Status;
 
 /// One command with binary-safe arguments over a fresh connection. Returns the
 /// first reply line (`+OK`, `:1`, `-ERR …`, `$n` for a bulk string).
 pub fn raw(app: &TestApp, args: &[&[u8]]) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", app.redis.port())).expect("connect");
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        request.extend_from_slice(a);
-        request.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&request).expect("send");
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).expect("reply");
+    send_to_redis(app, args)
+        .read_line(&mut line)
+        .expect("reply");
     line.trim_end().to_owned()
 }
 

@@ -20,13 +20,9 @@ pub fn spawn_with_env(app: &TestApp, config: &Path, env: &[(&str, &str)]) -> Dae
         .dir
         .path()
         .join(format!("daemon-{}.log", Uuid::now_v7()));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jobrunner"));
+    let mut command = crate::helpers::jobrunner(config);
     command
-        .args(["--config", config.to_str().expect("utf-8 path"), "run"])
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("JOBRUNNER_DATABASE_URL")
-        .env_remove("JOBRUNNER_REDIS_URL")
+        .arg("run")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")

@@ -305,13 +305,8 @@ async fn the_pgssl_variables_reach_every_subcommand() {
     config.database.url = tls_url("postgres", "localhost", &db, "").into();
     let path = app.write_config(&config);
     let run = |args: &[&str], ca: &PathBuf| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobrunner"))
-            .arg("--config")
-            .arg(&path)
+        let out = crate::helpers::jobrunner(&path)
             .args(args)
-            .env_remove("JOBRUNNER_DATABASE_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
             .env("PGSSLMODE", "verify-full")
             .env("PGSSLROOTCERT", ca)
             .output()

@@ -28,6 +28,7 @@
 //! producers, `report.rs` the figures, `cpu.rs` the CPU accounting.
 
 mod cpu;
+mod producers;
 mod report;
 mod runs;
 mod scratch;

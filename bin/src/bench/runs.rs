@@ -1,16 +1,14 @@
 //! The runs a benchmark makes, in order (drain, throughput, latency, bulk), and
-//! the producers that enqueue for them.
+//! the reads of the scratch ledger that time them; `producers` enqueues for them.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 
-use jobrunner::broker::{Broker, RedisEnqueue};
+use jobrunner::broker::RedisEnqueue;
 
 use super::report::{Report, Spread, spread_json, summarize};
 use super::{Bench, Path, RunKind, cpu, signal};
@@ -159,28 +157,6 @@ impl Bench {
         Ok(sqlx::query_scalar("SELECT clock_timestamp()")
             .fetch_one(&self.pool)
             .await?)
-    }
-
-    /// Enqueues `n` no-ops through one way in, from `--producers` tasks.
-    async fn enqueue(&self, path: Path, n: usize) -> anyhow::Result<()> {
-        let producers = self.args.producers;
-        let per = n / producers;
-        let mut tasks = JoinSet::new();
-        for i in 0..producers {
-            let k = if i == 0 { per + n % producers } else { per };
-            let (pool, broker) = (self.pool.clone(), self.broker.clone());
-            let queues = self.args.queues.clone();
-            tasks.spawn(async move {
-                match path {
-                    Path::Sql => enqueue_sql(&pool, &queues, k).await,
-                    Path::Redis => enqueue_redis(&broker, &queues, k).await,
-                }
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r??;
-        }
-        Ok(())
     }
 
     /// Waits until `n` jobs created since `since` succeeded. Polls rarely: each
@@ -357,52 +333,4 @@ impl Bench {
         let cost = self.probe.cost(&before, &after, args.jobs as u64);
         Ok((args.jobs as f64 / elapsed.as_secs_f64(), cost))
     }
-}
-
-/// SQL producers batch like a web app's bulk import: 500 `enqueue` calls a
-/// transaction, round robin over `queues`.
-async fn enqueue_sql(pool: &PgPool, queues: &[String], n: usize) -> anyhow::Result<()> {
-    let mut left = n as i64;
-    while left > 0 {
-        let k = left.min(500);
-        sqlx::query(
-            "SELECT jobrunner.enqueue('noop', jsonb_build_object('i', g),
-                 queue => ($2::text[])[1 + g % cardinality($2::text[])])
-             FROM generate_series(1, $1) g",
-        )
-        .bind(k)
-        .bind(queues)
-        .execute(pool)
-        .await?;
-        left -= k;
-    }
-    Ok(())
-}
-
-/// Redis producers keep 32 enqueues in flight each, as concurrent requests would.
-async fn enqueue_redis(broker: &Arc<Broker>, queues: &[String], n: usize) -> anyhow::Result<()> {
-    let mut inflight = JoinSet::new();
-    for j in 0..n {
-        if inflight.len() >= 32
-            && let Some(r) = inflight.join_next().await
-        {
-            r??;
-        }
-        let b = broker.clone();
-        let queue = queues[j % queues.len()].clone();
-        inflight.spawn(async move {
-            b.enqueue(&RedisEnqueue {
-                queue,
-                kind: "noop".into(),
-                payload: format!("{{\"i\":{j}}}"),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-        });
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-    }
-    Ok(())
 }

@@ -7,7 +7,9 @@
 //! change between the check and the connect). IP literals never reach a resolver,
 //! so [`Guard::check_url`] checks them before each request.
 //!
-//! **Invariant:** this module never opens a connection; it only answers "may we".
+//! **Invariant:** this module never opens a connection; it only answers "may we"
+//! (it resolves names). Checked by
+//! `tests/integration/invariants.rs::the_ssrf_guard_never_opens_a_connection`.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -132,21 +132,8 @@ pub(super) async fn store(
     Ok(count)
 }
 
-/// Database trouble is worth a retry: Postgres may be back by then.
-/// SQLSTATE classes 22 (data exception), 23 (integrity) and 54 (a program limit,
-/// such as an index row too large) mean these records can never be written:
-/// permanent. Anything else (connection, timeout, deadlock) may pass on retry.
+/// A database error of query `id`'s job: permanent when these records can never
+/// be written, retryable otherwise ([`crate::db::db_error`]).
 pub(super) fn db_error(id: Uuid, error: &sqlx::Error) -> JobError {
-    let message = format!(
-        "extraction query {id}: database error: {}",
-        jobrunner::error_chain(error)
-    );
-    let class = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|code| code.chars().take(2).collect::<String>());
-    match class.as_deref() {
-        Some("22" | "23" | "54") => JobError::permanent(message),
-        _ => JobError::retryable(message),
-    }
+    crate::db::db_error(&format!("extraction query {id}: database error"), error)
 }

@@ -193,20 +193,10 @@ async fn apply(
     Ok((inserted, applied))
 }
 
-/// SQLSTATE classes 22 (data exception), 23 (integrity violation) and 54 (a
-/// program limit such as the index row size) mean this input can never be
-/// written, so retrying is pointless; anything else (a lost connection, a pool
-/// timeout, a deadlock) may pass on the next attempt.
+/// Permanent when this input can never be written, retryable otherwise
+/// ([`crate::db::db_error`]).
 fn db_error(doing: &str, error: sqlx::Error) -> JobError {
-    let message = format!("{doing}: {}", jobrunner::error_chain(&error));
-    let class = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|code| code.chars().take(2).collect::<String>());
-    match class.as_deref() {
-        Some("22" | "23" | "54") => JobError::permanent(message),
-        _ => JobError::retryable(message),
-    }
+    crate::db::db_error(doing, &error)
 }
 
 /// The job's error when no item of the webhook could be read: the first few

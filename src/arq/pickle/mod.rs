@@ -4,8 +4,9 @@
 //! **Invariant:** decoding never executes, imports or looks up code. A global is
 //! matched against a fixed list of value types (`globals::global`), and each is
 //! built by hand from its pickled state; anything else is an error that names
-//! the global or opcode. The corpus in `tests/fixtures/pickle/` (blobs written
-//! by CPython for protocols 2 to 5 by `make.py`, beside them) checks every type.
+//! the global or opcode. Checked by `corpus::tests` over `tests/fixtures/pickle/`
+//! (blobs written by CPython for protocols 2 to 5 by `make.py`, beside them:
+//! every type), with `globals_outside_the_list_are_refused_naming_them`.
 
 mod decode;
 mod encode;

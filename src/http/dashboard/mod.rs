@@ -7,9 +7,14 @@
 //!
 //! **Invariant:** pages only read (through `ledger`, `broker`, `scheduler`);
 //! anything that changes state is a `POST` to `actions`. Action buttons are shown
-//! only to an admin scope, and the server refuses the action anyway. Every query a
-//! page runs is bounded by a limit or an index range (docs/DASHBOARD.md has the
-//! timings on a ledger of a million rows).
+//! only to an admin scope, and the server refuses the action anyway. Checked by
+//! `auth::tests::every_post_but_log_in_needs_admin_and_probes_are_open`,
+//! `tests/integration/dashboard.rs::the_overview_shows_each_queue_with_its_counts`
+//! (a read session has no buttons) and
+//! `::cancel_and_retry_work_for_an_admin_and_are_refused_for_a_read_token`.
+//!
+//! Design note: every query a page runs is bounded by a limit or an index range
+//! (docs/DASHBOARD.md has the timings on a ledger of a million rows).
 
 mod cron;
 mod html;

@@ -10,6 +10,8 @@
 //!
 //! **Invariant:** an update carrying an older fencing token than the row's never
 //! applies, and a final row never changes; both are checked in the statement itself.
+//! Checked by `tests/integration/crash.rs::a_paused_workers_late_outcome_is_rejected_by_the_fencing_token`
+//! and `::a_stale_lease_cannot_ack_retry_or_heartbeat_after_it_was_reaped`.
 //!
 //! After a batch commits, the writer hands one [`Event`] per transition of the rows
 //! it actually changed (the statement's `RETURNING`) to the event publisher, in

@@ -4,57 +4,38 @@
 //! page which rebinds its own name to this address from reading it.
 //!
 //! [`guard`] is the one middleware every request passes; [`need`] is the one
-//! table of what each route requires, so the rules read in one place.
+//! table of what each route requires, so the rules read in one place. The
+//! tokens file and token digests are in `tokens`, the log-in sessions and the
+//! CSRF check in `sessions`.
 //!
-//! **Invariant:** tokens and session ids are compared as SHA-256 digests in
-//! constant time, and never logged; a request that changes state needs an
-//! `admin` token (or session), and a session's request also its CSRF token.
+//! **Invariant:** a request that changes state needs an `admin` token (or
+//! session), and a session's request also its CSRF token. Checked by
+//! `tests/integration/admin_auth.rs` and `dashboard.rs` (see
+//! docs/ARCHITECTURE.md, `http`) and the tests below.
+//!
+//! Design note: tokens and session ids are compared as SHA-256 digests in
+//! constant time (`tokens::constant_time_eq`), and never logged.
+
+mod sessions;
+mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::HttpState;
 use crate::config::AdminConfig;
+use sessions::Session;
+use tokens::{TokenList, read_tokens};
 
-/// How long a dashboard log-in lasts.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "jobrunner_session";
-/// Most sessions held at once; the oldest go first beyond it.
-const MAX_SESSIONS: usize = 10_000;
-/// Shortest token accepted from the tokens file.
-const MIN_TOKEN_LEN: usize = 16;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read admin.tokens_file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("admin.tokens_file {path}, line {line}: {reason}")]
-    Line {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-    #[error("admin.tokens_file {0} holds no token; add lines like `admin <token>`")]
-    Empty(PathBuf),
-}
-
-/// Each token's SHA-256 digest and its scope.
-type TokenList = Vec<([u8; 32], Scope)>;
+pub use sessions::{SESSION_COOKIE, SESSION_TTL, cookie, csrf_ok};
+pub use tokens::Error;
 
 /// What a token (or the session it opened) may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -115,13 +96,6 @@ pub struct Auth {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
 }
 
-#[derive(Debug, Clone)]
-struct Session {
-    scope: Scope,
-    csrf: String,
-    expires: Instant,
-}
-
 impl Auth {
     /// Reads the tokens file `config` names (if any) and works out the allowed hosts.
     pub fn from_config(config: &AdminConfig, listen: Option<SocketAddr>) -> Result<Auth, Error> {
@@ -158,60 +132,6 @@ impl Auth {
             secure_cookies: config.tls_cert.is_some(),
             sessions: Mutex::default(),
         })
-    }
-
-    /// The scope of `token`, if it is one of ours. Every stored digest is
-    /// compared, whatever matched, so the time taken says nothing.
-    pub fn scope_of(&self, token: &str) -> Option<Scope> {
-        let digest = sha256(token.as_bytes());
-        let mut found = None;
-        for (known, scope) in &self.tokens {
-            if constant_time_eq(known, &digest) {
-                found = Some(*scope);
-            }
-        }
-        found
-    }
-
-    /// Opens a session for a token's scope: (session id for the cookie, CSRF token).
-    pub fn open_session(&self, scope: Scope) -> (String, String) {
-        let id = hex::encode(rand::random::<[u8; 32]>());
-        let csrf = hex::encode(rand::random::<[u8; 32]>());
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| *k)
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            sha256(id.as_bytes()),
-            Session {
-                scope,
-                csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
-        (id, csrf)
-    }
-
-    pub fn close_session(&self, id: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sha256(id.as_bytes()));
-    }
-
-    fn session(&self, id: &str) -> Option<Session> {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions
-            .get(&sha256(id.as_bytes()))
-            .filter(|s| s.expires > Instant::now())
-            .cloned()
     }
 
     pub fn tokens_configured(&self) -> bool {
@@ -328,34 +248,10 @@ pub fn refuse(code: StatusCode, reason: &str) -> Response {
     response
 }
 
-/// True when the request's CSRF token is the session's (or the request came with
-/// a bearer token or on a listener without tokens, where no cookie is involved).
-pub fn csrf_ok(access: &Access, given: Option<&str>) -> bool {
-    match (&access.csrf, given) {
-        (None, _) => true,
-        (Some(expected), Some(given)) => {
-            constant_time_eq(&sha256(expected.as_bytes()), &sha256(given.as_bytes()))
-        }
-        (Some(_), None) => false,
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The value of cookie `name`.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// `host:port`, `[v6]:port` or a bare name → the name.
@@ -366,92 +262,10 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-fn read_tokens(path: &Path) -> Result<TokenList, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let tokens = parse_tokens(&text).map_err(|(line, reason)| Error::Line {
-        path: path.to_owned(),
-        line,
-        reason,
-    })?;
-    if tokens.is_empty() {
-        return Err(Error::Empty(path.to_owned()));
-    }
-    Ok(tokens)
-}
-
-/// `SCOPE TOKEN` lines; `#` starts a comment. Errors give the line number.
-fn parse_tokens(text: &str) -> Result<TokenList, (usize, String)> {
-    let mut tokens = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let (Some(scope), Some(token), None) = (words.next(), words.next(), words.next()) else {
-            return Err((n + 1, "expected `SCOPE TOKEN` (scope read or admin)".into()));
-        };
-        let scope = match scope {
-            "read" => Scope::Read,
-            "admin" => Scope::Admin,
-            other => {
-                return Err((
-                    n + 1,
-                    format!("unknown scope `{other}` (use read or admin)"),
-                ));
-            }
-        };
-        if token.len() < MIN_TOKEN_LEN {
-            return Err((
-                n + 1,
-                format!("the token is shorter than {MIN_TOKEN_LEN} characters"),
-            ));
-        }
-        tokens.push((sha256(token.as_bytes()), scope));
-    }
-    Ok(tokens)
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Equality that looks at every byte whatever differs first.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
-    diff == 0
-}
-
 #[cfg(test)]
 mod tests {
+    use super::tokens::parse_tokens;
     use super::*;
-
-    #[test]
-    fn a_tokens_file_gives_scopes_and_names_its_bad_line() {
-        let tokens = parse_tokens(
-            "# ops\nadmin 0123456789abcdef0123\n\nread  fedcba9876543210fedc  # support\n",
-        )
-        .unwrap();
-        assert_eq!(tokens.len(), 2);
-        assert_eq!(tokens[1].1, Scope::Read);
-        let (line, reason) =
-            parse_tokens("admin 0123456789abcdef\nwrite 0123456789abcdef\n").unwrap_err();
-        assert_eq!(line, 2);
-        assert!(reason.contains("write"), "{reason}");
-        assert!(
-            parse_tokens("read short")
-                .unwrap_err()
-                .1
-                .contains("shorter")
-        );
-        assert!(parse_tokens("read").unwrap_err().1.contains("SCOPE TOKEN"));
-    }
 
     #[test]
     fn a_token_is_known_by_its_scope_and_a_near_miss_is_not() {
@@ -508,22 +322,5 @@ mod tests {
         assert_eq!(need(&Method::POST, "/jobs/x/cancel", false), Need::Admin);
         assert_eq!(need(&Method::POST, "/login", false), Need::Open);
         assert_eq!(need(&Method::POST, "/logout", false), Need::Read);
-    }
-
-    #[test]
-    fn a_csrf_token_must_match_the_sessions() {
-        let session = Access {
-            scope: Some(Scope::Admin),
-            csrf: Some("abc".into()),
-            tokens_configured: true,
-        };
-        assert!(csrf_ok(&session, Some("abc")));
-        assert!(!csrf_ok(&session, Some("abd")));
-        assert!(!csrf_ok(&session, None));
-        let bearer = Access {
-            csrf: None,
-            ..session
-        };
-        assert!(csrf_ok(&bearer, None));
     }
 }

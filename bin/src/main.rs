@@ -66,6 +66,12 @@ impl jobrunner::cli::Layer for Layers {
 
 fn main() -> ExitCode {
     let cli = jobrunner::cli::parse::<Layers>();
+    if !matches!(
+        cli.command,
+        jobrunner::cli::Command::Run { .. } | jobrunner::cli::Command::Layer(_)
+    ) {
+        print_until_the_reader_leaves();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,6 +88,18 @@ fn main() -> ExitCode {
             eprintln!("jobrunner: {}", jobrunner::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command that only prints ends quietly when its reader goes away
+/// (`jobrunner jobs | head`), as Unix tools do: Rust ignores SIGPIPE, so without
+/// this the next `println!` panics. The daemon (`run`) and the commands that run
+/// one (demo, bench) keep ignoring it: a closed socket must be an error they
+/// handle, never a signal that kills them.
+fn print_until_the_reader_leaves() {
+    // SAFETY: called before any thread starts; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -656,3 +656,42 @@ async fn status_wait_that_times_out_says_when_no_daemon_serves_the_queue() {
     assert!(!err.contains("no live daemon"), "{err}");
     daemon.stop().await;
 }
+
+/// `jobrunner jobs | head -1`: the reader leaves before the listing is written.
+/// The command ends on SIGPIPE, as Unix tools do, instead of panicking with
+/// "failed printing to stdout".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_whose_reader_left_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let app = spawn_app().await;
+    for i in 0..50 {
+        app.enqueue("noop", serde_json::json!({ "i": i })).await;
+    }
+    let path = app.write_config(&app.config);
+    for args in [&["jobs", "--limit", "50"][..], &["config"][..]] {
+        let mut child = crate::helpers::jobrunner(&path)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run jobrunner");
+        // The reader leaves at once, before the command has printed anything.
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?} ended by SIGPIPE: {status:?}, stderr: {err}"
+        );
+    }
+}

@@ -63,6 +63,41 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    /// Several bad keys, each with its reason, one per line.
+    #[error("config {origin}: {} bad keys:{}", .keys.len(), bad_keys(.keys))]
+    InvalidKeys {
+        origin: String,
+        keys: Vec<(String, String)>,
+    },
+}
+
+fn bad_keys(keys: &[(String, String)]) -> String {
+    keys.iter()
+        .map(|(key, reason)| format!("\n  key `{key}`: {reason}"))
+        .collect()
+}
+
+impl Error {
+    /// Every problem a check found, as one error: none is `Ok`, one is
+    /// [`Error::Invalid`], more are [`Error::InvalidKeys`].
+    fn check(origin: &str, mut problems: Vec<(String, String)>) -> Result {
+        let origin = origin.to_owned();
+        match problems.len() {
+            0 => Ok(()),
+            1 => {
+                let (key, reason) = problems.remove(0);
+                Err(Error::Invalid {
+                    origin,
+                    key,
+                    reason,
+                })
+            }
+            _ => Err(Error::InvalidKeys {
+                origin,
+                keys: problems,
+            }),
+        }
+    }
 }
 
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;

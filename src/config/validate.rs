@@ -8,60 +8,56 @@ use std::time::Duration;
 use super::{Config, Error, Result, cron, flow, kinds};
 
 impl Config {
+    /// Checks every key and reports every bad one at once, not only the first.
     pub fn validate(&self) -> Result {
-        let bad = |key: &str, reason: &str| {
-            Err(Error::Invalid {
-                origin: self.origin.clone(),
-                key: key.to_owned(),
-                reason: reason.to_owned(),
-            })
-        };
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: &str, reason: &str| problems.push((key.to_owned(), reason.to_owned()));
         for check in [self.database.validate(), self.redis.validate()] {
             if let Err((key, reason)) = check {
-                return bad(&key, &reason);
+                bad(&key, &reason);
             }
         }
         if self.database.max_connections < 2 {
-            return bad(
+            bad(
                 "database.max_connections",
                 "must be at least 2 (one is held by the outbox listener)",
             );
         }
         if self.database.min_connections > self.database.max_connections {
-            return bad(
+            bad(
                 "database.min_connections",
                 "must not exceed database.max_connections",
             );
         }
         if self.redis.pool_size == 0 {
-            return bad("redis.pool_size", "must be at least 1");
+            bad("redis.pool_size", "must be at least 1");
         }
         if self.redis.command_timeout.is_zero() {
-            return bad(
+            bad(
                 "redis.command_timeout",
                 "must be above zero, or a half-dead socket hangs the daemon",
             );
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
-            return bad(
+            bad(
                 "redis.key_prefix",
                 "must be non-empty and contain no braces",
             );
         }
         if self.runtime.lease < Duration::from_millis(300) {
-            return bad("runtime.lease", "must be at least 300ms");
+            bad("runtime.lease", "must be at least 300ms");
         }
         if self.runtime.fetch_batch == 0 {
-            return bad("runtime.fetch_batch", "must be at least 1");
+            bad("runtime.fetch_batch", "must be at least 1");
         }
         if self.runtime.status_batch_max == 0 {
-            return bad("runtime.status_batch_max", "must be at least 1");
+            bad("runtime.status_batch_max", "must be at least 1");
         }
         if !(1..=16).contains(&self.runtime.status_writers) {
-            return bad("runtime.status_writers", "must be from 1 to 16");
+            bad("runtime.status_writers", "must be from 1 to 16");
         }
         if self.runtime.status_writers + 2 > self.database.max_connections as usize {
-            return bad(
+            bad(
                 "runtime.status_writers",
                 "needs database.max_connections of at least status_writers + 2",
             );
@@ -76,83 +72,75 @@ impl Config {
             ("runtime.poll_interval", self.runtime.poll_interval),
         ] {
             if value.is_zero() {
-                return bad(key, "must be above zero");
+                bad(key, "must be above zero");
             }
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
-            return bad("log.level", &format!("not a log filter: {e}"));
+            bad("log.level", &format!("not a log filter: {e}"));
         }
         for (name, queue) in &self.queues {
             if !valid_name(name) {
-                return bad(&format!("queues.{name}"), NAME_RULE);
+                bad(&format!("queues.{name}"), NAME_RULE);
             }
             if queue.concurrency == 0 {
-                return bad(&format!("queues.{name}.concurrency"), "must be at least 1");
+                bad(&format!("queues.{name}.concurrency"), "must be at least 1");
             }
             if let Some(limit) = &queue.rate_limit
                 && let Err((key, reason)) =
                     flow::validate_rate_limit(&format!("queues.{name}.rate_limit"), limit, false)
             {
-                return bad(&key, &reason);
+                bad(&key, &reason);
             }
         }
         for (name, kind) in &self.kinds {
             if !valid_name(name) {
-                return bad(&format!("kinds.{name}"), NAME_RULE);
+                bad(&format!("kinds.{name}"), NAME_RULE);
             }
             if !valid_name(&kind.queue) {
-                return bad(&format!("kinds.{name}.queue"), NAME_RULE);
+                bad(&format!("kinds.{name}.queue"), NAME_RULE);
             }
             if kind.max_attempts < 1 {
-                return bad(&format!("kinds.{name}.max_attempts"), "must be at least 1");
+                bad(&format!("kinds.{name}.max_attempts"), "must be at least 1");
             }
             if kind.timeout.is_zero() {
-                return bad(&format!("kinds.{name}.timeout"), "must be above zero");
+                bad(&format!("kinds.{name}.timeout"), "must be above zero");
             }
             if kind.backoff.max < kind.backoff.base {
-                return bad(
+                bad(
                     &format!("kinds.{name}.backoff.max"),
                     "must not be below backoff.base",
                 );
             }
             if kind.concurrency == Some(0) {
-                return bad(&format!("kinds.{name}.concurrency"), "must be at least 1");
+                bad(&format!("kinds.{name}.concurrency"), "must be at least 1");
             }
             if let Some(limit) = &kind.rate_limit
                 && let Err((key, reason)) =
                     flow::validate_rate_limit(&format!("kinds.{name}.rate_limit"), limit, true)
             {
-                return bad(&key, &reason);
+                bad(&key, &reason);
             }
             if let Some(template) = &kind.unique_key
                 && let Err(reason) = flow::validate_unique_key(template)
             {
-                return bad(&format!("kinds.{name}.unique_key"), &reason);
+                bad(&format!("kinds.{name}.unique_key"), &reason);
             }
             if let Err((key, reason)) = kinds::validate_handler(name, kind) {
-                return bad(&key, &reason);
+                bad(&key, &reason);
             }
         }
         for (name, cron) in &self.cron {
             if let Err((key, reason)) = cron::validate(name, cron) {
-                return bad(&key, &reason);
+                bad(&key, &reason);
             }
         }
-        self.retention
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key: format!("retention.{key}"),
-                reason,
-            })?;
-        self.admin
-            .validate()
-            .map_err(|(key, reason)| Error::Invalid {
-                origin: self.origin.clone(),
-                key,
-                reason,
-            })?;
-        Ok(())
+        if let Err((key, reason)) = self.retention.validate() {
+            bad(&format!("retention.{key}"), &reason);
+        }
+        if let Err((key, reason)) = self.admin.validate() {
+            bad(&key, &reason);
+        }
+        Error::check(&self.origin, problems)
     }
 
     /// Checks what the configuration expects of this machine: every
@@ -163,21 +151,16 @@ impl Config {
     /// file; `var` looks a variable up, so tests need not touch the process
     /// environment.
     pub fn check_environment(&self, var: impl Fn(&str) -> Option<String>) -> Result {
-        let bad = |key: String, reason: String| {
-            Err(Error::Invalid {
-                origin: self.origin.clone(),
-                key,
-                reason,
-            })
-        };
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: String, reason: String| problems.push((key, reason));
         let is_set = |name: &str| var(name).is_some_and(|v| !v.is_empty());
-        let pg_tls = match self.database.tls(&var) {
-            Ok(tls) => tls,
-            Err(reason) => return bad("database.url".into(), reason),
-        };
+        let pg_tls = self.database.tls(&var);
+        if let Err(reason) = &pg_tls {
+            bad("database.url".into(), reason.clone());
+        }
         let files = pg_tls
-            .files()
-            .into_iter()
+            .iter()
+            .flat_map(|tls| tls.files())
             .map(|(name, path)| ("database.url", name, path))
             .chain(
                 self.redis
@@ -188,7 +171,7 @@ impl Config {
             );
         for (key, what, path) in files {
             if let Err(e) = std::fs::File::open(path) {
-                return bad(
+                bad(
                     key.into(),
                     format!("{what} `{}` cannot be read: {e}", path.display()),
                 );
@@ -196,14 +179,14 @@ impl Config {
         }
         for read in [self.database.password(), self.redis.password()] {
             if let Err(e) = read {
-                return bad(e.key.into(), format!("{}: {}", e.path.display(), e.source));
+                bad(e.key.into(), format!("{}: {}", e.path.display(), e.source));
             }
         }
         for (name, kind) in &self.kinds {
             if let Some(var) = kind.http.as_ref().and_then(|h| h.hmac_secret_env.as_ref())
                 && !is_set(var)
             {
-                return bad(
+                bad(
                     format!("kinds.{name}.http.hmac_secret_env"),
                     format!("the environment variable `{var}` is not set or is empty"),
                 );
@@ -211,7 +194,7 @@ impl Config {
             if let Some(command) = &kind.command {
                 let program = Path::new(&command.program);
                 if program.is_absolute() && !program.is_file() {
-                    return bad(
+                    bad(
                         format!("kinds.{name}.command.program"),
                         format!("`{}` does not exist or is not a file", command.program),
                     );
@@ -219,14 +202,14 @@ impl Config {
                 if let Some(dir) = &command.working_dir
                     && !dir.is_dir()
                 {
-                    return bad(
+                    bad(
                         format!("kinds.{name}.command.working_dir"),
                         format!("`{}` is not a directory", dir.display()),
                     );
                 }
             }
         }
-        Ok(())
+        Error::check(&self.origin, problems)
     }
 }
 
@@ -239,4 +222,34 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn every_bad_key_is_reported_at_once_and_one_alone_as_before() {
+        let text = "[redis]\npool_size = 0\n\n[runtime]\nlease = \"10ms\"\n\n\
+                    [queues.\"no spaces\"]\nconcurrency = 1\n";
+        let config = Config::from_toml(text, "c.toml").unwrap();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.starts_with("config c.toml: 3 bad keys:"),
+            "{message}"
+        );
+        for line in [
+            "\n  key `redis.pool_size`: must be at least 1",
+            "\n  key `runtime.lease`: must be at least 300ms",
+            "\n  key `queues.no spaces`: names may hold only",
+        ] {
+            assert!(message.contains(line), "{line:?} missing from {message}");
+        }
+
+        let config = Config::from_toml("[redis]\npool_size = 0\n", "c.toml").unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "config c.toml: key `redis.pool_size`: must be at least 1"
+        );
+    }
 }

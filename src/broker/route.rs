@@ -302,11 +302,14 @@ impl Shards {
         Ok(())
     }
 
-    /// `CLUSTER SLOTS` from the first seed node that answers, each through a
-    /// client of its own that is closed afterwards.
+    /// `CLUSTER SLOTS` from the first seed node that answers, each asked
+    /// through a client of its own that is closed afterwards.
     async fn ask_seeds(&self) -> std::result::Result<Value, FredError> {
-        let mut last = FredError::new(ErrorKind::Config, "no seed node in the URL");
-        for seed in self.base.server.hosts() {
+        // Side by side, so a seed that does not answer costs no more than the
+        // slowest answer; each client is closed by its own task, answered or not.
+        let seeds = self.base.server.hosts();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(seeds.len().max(1));
+        for seed in seeds {
             let mut builder = self.builder.clone();
             builder.set_config(Config {
                 server: ServerConfig::Centralized { server: seed },
@@ -314,11 +317,19 @@ impl Shards {
                 ..self.base.clone()
             });
             let client = builder.build()?;
-            let reply = match client.init().await {
-                Ok(_) => ask(&client, self.timeout).await,
-                Err(error) => Err(error),
-            };
-            let _ = client.quit().await;
+            let (tx, timeout) = (tx.clone(), self.timeout);
+            tokio::spawn(async move {
+                let reply = match client.init().await {
+                    Ok(_) => ask(&client, timeout).await,
+                    Err(error) => Err(error),
+                };
+                let _ = client.quit().await;
+                let _ = tx.send(reply).await;
+            });
+        }
+        drop(tx);
+        let mut last = FredError::new(ErrorKind::Config, "no seed node in the URL");
+        while let Some(reply) = rx.recv().await {
             match reply {
                 Ok(reply) => return Ok(reply),
                 Err(error) => last = error,

@@ -211,6 +211,23 @@ async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
     }
     let up = redis_up(&daemon, &queues).await;
     assert_eq!(up, vec![Some(0.0), Some(1.0), Some(1.0)], "{queues:?}");
+    // `jobrunner queues` (a process of its own, connecting while the master
+    // is stopped) names the queue in trouble, and only that one.
+    let asked = Instant::now();
+    let (code, out, err) = tokio::task::block_in_place(|| app.cli(&["queues"]));
+    assert_eq!(code, 0, "{err}");
+    println!("`jobrunner queues` answered in {:?}", asked.elapsed());
+    for (i, q) in queues.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(q.as_str()))
+            .unwrap_or_else(|| panic!("no row for {q} in\n{out}"));
+        if i == 0 {
+            assert!(row.contains("error: "), "{out}");
+        } else {
+            assert!(row.ends_with("ok"), "{out}");
+        }
+    }
 
     // The master answers again: its queue's jobs run, none lost, none twice.
     cluster.node(victim).resume();

@@ -102,9 +102,8 @@ impl Broker {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value> {
-        Ok(script
-            .evalsha_with_reload(self.pool.next(), keys, args)
-            .await?)
+        let keys = keys.into_iter().map(Key::from).collect();
+        self.route.eval(script, keys, args).await
     }
 
     /// Up to `limit` jobs of arq queue `queue` due at `now_ms`, with their bodies.
@@ -161,7 +160,7 @@ impl Broker {
     /// oldest first.
     pub async fn arq_taken(&self, queue: &str, limit: usize) -> Result<Vec<String>> {
         let ids: Vec<String> = self
-            .pool
+            .at(queue)?
             .zrevrangebyscore(queue, "(0", "-inf", false, Some((0, limit as i64)))
             .await?;
         Ok(ids)
@@ -169,20 +168,20 @@ impl Broker {
 
     /// The serialized body of arq job `id`, if it is still there.
     pub async fn arq_body(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let body: Option<Vec<u8>> = self.pool.get(k::job(id)).await?;
+        let body: Option<Vec<u8>> = self.at(&k::job(id))?.get(k::job(id)).await?;
         Ok(body)
     }
 
     /// Whether arq job `id` is one jobrunner took from `queue`.
     pub async fn arq_is_taken(&self, queue: &str, id: &str) -> Result<bool> {
-        let score: Option<f64> = self.pool.zscore(queue, id).await?;
+        let score: Option<f64> = self.at(queue)?.zscore(queue, id).await?;
         Ok(score.is_some_and(|s| s < 0.0))
     }
 
     /// The ids in arq's abort zset.
     pub async fn arq_aborts(&self) -> Result<Vec<String>> {
         let ids: Vec<String> = self
-            .pool
+            .at(k::ABORT)?
             .zrange(k::ABORT, 0, -1, None, false, None, false)
             .await?;
         Ok(ids)

@@ -103,24 +103,24 @@ impl Broker {
     /// Running jobs are not touched.
     pub async fn pause(&self, queue: &str) -> Result {
         let now = chrono::Utc::now().timestamp_millis().to_string();
-        let _: () = self
-            .pool
-            .set(self.queue_keys(queue).paused(), now, None, None, false)
-            .await?;
+        let key = self.queue_keys(queue).paused();
+        let _: () = self.at(&key)?.set(key, now, None, None, false).await?;
         Ok(())
     }
 
     /// Resumes a queue and wakes its fetch loops. False if it was not paused.
     pub async fn resume(&self, queue: &str) -> Result<bool> {
         let k = self.queue_keys(queue);
-        let removed: i64 = self.pool.del(k.paused()).await?;
-        let _: i64 = self.pool.next().publish(k.wake(), "ready").await?;
+        let client = self.at(&k.paused())?;
+        let removed: i64 = client.del(k.paused()).await?;
+        let _: i64 = client.publish(k.wake(), "ready").await?;
         Ok(removed > 0)
     }
 
     /// Whether a queue is paused.
     pub async fn paused(&self, queue: &str) -> Result<bool> {
-        let n: i64 = self.pool.exists(self.queue_keys(queue).paused()).await?;
+        let key = self.queue_keys(queue).paused();
+        let n: i64 = self.at(&key)?.exists(key).await?;
         Ok(n > 0)
     }
 }

@@ -176,9 +176,8 @@ impl Broker {
             args.push(max_attempts.to_string().into());
             args.push(if *refused { "1" } else { "0" }.into());
         }
-        self.scripts
-            .promote_ingested
-            .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
+        self.route
+            .eval(&self.scripts.promote_ingested, keys, args)
             .await?;
         Ok(())
     }

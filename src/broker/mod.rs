@@ -1,12 +1,14 @@
-//! The Redis dispatch layer: the process's one fred pool and every script that
-//! moves jobs between ready, delayed, leased and ingest structures.
+//! The Redis dispatch layer: the process's fred pool (a pool per master on a
+//! Redis Cluster, see `route`) and every script that moves jobs between ready,
+//! delayed, leased and ingest structures.
 //!
 //! One file per concept: `keys` names every key and channel (see [`QueueKeys`]
 //! for a queue's layout), `dispatch` brings jobs in (producer enqueue, ingest
 //! claims, outbox dispatch), `lease` runs a job's lease (fetch, complete, retry,
 //! release, heartbeat, reap), `control` pauses, resumes, cancels and carries the
 //! flow limits, `arq` reads and ends the jobs arq's client writes, `registry` lists live daemons, `pubsub` publishes events and
-//! subscribes, `stats` reads sizes back, and `scripts` holds the Lua text.
+//! subscribes, `stats` reads sizes back, `route` picks the pool a command
+//! goes to, and `scripts` holds the Lua text.
 //!
 //! **Invariant:** only `broker` talks to Redis, and it never touches Postgres. No
 //! command here blocks on the server, so every call may share the pool. Checked
@@ -21,14 +23,16 @@ mod keys;
 mod lease;
 mod pubsub;
 mod registry;
+mod route;
 mod scripts;
 mod stats;
 
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::config::{ReconnectPolicy, ServerConfig, UnresponsiveConfig};
 use fred::types::scripts::Script;
+use futures::FutureExt;
 use uuid::Uuid;
 
 use crate::config::RedisConfig;
@@ -58,6 +62,11 @@ pub enum Error {
     Config { url: String, reason: String },
     #[error("Redis command failed")]
     Redis(#[from] fred::error::Error),
+    /// On a cluster: the master serving the slot has no working connection
+    /// (it stopped answering, or is being connected to); the command was not
+    /// sent.
+    #[error("the Redis Cluster master {node} does not answer")]
+    NodeDown { node: String },
     #[error("unexpected reply from Redis script {script}: {detail}")]
     Reply {
         script: &'static str,
@@ -76,7 +85,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         use fred::error::ErrorKind as K;
         let e = match self {
-            Error::Connect { .. } => return true,
+            Error::Connect { .. } | Error::NodeDown { .. } => return true,
             Error::Reply { .. } | Error::Config { .. } => return false,
             Error::Redis(e) => e,
         };
@@ -118,11 +127,12 @@ struct Scripts {
     publish_many: Script,
 }
 
-/// The shared Redis pool plus the loaded scripts. Cheap to clone.
+/// The shared Redis pool (a pool per master on a cluster) plus the loaded
+/// scripts. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    pool: Pool,
-    /// Kept to build the subscriber and per-loop clients with the same settings.
+    route: route::Route,
+    /// Kept to build the subscriber with the same settings.
     builder: std::sync::Arc<Builder>,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
@@ -185,16 +195,42 @@ impl Broker {
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
             });
-        let pool = builder.build_pool(config.pool_size).map_err(connect_err)?;
-        if let Err(source) = pool.init().await {
-            return Err(Error::Connect {
-                url,
-                hint: connect::diagnose(config).await,
-                source,
-            });
-        }
+        let fred_config = builder.get_config().cloned();
+        let route = match fred_config {
+            Some(base) if matches!(base.server, ServerConfig::Clustered { .. }) => {
+                let shards = route::Shards::connect(
+                    builder.clone(),
+                    base,
+                    config.pool_size,
+                    config.command_timeout,
+                    config.connect_timeout,
+                )
+                .await;
+                match shards {
+                    Ok(shards) => route::Route::Cluster(shards),
+                    Err(source) => {
+                        return Err(Error::Connect {
+                            url,
+                            hint: connect::diagnose(config).await,
+                            source,
+                        });
+                    }
+                }
+            }
+            _ => {
+                let pool = builder.build_pool(config.pool_size).map_err(connect_err)?;
+                if let Err(source) = pool.init().await {
+                    return Err(Error::Connect {
+                        url,
+                        hint: connect::diagnose(config).await,
+                        source,
+                    });
+                }
+                route::Route::Single(pool)
+            }
+        };
         Ok(Broker {
-            pool,
+            route,
             builder: std::sync::Arc::new(builder),
             keys: Keys::new(&config.key_prefix),
             scripts: std::sync::Arc::new(Scripts {
@@ -217,12 +253,29 @@ impl Broker {
     }
 
     pub async fn quit(&self) {
-        let _ = self.pool.quit().await;
+        self.route.quit().await;
     }
 
+    /// Whether Redis answers. On a cluster, whether some master answers: a
+    /// master that is down holds up its own queues (`jobrunner_queue_redis_up`
+    /// shows which) while the daemon goes on with the others, so it is no
+    /// reason to call the daemon unhealthy.
     pub async fn ping(&self) -> Result {
-        let _: String = self.pool.ping(None).await?;
+        let pings = self.route.pools().into_iter().map(|pool| {
+            async move {
+                let _: String = pool.ping(None).await?;
+                Ok::<(), Error>(())
+            }
+            .boxed()
+        });
+        futures::future::select_ok(pings).await?;
         Ok(())
+    }
+
+    /// A client for a command on `key`: on a cluster, one connected to the
+    /// master serving its slot (every key of a queue has the same).
+    fn at(&self, key: &str) -> Result<route::Target> {
+        self.route.client(key.as_bytes())
     }
 
     /// The prefix-wide keys.
@@ -235,10 +288,11 @@ impl Broker {
         self.keys.queue(queue)
     }
 
+    /// Runs `script` where its first key lives (anywhere for one with none).
     async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value> {
-        Ok(script
-            .evalsha_with_reload(self.pool.next(), keys, args)
-            .await?)
+        let keys = keys.into_iter().map(Key::from).collect();
+        let args = args.into_iter().map(Value::from).collect();
+        self.route.eval(script, keys, args).await
     }
 
     /// The queue's epoch marker tells a seeded Redis (or cluster master) from one
@@ -247,14 +301,14 @@ impl Broker {
     pub async fn epoch(&self, queue: &str) -> Result<(String, bool)> {
         let key = self.queue_keys(queue).epoch();
         let fresh = Uuid::now_v7().to_string();
-        let set: Option<String> = self
-            .pool
+        let client = self.at(&key)?;
+        let set: Option<String> = client
             .set(&key, fresh.as_str(), None, Some(SetOptions::NX), false)
             .await?;
         if set.is_some() {
             return Ok((fresh, true));
         }
-        let current: Option<String> = self.pool.get(&key).await?;
+        let current: Option<String> = client.get(&key).await?;
         Ok((current.unwrap_or(fresh), false))
     }
 
@@ -265,25 +319,26 @@ impl Broker {
         use fred::types::scan::Scanner;
         use futures::TryStreamExt;
         let pattern = self.keys.everything();
-        let client = self.pool.next();
         let mut deleted = 0;
-        if client.is_clustered() {
-            let mut pages = client.scan_cluster(pattern, Some(1000), None);
+        // On a cluster, each master's pool scans that master alone.
+        let clustered = self.is_clustered();
+        for pool in self.route.pools() {
+            let client = pool.next();
+            let mut pages = client.scan(pattern.clone(), Some(1000), None);
             while let Some(mut page) = pages.try_next().await? {
                 let keys = page.take_results().unwrap_or_default();
-                let dels = keys.into_iter().map(|k| self.pool.del::<u64, _>(k));
-                for n in futures::future::try_join_all(dels).await? {
-                    deleted += n;
+                if keys.is_empty() {
+                    continue;
                 }
-            }
-            return Ok(deleted);
-        }
-        let mut pages = client.scan(pattern, Some(1000), None);
-        while let Some(mut page) = pages.try_next().await? {
-            if let Some(keys) = page.take_results()
-                && !keys.is_empty()
-            {
-                deleted += self.pool.del::<u64, _>(keys).await?;
+                if clustered {
+                    // One DEL may not span slots.
+                    let dels = keys.into_iter().map(|k| client.del::<u64, _>(k));
+                    for n in futures::future::try_join_all(dels).await? {
+                        deleted += n;
+                    }
+                } else {
+                    deleted += client.del::<u64, _>(keys).await?;
+                }
             }
         }
         Ok(deleted)
@@ -291,7 +346,7 @@ impl Broker {
 
     /// How the broker reaches Redis: one server, a cluster or Sentinel.
     pub fn is_clustered(&self) -> bool {
-        self.pool.next().is_clustered()
+        self.route.is_clustered()
     }
 }
 

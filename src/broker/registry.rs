@@ -48,7 +48,7 @@ impl Broker {
     pub async fn put_worker(&self, entry: &WorkerEntry) -> Result {
         let value = serde_json::to_string(entry).unwrap_or_default();
         let _: i64 = self
-            .pool
+            .at(&self.keys.workers())?
             .hset(self.keys.workers(), (entry.id.to_string(), value))
             .await?;
         Ok(())
@@ -60,15 +60,20 @@ impl Broker {
             return Ok(());
         }
         let fields: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let _: i64 = self.pool.hdel(self.keys.workers(), fields).await?;
+        let _: i64 = self
+            .at(&self.keys.workers())?
+            .hdel(self.keys.workers(), fields)
+            .await?;
         Ok(())
     }
 
     /// Every registry entry, oldest daemon first. Entries that do not parse (written
     /// by another version) are skipped.
     pub async fn workers(&self) -> Result<Vec<WorkerEntry>> {
-        let all: std::collections::HashMap<String, String> =
-            self.pool.hgetall(self.keys.workers()).await?;
+        let all: std::collections::HashMap<String, String> = self
+            .at(&self.keys.workers())?
+            .hgetall(self.keys.workers())
+            .await?;
         let mut entries: Vec<WorkerEntry> = all
             .values()
             .filter_map(|v| serde_json::from_str(v).ok())

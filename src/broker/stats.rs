@@ -65,21 +65,21 @@ impl Broker {
     pub async fn job_state(&self, queue: &str, id: Uuid) -> Result<RedisJobState> {
         let k = self.queue_keys(queue);
         let member = id.to_string();
-        let (attempts, token): (Option<i64>, Option<i64>) = self
-            .pool
-            .hmget(k.job(id), vec!["attempts", "token"])
-            .await?;
-        let present: i64 = self.pool.exists(k.job(id)).await?;
+        // Every key of the queue lives on one node.
+        let client = self.at(k.base())?;
+        let (attempts, token): (Option<i64>, Option<i64>) =
+            client.hmget(k.job(id), vec!["attempts", "token"]).await?;
+        let present: i64 = client.exists(k.job(id)).await?;
         let mut state = RedisJobState {
             present: present > 0,
             attempts,
             token,
             ..RedisJobState::default()
         };
-        let ready: Option<f64> = self.pool.zscore(k.ready(), member.as_str()).await?;
-        let delayed: Option<f64> = self.pool.zscore(k.delayed(), member.as_str()).await?;
-        let leased: Option<f64> = self.pool.zscore(k.leases(), member.as_str()).await?;
-        let ingesting: Option<f64> = self.pool.zscore(k.ingesting(), member.as_str()).await?;
+        let ready: Option<f64> = client.zscore(k.ready(), member.as_str()).await?;
+        let delayed: Option<f64> = client.zscore(k.delayed(), member.as_str()).await?;
+        let leased: Option<f64> = client.zscore(k.leases(), member.as_str()).await?;
+        let ingesting: Option<f64> = client.zscore(k.ingesting(), member.as_str()).await?;
         if let Some(deadline) = leased {
             state.place = Some("leased");
             state.lease_deadline = from_ms(deadline);
@@ -97,10 +97,11 @@ impl Broker {
     /// Jobs waiting in each structure of a queue: (ready, delayed, leased, ingest).
     pub async fn depth(&self, queue: &str) -> Result<(i64, i64, i64, i64)> {
         let k = self.queue_keys(queue);
-        let ready: i64 = self.pool.zcard(k.ready()).await?;
-        let delayed: i64 = self.pool.zcard(k.delayed()).await?;
-        let leased: i64 = self.pool.zcard(k.leases()).await?;
-        let ingest: i64 = self.pool.llen(k.ingest()).await?;
+        let client = self.at(k.base())?;
+        let ready: i64 = client.zcard(k.ready()).await?;
+        let delayed: i64 = client.zcard(k.delayed()).await?;
+        let leased: i64 = client.zcard(k.leases()).await?;
+        let ingest: i64 = client.llen(k.ingest()).await?;
         Ok((ready, delayed, leased, ingest))
     }
 
@@ -108,7 +109,7 @@ impl Broker {
     /// trip.
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let k = self.queue_keys(queue);
-        let pipeline = self.pool.next().pipeline();
+        let pipeline = self.at(k.base())?.pipeline();
         let _: () = pipeline.zcard(k.ready()).await?;
         let _: () = pipeline.zcard(k.delayed()).await?;
         let _: () = pipeline.zcard(k.leases()).await?;
@@ -128,8 +129,10 @@ impl Broker {
     /// The Redis server's process id (`INFO server`), for the benchmark's CPU
     /// accounting. `None` if the server does not say.
     pub async fn server_pid(&self) -> Result<Option<u32>> {
-        let info: String = self
-            .pool
+        let Some(pool) = self.route.pools().into_iter().next() else {
+            return Ok(None);
+        };
+        let info: String = pool
             .next()
             .info(Some(fred::types::InfoKind::Server))
             .await?;
@@ -142,7 +145,8 @@ impl Broker {
     /// The pool's clients and their buffered commands.
     pub fn pool_stats(&self) -> PoolStats {
         use fred::interfaces::MetricsInterface;
-        let clients = self.pool.clients();
+        let pools = self.route.pools();
+        let clients: Vec<&Client> = pools.iter().flat_map(|p| p.clients()).collect();
         PoolStats {
             clients: clients.len(),
             connected: clients.iter().filter(|c| c.is_connected()).count(),

@@ -1198,7 +1198,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     }
 }
 
-fn signal_pid(pid: u32, signal: &str) {
+pub(crate) fn signal_pid(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args(["-s", signal, &pid.to_string()])
         .stdout(Stdio::null())

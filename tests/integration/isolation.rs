@@ -1,7 +1,8 @@
 //! One queue's trouble stays that queue's: on a single Redis, a queue whose keys
 //! the daemon may not touch (an ACL user without them, as a misconfigured
 //! managed Redis would give) holds up no other queue's jobs, and shows in
-//! `/metrics` and `jobrunner queues`.
+//! `/metrics` and `jobrunner queues`. On a cluster, a master that stops
+//! answering holds up only the queues whose slots it serves.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,10 @@ use jobrunner::ledger::{NewJob, Status};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::cluster::{redis_job, sql_job};
+use crate::failover::{all_succeeded_once, app_with_counter_and};
 use crate::helpers::{TestApp, spawn_app};
-use crate::topology::cli;
+use crate::topology::{Cluster, cli};
 
 /// Enqueues `n` `noop` jobs on `queue` through SQL.
 async fn enqueue_on(app: &TestApp, queue: &str, n: usize) -> Vec<Uuid> {
@@ -132,5 +135,119 @@ async fn a_queue_whose_redis_keys_are_refused_holds_up_no_other_queue() {
     for id in &stuck {
         assert_eq!(app.wait_final(*id, 20).await.status, Status::Succeeded);
     }
+    daemon.stop().await;
+}
+
+/// The `jobrunner_queue_redis_up` gauge of each of `queues` on `/metrics`.
+async fn redis_up(daemon: &jobrunner::runtime::Daemon, queues: &[String]) -> Vec<Option<f64>> {
+    let addr = daemon.admin_addr().expect("the admin listener is on");
+    let page = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    queues
+        .iter()
+        .map(|q| {
+            series(
+                &page,
+                &format!(r#"jobrunner_queue_redis_up{{queue="{q}"}}"#),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
+    // Forms a cluster of its own (about 2 s): one master is stopped.
+    let cluster = Cluster::start();
+    println!("cluster logs in {}", cluster.dir().display());
+    let queues = cluster.queue_per_master("h");
+    let victim = cluster.master_of(&queues[0]);
+    // No replica takes over while the test watches: the master is just gone.
+    cluster.forbid_failover_of(victim);
+    let (app, daemon, runs) = app_with_counter_and(cluster.url(), &queues, |c| {
+        c.redis.command_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for q in &queues {
+        ids.push(sql_job(&app, q, "count", 0).await);
+    }
+    for id in &ids {
+        assert_eq!(app.wait_final(*id, 20).await.status, Status::Succeeded);
+    }
+    assert_eq!(redis_up(&daemon, &queues).await, vec![Some(1.0); 3]);
+
+    // SIGSTOP: the master's sockets stay open and nothing answers on them.
+    cluster.node(victim).pause();
+    let stopped = Instant::now();
+    let mut waiting = Vec::new();
+    let mut healthy = Vec::new();
+    for i in 1..=10 {
+        waiting.push(sql_job(&app, &queues[0], "count", i).await);
+        for q in &queues[1..] {
+            healthy.push(sql_job(&app, q, "count", i).await);
+            healthy.push(redis_job(&app, q, "count", i).await);
+        }
+    }
+    let enqueued = stopped.elapsed();
+    for id in &healthy {
+        assert_eq!(app.wait_final(*id, 20).await.status, Status::Succeeded);
+    }
+    let took = stopped.elapsed();
+    println!(
+        "{} jobs of the healthy queues enqueued in {enqueued:?} and done {took:?} after the stop",
+        healthy.len()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the healthy queues waited {took:?} for the stopped master"
+    );
+    for id in &waiting {
+        let job = app.ledger.job(*id).await.expect("read job");
+        assert!(!job.status.is_final(), "{job:?}");
+    }
+    let up = redis_up(&daemon, &queues).await;
+    assert_eq!(up, vec![Some(0.0), Some(1.0), Some(1.0)], "{queues:?}");
+    // `jobrunner queues` (a process of its own, connecting while the master
+    // is stopped) names the queue in trouble, and only that one.
+    let asked = Instant::now();
+    let (code, out, err) = tokio::task::block_in_place(|| app.cli(&["queues"]));
+    assert_eq!(code, 0, "{err}");
+    println!("`jobrunner queues` answered in {:?}", asked.elapsed());
+    for (i, q) in queues.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(q.as_str()))
+            .unwrap_or_else(|| panic!("no row for {q} in\n{out}"));
+        if i == 0 {
+            assert!(row.contains("error: "), "{out}");
+        } else {
+            assert!(row.ends_with("ok"), "{out}");
+        }
+    }
+
+    // The master answers again: its queue's jobs run, none lost, none twice.
+    cluster.node(victim).resume();
+    let resumed = Instant::now();
+    all_succeeded_once(&app, &waiting, &runs).await;
+    println!(
+        "the stopped queue's jobs done {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    ids.extend(waiting);
+    ids.extend(healthy);
+    let runs = runs.lock().unwrap().clone();
+    for id in &ids {
+        assert_eq!(
+            runs.get(id),
+            Some(&1),
+            "job {id} ran {:?} times",
+            runs.get(id)
+        );
+    }
+    assert_eq!(redis_up(&daemon, &queues).await, vec![Some(1.0); 3]);
     daemon.stop().await;
 }

@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Janitor, Supervised, await_ready, file_len, free_port, ping, redis_bin};
+use crate::harness::{
+    Janitor, Supervised, await_ready, file_len, free_port, ping, redis_bin, signal_pid,
+};
 
 /// How long a cluster or sentinel set may take to form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,6 +82,22 @@ impl Node {
         if let Some(mut server) = self.server.take() {
             server.stop("KILL");
         }
+    }
+
+    /// SIGSTOP: the node keeps its sockets open and answers nothing, as a
+    /// host that hangs or a stalled VM would.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`pause`](Node::pause).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let server = self.server.as_ref().expect("harness: the node is running");
+        signal_pid(server.pid, signal);
     }
 }
 
@@ -296,6 +314,34 @@ impl Cluster {
             text.push_str(&lines[lines.len().saturating_sub(12)..].join("\n"));
         }
         text
+    }
+
+    /// Forbids the replica of master `port` to take over by itself (a manual
+    /// `CLUSTER FAILOVER` still works), and returns the replica's port.
+    pub fn forbid_failover_of(&self, port: u16) -> u16 {
+        let replica = self
+            .nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|p| {
+                let role = cli(*p, &["role"]);
+                let lines: Vec<&str> = role.lines().collect();
+                lines.first() == Some(&"slave") && lines.get(2) == Some(&port.to_string().as_str())
+            })
+            .expect("harness: the master's replica");
+        let set = cli(
+            replica,
+            &["config", "set", "cluster-replica-no-failover", "yes"],
+        );
+        assert_eq!(set, "OK", "harness: cannot forbid the failover of {port}");
+        replica
+    }
+
+    pub fn node(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut Node {

@@ -19,20 +19,15 @@
 //! within about a second; meanwhile a `MOVED` reply is a transient error that
 //! the caller's backoff retries.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fred::clients::{Client, Pool, WithOptions};
-use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::ClientLike;
-use fred::prelude::Builder;
 use fred::types::config::Options;
-use fred::types::config::{Config, Server, ServerConfig};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Key, Value};
-use futures::FutureExt;
 
 use super::{Error, Result};
 

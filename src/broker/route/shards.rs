@@ -1,7 +1,21 @@
 //! A cluster's slot map and its pool per master: read from `CLUSTER SLOTS`,
 //! kept current by a refresh task, and asked which master serves a slot.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use fred::clients::{Client, Pool};
+use fred::error::{Error as FredError, ErrorKind};
+use fred::interfaces::ClientLike;
+use fred::prelude::Builder;
+use fred::types::config::{Config, Server, ServerConfig};
+use fred::types::{ClusterHash, CustomCommand, Value};
+use futures::FutureExt;
+
+use super::{NO_MASTER, REFRESH, SLOTS, is_up};
+use crate::broker::{Error, Result};
 
 /// A cluster's masters and which slots each serves.
 pub(in crate::broker) struct Shards {

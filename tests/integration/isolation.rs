@@ -87,13 +87,7 @@ async fn a_queue_whose_redis_keys_are_refused_holds_up_no_other_queue() {
     assert_eq!(waiting.status, Status::Queued, "{waiting:?}");
 
     // Ops see which queue is in trouble.
-    let addr = daemon.admin_addr().expect("the admin listener is on");
-    let page = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let page = metrics_page(&daemon).await;
     let errors = series(
         &page,
         r#"jobrunner_redis_errors_total{queue="stuck",path="dispatch"}"#,
@@ -138,15 +132,20 @@ async fn a_queue_whose_redis_keys_are_refused_holds_up_no_other_queue() {
     daemon.stop().await;
 }
 
-/// The `jobrunner_queue_redis_up` gauge of each of `queues` on `/metrics`.
-async fn redis_up(daemon: &jobrunner::runtime::Daemon, queues: &[String]) -> Vec<Option<f64>> {
+/// The daemon's `/metrics` page.
+async fn metrics_page(daemon: &jobrunner::runtime::Daemon) -> String {
     let addr = daemon.admin_addr().expect("the admin listener is on");
-    let page = reqwest::get(format!("http://{addr}/metrics"))
+    reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// The `jobrunner_queue_redis_up` gauge of each of `queues` on `/metrics`.
+async fn redis_up(daemon: &jobrunner::runtime::Daemon, queues: &[String]) -> Vec<Option<f64>> {
+    let page = metrics_page(daemon).await;
     queues
         .iter()
         .map(|q| {

@@ -37,13 +37,16 @@ pub struct OutboxBatch {
     pub jobs: Vec<DispatchJob>,
 }
 
-/// Takes a batch from the outbox (ids are time-ordered, so the primary key gives
-/// the oldest first) and reads the jobs to dispatch. An id whose job is final
-/// (cancelled before dispatch) or gone just leaves the outbox.
-pub(crate) const DISPATCH: &str = "WITH picked AS (
+/// The statement that takes a batch from the outbox, with `$picked` the select of
+/// the outbox ids to take (they are deleted and returned).
+macro_rules! dispatch_sql {
+    ($picked:literal) => {
+        concat!(
+            "WITH picked AS (
                  DELETE FROM jobrunner.outbox
-                 WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
-                                      FOR UPDATE SKIP LOCKED))
+                 WHERE id = ANY(ARRAY(",
+            $picked,
+            "))
                  RETURNING id, revive)
              SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
                     j.max_attempts,
@@ -58,12 +61,32 @@ pub(crate) const DISPATCH: &str = "WITH picked AS (
                -- finished, an indexable status test plans a walk of jobs_status_idx
                -- over every queued row for each batch.
                AND (j.status = ANY($2)) IS TRUE
-             ORDER BY j.id";
+             ORDER BY j.id"
+        )
+    };
+}
+
+/// Takes a batch from the outbox (ids are time-ordered, so the primary key gives
+/// the oldest first) and reads the jobs to dispatch. An id whose job is final
+/// (cancelled before dispatch) or gone just leaves the outbox.
+pub(crate) const DISPATCH: &str =
+    dispatch_sql!("SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED");
+
+/// [`DISPATCH`] passing over the rows of the queues in `$3`, which wait (a failed
+/// or unanswered dispatch): however many rows such a queue has, they never fill
+/// the batch and keep the other queues' jobs out of it. The queue is read per row
+/// by a subquery on the primary key, never a join a plan could turn into a scan
+/// of `jobs`; a row whose job is gone is taken, and leaves.
+pub(crate) const DISPATCH_PASSING_OVER: &str = dispatch_sql!(
+    "SELECT o.id FROM jobrunner.outbox o
+     WHERE ((SELECT j.queue FROM jobrunner.jobs j WHERE j.id = o.id) = ANY($3)) IS NOT TRUE
+     ORDER BY o.id LIMIT $1 FOR UPDATE SKIP LOCKED"
+);
 
 impl Ledger {
     /// Locks up to `limit` committed, undispatched jobs for this daemon to push to
-    /// Redis. Other daemons skip the locked rows.
-    pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
+    /// Redis, none of the queues in `passing_over`. Other daemons skip the locked rows.
+    pub async fn outbox(&self, limit: i64, passing_over: &[String]) -> Result<OutboxBatch> {
         let mut tx = self.pool.begin().await?;
         // This commit need not wait for the disk: if Postgres loses it in a crash,
         // the rows come back to the outbox and the dispatch script skips the jobs
@@ -71,11 +94,20 @@ impl Ledger {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        let jobs = sqlx::query_as::<_, DispatchJob>(DISPATCH)
-            .bind(limit)
-            .bind(&Status::OPEN[..])
-            .fetch_all(&mut *tx)
-            .await?;
+        let jobs = if passing_over.is_empty() {
+            sqlx::query_as::<_, DispatchJob>(DISPATCH)
+                .bind(limit)
+                .bind(&Status::OPEN[..])
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as::<_, DispatchJob>(DISPATCH_PASSING_OVER)
+                .bind(limit)
+                .bind(&Status::OPEN[..])
+                .bind(passing_over)
+                .fetch_all(&mut *tx)
+                .await?
+        };
         Ok(OutboxBatch { tx, jobs })
     }
 }
@@ -88,16 +120,14 @@ impl OutboxBatch {
         Ok(())
     }
 
-    /// Leaves these jobs in the outbox for a later round (their queue's dispatch
-    /// failed for a reason that may pass); the rest of the batch still commits.
-    pub async fn requeue(&mut self, ids: &[Uuid]) -> Result {
-        if ids.is_empty() {
+    /// Leaves these jobs (id, revive) in the outbox for a later round (their
+    /// queue's dispatch failed for a reason that may pass, or did not come back in
+    /// time); the rest of the batch still commits.
+    pub async fn requeue(&mut self, rows: &[(Uuid, bool)]) -> Result {
+        if rows.is_empty() {
             return Ok(());
         }
-        let revive: Vec<bool> = ids
-            .iter()
-            .map(|id| self.jobs.iter().any(|j| j.id == *id && j.revive))
-            .collect();
+        let (ids, revive): (Vec<Uuid>, Vec<bool>) = rows.iter().copied().unzip();
         sqlx::query(
             "INSERT INTO jobrunner.outbox (id, revive)
              SELECT * FROM UNNEST($1::uuid[], $2::bool[]) ON CONFLICT DO NOTHING",

@@ -105,7 +105,14 @@ async fn batch_statements_stay_on_primary_key_lookups_on_a_lived_in_ledger() {
     let names: Vec<&str> = plans.iter().map(|p| p.statement).collect();
     assert_eq!(
         names,
-        ["dispatch", "status", "late_errors", "progress", "admission"]
+        [
+            "dispatch",
+            "dispatch_passing_over",
+            "status",
+            "late_errors",
+            "progress",
+            "admission"
+        ]
     );
     for p in &plans {
         let faults = faults(&p.plan);

@@ -1,20 +1,23 @@
 //! The outbox dispatcher: moves committed SQL-enqueued jobs into Redis, one
-//! DISPATCH per queue per batch, isolating a queue's (or a job's) trouble.
+//! DISPATCH per queue per batch, isolating a queue's (or a job's) trouble: a
+//! queue that fails, or does not answer within its patience (`queues.rs`), keeps
+//! its rows in the outbox while the other queues' rows commit.
+
+mod queues;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Shared;
-use super::retry::Backoff;
-use crate::broker::Dispatch;
 use crate::error_chain;
-use crate::ledger::{Event, Status};
+use crate::ledger::{DispatchJob, Event, Status};
 use crate::metrics::{Path, RedisPath};
+use queues::Queues;
 
 /// Most outbox rows moved in one round trip.
 const MOVE_BATCH: usize = 1000;
@@ -27,12 +30,12 @@ pub(super) async fn outbox(shared: Arc<Shared>, shutdown: CancellationToken) {
     let notified = Arc::new(tokio::sync::Notify::new());
     let listener = tokio::spawn(listen(shared.clone(), notified.clone(), shutdown.clone()));
     let sweep = shared.config.runtime.sweep_interval;
-    let mut backoff = QueueBackoff::default();
+    let mut queues = Queues::new(shared.config.redis.command_timeout);
     loop {
-        drain_outbox(&shared, &mut backoff, &shutdown).await;
-        // A backed-off queue is tried again when its pause ends, not only at
-        // the next notification or sweep.
-        let retry = backoff
+        drain_outbox(&shared, &mut queues, &shutdown).await;
+        // A waiting queue is tried again when its pause ends or its dispatch
+        // comes back, not only at the next notification or sweep.
+        let retry = queues
             .next()
             .unwrap_or_else(|| tokio::time::Instant::now() + sweep);
         tokio::select! {
@@ -43,6 +46,7 @@ pub(super) async fn outbox(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
         }
     }
+    queues.abort();
     let _ = listener.await;
 }
 
@@ -83,117 +87,14 @@ async fn listen(
     }
 }
 
-/// Queues whose dispatch failed for a reason that may pass, and until when their
-/// outbox rows wait: one queue's trouble (a node down, a broken key) never holds
-/// back another queue's jobs.
-#[derive(Default)]
-struct QueueBackoff {
-    until: HashMap<String, (tokio::time::Instant, Backoff)>,
-}
+/// One queue's rows of a batch, and (id, revive) of each to hand back if they wait.
+type QueueRows = (Vec<DispatchJob>, Vec<(Uuid, bool)>);
 
-impl QueueBackoff {
-    fn waiting(&self, queue: &str) -> bool {
-        self.until
-            .get(queue)
-            .is_some_and(|(until, _)| tokio::time::Instant::now() < *until)
-    }
-
-    /// Backs the queue off: 100 ms, doubling to 5 s.
-    fn failed(&mut self, queue: &str) -> Duration {
-        let (until, backoff) = self
-            .until
-            .entry(queue.to_owned())
-            .or_insert_with(|| (tokio::time::Instant::now(), Backoff::outage()));
-        let delay = backoff.next();
-        *until = tokio::time::Instant::now() + delay;
-        delay
-    }
-
-    fn succeeded(&mut self, queue: &str) {
-        self.until.remove(queue);
-    }
-
-    /// When the earliest queue still backed off may try again.
-    fn next(&self) -> Option<tokio::time::Instant> {
-        let now = tokio::time::Instant::now();
-        self.until
-            .values()
-            .map(|(u, _)| *u)
-            .filter(|u| *u > now)
-            .min()
-    }
-}
-
-/// How one queue's part of an outbox batch went.
-struct QueueDispatch {
-    /// Jobs Redis refused on their own, with the reason: they end `dead`.
-    poison: Vec<(Uuid, String)>,
-    /// Jobs left for a later round, and why.
-    pending: Vec<Uuid>,
-    error: Option<crate::broker::Error>,
-}
-
-/// Dispatches one queue's jobs, isolating failure: a failure that may pass keeps
-/// them all for later; a queue whose own keys are broken does too (it is not the
-/// jobs' fault); otherwise the batch is split until the jobs Redis refuses on
-/// their own are found, and the rest are dispatched now.
-async fn dispatch_queue(shared: &Shared, queue: &str, jobs: &[Dispatch<'_>]) -> QueueDispatch {
-    let all = || jobs.iter().map(|j| j.id).collect::<Vec<_>>();
-    let error = match shared.broker.dispatch(queue, jobs).await {
-        Ok(_) => {
-            return QueueDispatch {
-                poison: Vec::new(),
-                pending: Vec::new(),
-                error: None,
-            };
-        }
-        Err(e) => e,
-    };
-    if !error.is_transient() {
-        // With no jobs, the script only checks the queue's own keys.
-        if let Err(queue_error) = shared.broker.dispatch(queue, &[]).await {
-            return QueueDispatch {
-                poison: Vec::new(),
-                pending: all(),
-                error: Some(queue_error),
-            };
-        }
-    } else {
-        return QueueDispatch {
-            poison: Vec::new(),
-            pending: all(),
-            error: Some(error),
-        };
-    }
-    let broker = &shared.broker;
-    let out = crate::batch::isolate(
-        std::iter::once(0..jobs.len()),
-        crate::broker::Error::is_transient,
-        |r| broker.dispatch(queue, &jobs[r]),
-    )
-    .await;
-    QueueDispatch {
-        poison: out
-            .poison
-            .into_iter()
-            .map(|(i, e)| {
-                let reason = format!("Redis refused to dispatch this job: {}", error_chain(&e));
-                (jobs[i].id, reason)
-            })
-            .collect(),
-        pending: out
-            .pending
-            .into_iter()
-            .flatten()
-            .map(|i| jobs[i].id)
-            .collect(),
-        error: out.transient,
-    }
-}
-
-async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &CancellationToken) {
+async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
-        let mut batch = match shared.ledger.outbox(MOVE_BATCH as i64).await {
+        queues.collect(shared).await;
+        let passing_over = queues.all_waiting();
+        let mut batch = match shared.ledger.outbox(MOVE_BATCH as i64, &passing_over).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "Reading the outbox failed");
@@ -207,55 +108,62 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
         // A row whose run_at the daemon cannot carry ends here, with the reason.
         let mut dead_ids: Vec<Uuid> = Vec::new();
         let mut dead_errors: Vec<Option<String>> = Vec::new();
-        let mut by_queue: BTreeMap<&str, Vec<Dispatch<'_>>> = BTreeMap::new();
-        for j in &batch.jobs {
-            let Some(run_ms) = j.run_ms else {
+        let mut by_queue: BTreeMap<String, QueueRows> = BTreeMap::new();
+        for j in std::mem::take(&mut batch.jobs) {
+            if j.run_ms.is_none() {
                 dead_ids.push(j.id);
                 dead_errors.push(None);
                 continue;
+            }
+            let (jobs, rows) = match by_queue.get_mut(&j.queue) {
+                Some(entry) => entry,
+                None => by_queue.entry(j.queue.clone()).or_default(),
             };
-            by_queue.entry(&j.queue).or_default().push(Dispatch {
-                id: j.id,
-                kind: &j.kind,
-                payload: &j.payload,
-                priority: j.priority,
-                attempts: j.attempts,
-                max_attempts: j.max_attempts,
-                run_ms,
-                revive: j.revive,
-            });
+            rows.push((j.id, j.revive));
+            jobs.push(j);
         }
-        let mut requeue: Vec<Uuid> = Vec::new();
+        let mut requeue: Vec<(Uuid, bool)> = Vec::new();
         let mut held_back = false;
-        let now = Utc::now().timestamp_millis();
-        let mut due = Vec::with_capacity(by_queue.len());
-        for (queue, jobs) in &by_queue {
-            if backoff.waiting(queue) {
-                requeue.extend(jobs.iter().map(|j| j.id));
+        // The queues are dispatched side by side, each as a task of its own: on a
+        // cluster each may live on another master, and one that is slow or hung
+        // is given up on after its patience, so it holds back only itself.
+        let round = Instant::now();
+        let mut running = Vec::with_capacity(by_queue.len());
+        for (queue, (jobs, rows)) in by_queue {
+            if queues.waiting(&queue) {
+                requeue.extend(rows);
                 held_back = true;
-            } else {
-                due.push((*queue, jobs));
+                continue;
             }
+            let deadline = round + queues.patience(&queue);
+            let task = queues::start(shared, queue.clone(), jobs);
+            running.push((queue, rows, deadline, task));
         }
-        // The queues are dispatched side by side: on a cluster each may live on
-        // another master, and one that is slow or failing over (its calls wait
-        // for the command timeout) must not hold back the others.
-        let dispatches = due.into_iter().map(|(queue, jobs)| async move {
-            // Before the dispatch script makes them runnable: see `runtime::events`.
-            if shared.publisher.enabled() {
-                let at = Utc::now();
-                let events = jobs
-                    .iter()
-                    .map(|j| {
-                        let status = Status::initial(j.run_ms, now);
-                        Event::status(j.id, queue, j.kind, status, j.attempts, at, None)
-                    })
-                    .collect();
-                shared.publisher.publish(events).await;
-            }
-            (queue, dispatch_queue(shared, queue, jobs).await)
-        });
-        for (queue, done) in futures::future::join_all(dispatches).await {
+        let waits = running
+            .into_iter()
+            .map(|(queue, rows, deadline, mut task)| async move {
+                let outcome = tokio::time::timeout_at(deadline, &mut task).await;
+                (queue, rows, task, outcome)
+            });
+        for (queue, rows, task, outcome) in futures::future::join_all(waits).await {
+            let (done, took) = match outcome {
+                Ok(Ok(finished)) => finished,
+                Ok(Err(error)) => {
+                    tracing::error!(queue, %error, "A dispatch task ended abnormally; its jobs wait in the outbox");
+                    queues.failed(&queue);
+                    requeue.extend(rows);
+                    held_back = true;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(queue, jobs = rows.len(), waited = ?queues.patience(&queue),
+                        "Dispatch to Redis is not answering; the queue's jobs wait in the outbox while the other queues go on");
+                    queues.left_out(&queue, task);
+                    requeue.extend(rows);
+                    held_back = true;
+                    continue;
+                }
+            };
             for (id, reason) in done.poison {
                 tracing::error!(queue, job.id = %id, error = %reason,
                     "A job cannot be dispatched; recording it as dead");
@@ -265,18 +173,17 @@ async fn drain_outbox(shared: &Shared, backoff: &mut QueueBackoff, shutdown: &Ca
             }
             match done.error {
                 Some(error) if !done.pending.is_empty() => {
-                    let delay = backoff.failed(queue);
-                    shared.metrics.redis_error(queue, RedisPath::Dispatch);
+                    let delay = queues.failed(&queue);
+                    shared.metrics.redis_error(&queue, RedisPath::Dispatch);
                     // The rows stay in the outbox; other queues go on.
                     tracing::warn!(queue, error = %error_chain(&error), jobs = done.pending.len(),
                         retry_in = ?delay, "Dispatch to Redis failed; the queue's jobs wait in the outbox");
-                    requeue.extend(done.pending);
+                    requeue.extend(rows.into_iter().filter(|(id, _)| done.pending.contains(id)));
                     held_back = true;
                 }
-                _ => backoff.succeeded(queue),
+                _ => queues.succeeded(&queue, took),
             }
         }
-        drop(by_queue);
         if let Err(error) = batch.requeue(&requeue).await {
             // Rolling back keeps every row: the dispatched ones are skipped next time.
             tracing::warn!(error = %error_chain(&error), "Keeping jobs in the outbox failed");

@@ -1,0 +1,299 @@
+//! Each queue's part of the outbox: its dispatch, its backoff after a failure,
+//! and a dispatch still out after its round stopped waiting for it.
+//!
+//! A round waits for a queue's dispatch at most that queue's patience. A queue
+//! whose Redis master stops answering (its sockets open, nothing coming back)
+//! would otherwise hold the round's transaction, and with it every other queue's
+//! jobs, until the command timeout. A dispatch the round stopped waiting for
+//! keeps running: its rows go back to the outbox, and the queue waits until it
+//! ends. If it reached Redis after all, the next dispatch of those rows skips the
+//! jobs Redis holds, as after any crash between dispatch and commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::super::Shared;
+use super::super::retry::Backoff;
+use crate::broker::Dispatch;
+use crate::error_chain;
+use crate::ledger::{DispatchJob, Event, Status};
+
+/// How long a round waits for a queue's dispatch before it commits the others
+/// without it, unless the queue has shown it needs longer.
+pub(super) const PATIENCE: Duration = Duration::from_millis(500);
+
+/// How one queue's part of an outbox batch went.
+pub(super) struct QueueDispatch {
+    /// Jobs Redis refused on their own, with the reason: they end `dead`.
+    pub poison: Vec<(Uuid, String)>,
+    /// Jobs left for a later round.
+    pub pending: Vec<Uuid>,
+    pub error: Option<crate::broker::Error>,
+}
+
+/// A queue's dispatch, run as a task of its own so a round can stop waiting for
+/// it: its outcome and how long it took.
+pub(super) type Running = JoinHandle<(QueueDispatch, Duration)>;
+
+#[derive(Default)]
+struct QueueState {
+    /// Until when the queue waits after a failure that may pass, and the next pause.
+    backoff: Option<(Instant, Backoff)>,
+    /// A dispatch the last round stopped waiting for and that has not ended.
+    out: Option<Running>,
+    /// How long a round waits for this queue when not [`PATIENCE`]: twice the
+    /// time its last dispatch took, when that was longer (a queue of large
+    /// payloads, a busy Redis). A slow but healthy queue is given up on once, not
+    /// every round; a queue back to quick dispatches is back to [`PATIENCE`].
+    patience: Option<Duration>,
+}
+
+/// Every queue's state between rounds.
+pub(super) struct Queues {
+    state: HashMap<String, QueueState>,
+    /// The longest a round waits for one queue: no dispatch outlives it anyway.
+    cap: Duration,
+}
+
+impl Queues {
+    pub fn new(command_timeout: Duration) -> Queues {
+        Queues {
+            state: HashMap::new(),
+            cap: command_timeout.max(PATIENCE),
+        }
+    }
+
+    /// Whether the queue's rows wait this round: it is backed off, or a dispatch
+    /// of it is still out.
+    pub fn waiting(&self, queue: &str) -> bool {
+        self.state.get(queue).is_some_and(|s| {
+            s.out.is_some() || s.backoff.as_ref().is_some_and(|(u, _)| Instant::now() < *u)
+        })
+    }
+
+    /// Every queue whose rows wait this round: the claim passes over them.
+    pub fn all_waiting(&self) -> Vec<String> {
+        self.state
+            .keys()
+            .filter(|q| self.waiting(q))
+            .cloned()
+            .collect()
+    }
+
+    pub fn patience(&self, queue: &str) -> Duration {
+        self.state
+            .get(queue)
+            .and_then(|s| s.patience)
+            .unwrap_or(PATIENCE)
+            .min(self.cap)
+    }
+
+    /// Backs the queue off: 100 ms, doubling to 5 s.
+    pub fn failed(&mut self, queue: &str) -> Duration {
+        let state = self.state.entry(queue.to_owned()).or_default();
+        let (until, backoff) = state
+            .backoff
+            .get_or_insert_with(|| (Instant::now(), Backoff::outage()));
+        let delay = backoff.next();
+        *until = Instant::now() + delay;
+        delay
+    }
+
+    /// The queue's dispatch came back, in `took`: its backoff ends, and its
+    /// patience follows the time it took.
+    pub fn succeeded(&mut self, queue: &str, took: Duration) {
+        let cap = self.cap;
+        if let Some(state) = self.state.get_mut(queue) {
+            state.backoff = None;
+            state.patience = patience_after(took, cap);
+        }
+    }
+
+    /// The round stopped waiting for this dispatch; the queue waits until it ends.
+    pub fn left_out(&mut self, queue: &str, running: Running) {
+        self.state.entry(queue.to_owned()).or_default().out = Some(running);
+    }
+
+    /// Takes the outcome of every dispatch left out that has ended since. Their
+    /// rows went back to the outbox, so only what they say of the queue counts:
+    /// a failure backs it off, a success that came late raises its patience.
+    pub async fn collect(&mut self, shared: &Shared) {
+        for (queue, state) in &mut self.state {
+            if !state.out.as_ref().is_some_and(JoinHandle::is_finished) {
+                continue;
+            }
+            let Some(running) = state.out.take() else {
+                continue;
+            };
+            match running.await {
+                Ok((done, took)) => match done.error {
+                    Some(error) => {
+                        tracing::warn!(queue, error = %error_chain(&error), took = ?took,
+                            "A dispatch the outbox stopped waiting for failed; the queue backs off");
+                        shared
+                            .metrics
+                            .redis_error(queue, crate::metrics::RedisPath::Dispatch);
+                        let backoff = state
+                            .backoff
+                            .get_or_insert_with(|| (Instant::now(), Backoff::outage()));
+                        backoff.0 = Instant::now() + backoff.1.next();
+                    }
+                    None => {
+                        state.backoff = None;
+                        state.patience = patience_after(took, self.cap);
+                        tracing::info!(queue, took = ?took, patience = ?state.patience.unwrap_or(PATIENCE),
+                            "A dispatch the outbox stopped waiting for reached Redis; its rows are sent again, and Redis skips the jobs it holds");
+                    }
+                },
+                Err(error) => tracing::error!(queue, %error, "A dispatch task ended abnormally"),
+            }
+        }
+    }
+
+    /// When the earliest queue still waiting may be tried again: a backoff that
+    /// ends, or (polled) a dispatch left out.
+    pub fn next(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.state
+            .values()
+            .filter_map(|s| match (&s.out, &s.backoff) {
+                (Some(_), _) => Some(now + PATIENCE / 5),
+                (None, Some((until, _))) if *until > now => Some(*until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Stops every dispatch still out (the daemon stops): their rows are in the
+    /// outbox already.
+    pub fn abort(&mut self) {
+        for state in self.state.values_mut() {
+            if let Some(running) = state.out.take() {
+                running.abort();
+            }
+        }
+    }
+}
+
+/// The patience a queue has after a dispatch that took `took`: `None` means
+/// [`PATIENCE`].
+fn patience_after(took: Duration, cap: Duration) -> Option<Duration> {
+    let patience = took * 2;
+    (patience > PATIENCE).then(|| patience.min(cap))
+}
+
+/// Starts one queue's dispatch as a task of its own, publishing the jobs'
+/// events first (see `runtime::events`).
+pub(super) fn start(shared: &Arc<Shared>, queue: String, jobs: Vec<DispatchJob>) -> Running {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let jobs: Vec<Dispatch<'_>> = jobs
+            .iter()
+            .map(|j| Dispatch {
+                id: j.id,
+                kind: &j.kind,
+                payload: &j.payload,
+                priority: j.priority,
+                attempts: j.attempts,
+                max_attempts: j.max_attempts,
+                run_ms: j.run_ms.unwrap_or_default(),
+                revive: j.revive,
+            })
+            .collect();
+        if shared.publisher.enabled() {
+            let now = Utc::now();
+            let events = jobs
+                .iter()
+                .map(|j| {
+                    let status = Status::initial(j.run_ms, now.timestamp_millis());
+                    Event::status(j.id, &queue, j.kind, status, j.attempts, now, None)
+                })
+                .collect();
+            shared.publisher.publish(events).await;
+        }
+        let done = dispatch_queue(&shared, &queue, &jobs).await;
+        (done, started.elapsed())
+    })
+}
+
+/// Dispatches one queue's jobs, isolating failure: a failure that may pass keeps
+/// them all for later; a queue whose own keys are broken does too (it is not the
+/// jobs' fault); otherwise the batch is split until the jobs Redis refuses on
+/// their own are found, and the rest are dispatched now.
+async fn dispatch_queue(shared: &Shared, queue: &str, jobs: &[Dispatch<'_>]) -> QueueDispatch {
+    let all = || jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    let error = match shared.broker.dispatch(queue, jobs).await {
+        Ok(_) => {
+            return QueueDispatch {
+                poison: Vec::new(),
+                pending: Vec::new(),
+                error: None,
+            };
+        }
+        Err(e) => e,
+    };
+    if !error.is_transient() {
+        // With no jobs, the script only checks the queue's own keys.
+        if let Err(queue_error) = shared.broker.dispatch(queue, &[]).await {
+            return QueueDispatch {
+                poison: Vec::new(),
+                pending: all(),
+                error: Some(queue_error),
+            };
+        }
+    } else {
+        return QueueDispatch {
+            poison: Vec::new(),
+            pending: all(),
+            error: Some(error),
+        };
+    }
+    let broker = &shared.broker;
+    let out = crate::batch::isolate(
+        std::iter::once(0..jobs.len()),
+        crate::broker::Error::is_transient,
+        |r| broker.dispatch(queue, &jobs[r]),
+    )
+    .await;
+    QueueDispatch {
+        poison: out
+            .poison
+            .into_iter()
+            .map(|(i, e)| {
+                let reason = format!("Redis refused to dispatch this job: {}", error_chain(&e));
+                (jobs[i].id, reason)
+            })
+            .collect(),
+        pending: out
+            .pending
+            .into_iter()
+            .flatten()
+            .map(|i| jobs[i].id)
+            .collect(),
+        error: out.transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patience_follows_the_last_dispatch_within_the_command_timeout() {
+        let cap = Duration::from_secs(5);
+        assert_eq!(patience_after(Duration::from_millis(3), cap), None);
+        assert_eq!(patience_after(PATIENCE / 2, cap), None);
+        assert_eq!(
+            patience_after(Duration::from_millis(800), cap),
+            Some(Duration::from_millis(1600))
+        );
+        assert_eq!(patience_after(Duration::from_secs(4), cap), Some(cap));
+    }
+}

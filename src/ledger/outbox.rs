@@ -76,7 +76,11 @@ pub(crate) const DISPATCH: &str =
 /// or unanswered dispatch): however many rows such a queue has, they never fill
 /// the batch and keep the other queues' jobs out of it. The queue is read per row
 /// by a subquery on the primary key, never a join a plan could turn into a scan
-/// of `jobs`; a row whose job is gone is taken, and leaves.
+/// of `jobs`; a row whose job is gone is taken, and leaves. Each round reads the
+/// waiting queues' rows that lie ahead of the first other row, one lookup each:
+/// cheap for a queue held up briefly; for a queue that waits with a large
+/// backlog, 3 µs per row each round (300 ms with 100,000 rows ahead, measured
+/// with `EXPLAIN ANALYZE`): the outbox has no queue column to index.
 pub(crate) const DISPATCH_PASSING_OVER: &str = dispatch_sql!(
     "SELECT o.id FROM jobrunner.outbox o
      WHERE ((SELECT j.queue FROM jobrunner.jobs j WHERE j.id = o.id) = ANY($3)) IS NOT TRUE

@@ -222,3 +222,35 @@ async fn delays_priorities_limits_cancel_and_pause_hold_across_two_daemons_on_a_
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_reach_idle_queues_on_every_master() {
+    // With polling all but off, a job reaches an idle queue's fetch (SQL path)
+    // or ingest (Redis path) loop only through the wake-up published on the
+    // cluster, from whichever master holds the queue.
+    let (mut app, queues) = app_on_cluster(4).await;
+    let poll = Duration::from_secs(60);
+    app.config.runtime.poll_interval = poll;
+    let daemon = app.start_daemon().await;
+    // Every loop has found its queue empty and sleeps.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..2 {
+        for q in &queues {
+            let started = std::time::Instant::now();
+            let id = if round == 0 {
+                sql_job(&app, q, "noop", 0).await
+            } else {
+                redis_job(&app, q, "noop", 0).await
+            };
+            assert_eq!(app.wait_final(id, 20).await.status, Status::Succeeded);
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(10),
+                "queue {q}: the job waited {took:?}, as if for the {poll:?} poll"
+            );
+            // Idle again before the next queue's job.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    daemon.stop().await;
+}

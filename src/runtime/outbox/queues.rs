@@ -157,13 +157,14 @@ impl Queues {
     }
 
     /// When the earliest queue still waiting may be tried again: a backoff that
-    /// ends, or (polled) a dispatch left out.
+    /// ends. A dispatch left out wakes the outbox when it ends (`start`); it is
+    /// also looked at every second.
     pub fn next(&self) -> Option<Instant> {
         let now = Instant::now();
         self.state
             .values()
             .filter_map(|s| match (&s.out, &s.backoff) {
-                (Some(_), _) => Some(now + PATIENCE / 5),
+                (Some(_), _) => Some(now + PATIENCE * 2),
                 (None, Some((until, _))) if *until > now => Some(*until),
                 _ => None,
             })
@@ -219,7 +220,13 @@ pub(super) fn start(shared: &Arc<Shared>, queue: String, jobs: Vec<DispatchJob>)
             shared.publisher.publish(events).await;
         }
         let done = dispatch_queue(&shared, &queue, &jobs).await;
-        (done, started.elapsed())
+        let took = started.elapsed();
+        if took >= PATIENCE {
+            // The round may have stopped waiting: the outbox looks again now,
+            // so the queue's rows go on as soon as its dispatch ends.
+            shared.outbox_wake.notify_one();
+        }
+        (done, took)
     })
 }
 

@@ -48,6 +48,10 @@ impl Ledger {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM jobrunner.outbox_held WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(
             "SELECT queue, status, kind, attempts FROM jobrunner.jobs WHERE id = $1 FOR UPDATE",
         )

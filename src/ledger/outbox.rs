@@ -2,7 +2,9 @@
 //!
 //! `jobrunner.enqueue` (and a retry) writes a row to `jobrunner.outbox` in the
 //! producer's transaction; the dispatcher in `runtime` takes a batch with
-//! [`Ledger::outbox`], hands it to `broker`, and commits, requeues or buries it.
+//! [`Ledger::outbox`], hands it to `broker`, and commits, holds or buries it.
+//! Held rows (`jobrunner.outbox_held`) belong to a queue whose Redis does not
+//! take them now; [`Ledger::release_held`] puts them back.
 
 use sqlx::{FromRow, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -37,16 +39,13 @@ pub struct OutboxBatch {
     pub jobs: Vec<DispatchJob>,
 }
 
-/// The statement that takes a batch from the outbox, with `$picked` the select of
-/// the outbox ids to take (they are deleted and returned).
-macro_rules! dispatch_sql {
-    ($picked:literal) => {
-        concat!(
-            "WITH picked AS (
+/// Takes a batch from the outbox (ids are time-ordered, so the primary key gives
+/// the oldest first) and reads the jobs to dispatch. An id whose job is final
+/// (cancelled before dispatch) or gone just leaves the outbox.
+pub(crate) const DISPATCH: &str = "WITH picked AS (
                  DELETE FROM jobrunner.outbox
-                 WHERE id = ANY(ARRAY(",
-            $picked,
-            "))
+                 WHERE id = ANY(ARRAY(SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1
+                                      FOR UPDATE SKIP LOCKED))
                  RETURNING id, revive)
              SELECT j.id, j.queue, j.kind, j.payload::text AS payload, j.priority, j.attempts,
                     j.max_attempts,
@@ -61,36 +60,12 @@ macro_rules! dispatch_sql {
                -- finished, an indexable status test plans a walk of jobs_status_idx
                -- over every queued row for each batch.
                AND (j.status = ANY($2)) IS TRUE
-             ORDER BY j.id"
-        )
-    };
-}
-
-/// Takes a batch from the outbox (ids are time-ordered, so the primary key gives
-/// the oldest first) and reads the jobs to dispatch. An id whose job is final
-/// (cancelled before dispatch) or gone just leaves the outbox.
-pub(crate) const DISPATCH: &str =
-    dispatch_sql!("SELECT id FROM jobrunner.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED");
-
-/// [`DISPATCH`] passing over the rows of the queues in `$3`, which wait (a failed
-/// or unanswered dispatch): however many rows such a queue has, they never fill
-/// the batch and keep the other queues' jobs out of it. The queue is read per row
-/// by a subquery on the primary key, never a join a plan could turn into a scan
-/// of `jobs`; a row whose job is gone is taken, and leaves. Each round reads the
-/// waiting queues' rows that lie ahead of the first other row, one lookup each:
-/// cheap for a queue held up briefly; for a queue that waits with a large
-/// backlog, 3 µs per row each round (300 ms with 100,000 rows ahead, measured
-/// with `EXPLAIN ANALYZE`): the outbox has no queue column to index.
-pub(crate) const DISPATCH_PASSING_OVER: &str = dispatch_sql!(
-    "SELECT o.id FROM jobrunner.outbox o
-     WHERE ((SELECT j.queue FROM jobrunner.jobs j WHERE j.id = o.id) = ANY($3)) IS NOT TRUE
-     ORDER BY o.id LIMIT $1 FOR UPDATE SKIP LOCKED"
-);
+             ORDER BY j.id";
 
 impl Ledger {
     /// Locks up to `limit` committed, undispatched jobs for this daemon to push to
-    /// Redis, none of the queues in `passing_over`. Other daemons skip the locked rows.
-    pub async fn outbox(&self, limit: i64, passing_over: &[String]) -> Result<OutboxBatch> {
+    /// Redis. Other daemons skip the locked rows.
+    pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
         let mut tx = self.pool.begin().await?;
         // This commit need not wait for the disk: if Postgres loses it in a crash,
         // the rows come back to the outbox and the dispatch script skips the jobs
@@ -98,20 +73,11 @@ impl Ledger {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        let jobs = if passing_over.is_empty() {
-            sqlx::query_as::<_, DispatchJob>(DISPATCH)
-                .bind(limit)
-                .bind(&Status::OPEN[..])
-                .fetch_all(&mut *tx)
-                .await?
-        } else {
-            sqlx::query_as::<_, DispatchJob>(DISPATCH_PASSING_OVER)
-                .bind(limit)
-                .bind(&Status::OPEN[..])
-                .bind(passing_over)
-                .fetch_all(&mut *tx)
-                .await?
-        };
+        let jobs = sqlx::query_as::<_, DispatchJob>(DISPATCH)
+            .bind(limit)
+            .bind(&Status::OPEN[..])
+            .fetch_all(&mut *tx)
+            .await?;
         Ok(OutboxBatch { tx, jobs })
     }
 }
@@ -124,20 +90,23 @@ impl OutboxBatch {
         Ok(())
     }
 
-    /// Leaves these jobs (id, revive) in the outbox for a later round (their
-    /// queue's dispatch failed for a reason that may pass, or did not come back in
-    /// time); the rest of the batch still commits.
-    pub async fn requeue(&mut self, rows: &[(Uuid, bool)]) -> Result {
+    /// Sets these jobs (id, revive) of `queue` aside in `jobrunner.outbox_held`
+    /// (the queue's dispatch failed for a reason that may pass, or did not come
+    /// back in time); the rest of the batch still commits. Later batches do not
+    /// meet them until [`Ledger::release_held`] puts them back.
+    pub async fn hold(&mut self, queue: &str, rows: &[(Uuid, bool)]) -> Result {
         if rows.is_empty() {
             return Ok(());
         }
         let (ids, revive): (Vec<Uuid>, Vec<bool>) = rows.iter().copied().unzip();
         sqlx::query(
-            "INSERT INTO jobrunner.outbox (id, revive)
-             SELECT * FROM UNNEST($1::uuid[], $2::bool[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO jobrunner.outbox_held (id, revive, queue)
+             SELECT u.id, u.revive, $3 FROM UNNEST($1::uuid[], $2::bool[]) AS u(id, revive)
+             ON CONFLICT DO NOTHING",
         )
         .bind(ids)
         .bind(revive)
+        .bind(queue)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -191,5 +160,36 @@ impl OutboxBatch {
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
+    }
+}
+
+impl Ledger {
+    /// Puts the held rows of `queue` back in the outbox (its Redis answers
+    /// again). Returns how many.
+    pub async fn release_held(&self, queue: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "WITH back AS (DELETE FROM jobrunner.outbox_held WHERE queue = $1 RETURNING id, revive)
+             INSERT INTO jobrunner.outbox (id, revive) SELECT id, revive FROM back
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts back the held rows of every queue but those in `waiting`: rows
+    /// another daemon set aside, or one that has stopped. Returns how many.
+    pub async fn release_held_except(&self, waiting: &[String]) -> Result<u64> {
+        let done = sqlx::query(
+            "WITH back AS (DELETE FROM jobrunner.outbox_held WHERE queue <> ALL($1)
+                           RETURNING id, revive)
+             INSERT INTO jobrunner.outbox (id, revive) SELECT id, revive FROM back
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(waiting)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }

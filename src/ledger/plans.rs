@@ -11,14 +11,14 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
-use super::outbox::{DISPATCH, DISPATCH_PASSING_OVER};
+use super::outbox::DISPATCH;
 use super::writer::{self, ADMISSION, LATE_ERRORS, PROGRESS_UPDATE, STATUS_UPDATE};
 use super::{Ledger, Result, Status};
 
 /// One statement's plan, as `EXPLAIN (FORMAT JSON)` gives it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HotPlan {
-    /// `dispatch`, `dispatch_passing_over`, `status`, `late_errors`, `progress` or `admission`.
+    /// `dispatch`, `status`, `late_errors`, `progress` or `admission`.
     pub statement: &'static str,
     /// The top node (`Plan`) of the statement's plan.
     pub plan: Value,
@@ -49,16 +49,6 @@ impl Ledger {
                 .await?;
             plans.push(HotPlan {
                 statement: "dispatch",
-                plan: top(plan),
-            });
-            let plan: Value = sqlx::query_scalar(explain(DISPATCH_PASSING_OVER))
-                .bind(ids.len().max(1) as i64)
-                .bind(&Status::OPEN[..])
-                .bind(vec!["default".to_owned()])
-                .fetch_one(&mut *tx)
-                .await?;
-            plans.push(HotPlan {
-                statement: "dispatch_passing_over",
                 plan: top(plan),
             });
             tx.rollback().await?;

@@ -93,6 +93,7 @@ impl Ledger {
              WHERE j.status = ANY($4)
                AND j.updated_at < $1 AND j.id > $2
                AND NOT EXISTS (SELECT 1 FROM jobrunner.outbox o WHERE o.id = j.id)
+               AND NOT EXISTS (SELECT 1 FROM jobrunner.outbox_held h WHERE h.id = j.id)
              ORDER BY j.id LIMIT $3",
         )
         .bind(before)

@@ -217,7 +217,7 @@ async fn a_stale_lease_cannot_ack_retry_or_heartbeat_after_it_was_reaped() {
     let app = spawn_app().await;
     app.enqueue("noop", json!({})).await;
     // No daemon: drive the broker by hand, dispatching through the outbox.
-    let mut batch = app.ledger.outbox(10, &[]).await.unwrap();
+    let mut batch = app.ledger.outbox(10).await.unwrap();
     let job = batch.jobs.remove(0);
     let dispatch = jobrunner::broker::Dispatch {
         id: job.id,

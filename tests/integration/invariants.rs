@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 
 /// Tables whose rows only `ledger` reads and writes.
-const LEDGER_TABLES: [&str; 5] = [
+const LEDGER_TABLES: [&str; 6] = [
     "jobrunner.jobs",
     "jobrunner.outbox",
+    "jobrunner.outbox_held",
     "jobrunner.cron_fires",
     "jobrunner.quarantine",
     "jobrunner.external_ids",

@@ -303,3 +303,33 @@ async fn a_dispatch_that_answers_late_runs_its_jobs_once() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_set_aside_by_a_daemon_that_stopped_go_out_with_the_next_one() {
+    // A daemon stopped while a queue's jobs waited aside (its Redis was down):
+    // the next daemon to start puts them back in the outbox, and they run.
+    let app = spawn_app().await;
+    // A first daemon marks the queue's Redis as known, so the next one has no
+    // reason to dispatch every unfinished job again at start.
+    app.start_daemon().await.stop().await;
+    let ids = enqueue_on(&app, "default", 3).await;
+    let pool = app.ledger.pool();
+    sqlx::query(
+        "WITH aside AS (DELETE FROM jobrunner.outbox WHERE id = ANY($1) RETURNING id)
+         INSERT INTO jobrunner.outbox_held (id, queue) SELECT id, 'default' FROM aside",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await
+    .unwrap();
+    let daemon = app.start_daemon().await;
+    for id in &ids {
+        assert_eq!(app.wait_final(*id, 10).await.status, Status::Succeeded);
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobrunner.outbox_held")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    daemon.stop().await;
+}

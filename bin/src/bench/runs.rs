@@ -136,7 +136,7 @@ impl Bench {
     async fn reset(&self) -> anyhow::Result<DateTime<Utc>> {
         match self.built {
             None => {
-                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.jobs, jobrunner.external_ids")
+                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.outbox_held, jobrunner.jobs, jobrunner.external_ids")
                     .execute(&self.pool)
                     .await?;
             }

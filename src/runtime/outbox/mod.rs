@@ -1,11 +1,12 @@
 //! The outbox dispatcher: moves committed SQL-enqueued jobs into Redis, one
-//! DISPATCH per queue per batch, isolating a queue's (or a job's) trouble: a
-//! queue that fails, or does not answer within its patience (`queues.rs`), keeps
-//! its rows in the outbox while the other queues' rows commit.
+//! DISPATCH per queue per batch, isolating a queue's (or a job's) trouble: the
+//! rows of a queue that fails, or does not answer within its patience
+//! (`queues.rs`), are set aside (`jobrunner.outbox_held`) while the other queues'
+//! rows commit, and go back to the outbox when its Redis answers again.
 
 mod queues;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -87,14 +88,14 @@ async fn listen(
     }
 }
 
-/// One queue's rows of a batch, and (id, revive) of each to hand back if they wait.
+/// One queue's rows of a batch, and (id, revive) of each to set aside if they wait.
 type QueueRows = (Vec<DispatchJob>, Vec<(Uuid, bool)>);
 
 async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
         queues.collect(shared).await;
-        let passing_over = queues.all_waiting();
-        let mut batch = match shared.ledger.outbox(MOVE_BATCH as i64, &passing_over).await {
+        release_held(shared, queues).await;
+        let mut batch = match shared.ledger.outbox(MOVE_BATCH as i64).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "Reading the outbox failed");
@@ -102,7 +103,10 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
             }
         };
         let count = batch.jobs.len();
-        if count == 0 {
+        // Queues with jobs set aside whose pause has ended: a dispatch of no jobs
+        // asks their Redis whether it answers again.
+        let probes = queues.due_probes();
+        if count == 0 && probes.is_empty() {
             return;
         }
         // A row whose run_at the daemon cannot carry ends here, with the reason.
@@ -122,8 +126,11 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
             rows.push((j.id, j.revive));
             jobs.push(j);
         }
-        let mut requeue: Vec<(Uuid, bool)> = Vec::new();
-        let mut held_back = false;
+        for queue in probes {
+            by_queue.entry(queue).or_default();
+        }
+        // Rows of queues that wait, set aside in the batch's transaction.
+        let mut hold: Vec<(String, Vec<(Uuid, bool)>)> = Vec::new();
         // The queues are dispatched side by side, each as a task of its own: on a
         // cluster each may live on another master, and one that is slow or hung
         // is given up on after its patience, so it holds back only itself.
@@ -131,8 +138,7 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
         let mut running = Vec::with_capacity(by_queue.len());
         for (queue, (jobs, rows)) in by_queue {
             if queues.waiting(&queue) {
-                requeue.extend(rows);
-                held_back = true;
+                hold.push((queue, rows));
                 continue;
             }
             let deadline = round + queues.patience(&queue);
@@ -149,18 +155,16 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
             let (done, took) = match outcome {
                 Ok(Ok(finished)) => finished,
                 Ok(Err(error)) => {
-                    tracing::error!(queue, %error, "A dispatch task ended abnormally; its jobs wait in the outbox");
+                    tracing::error!(queue, %error, "A dispatch task ended abnormally; its jobs wait");
                     queues.failed(&queue);
-                    requeue.extend(rows);
-                    held_back = true;
+                    hold.push((queue, rows));
                     continue;
                 }
                 Err(_) => {
                     tracing::warn!(queue, jobs = rows.len(), waited = ?queues.patience(&queue),
-                        "Dispatch to Redis is not answering; the queue's jobs wait in the outbox while the other queues go on");
+                        "Dispatch to Redis is not answering; the queue's jobs wait while the other queues go on");
                     queues.left_out(&queue, task);
-                    requeue.extend(rows);
-                    held_back = true;
+                    hold.push((queue, rows));
                     continue;
                 }
             };
@@ -171,23 +175,32 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
                 dead_ids.push(id);
                 dead_errors.push(Some(reason));
             }
+            // A dispatch of no jobs (a probe) that failed says the queue still waits.
+            let probe = rows.is_empty();
             match done.error {
-                Some(error) if !done.pending.is_empty() => {
+                Some(error) if probe || !done.pending.is_empty() => {
                     let delay = queues.failed(&queue);
                     shared.metrics.redis_error(&queue, RedisPath::Dispatch);
-                    // The rows stay in the outbox; other queues go on.
+                    // The rows wait aside; other queues go on.
                     tracing::warn!(queue, error = %error_chain(&error), jobs = done.pending.len(),
-                        retry_in = ?delay, "Dispatch to Redis failed; the queue's jobs wait in the outbox");
-                    requeue.extend(rows.into_iter().filter(|(id, _)| done.pending.contains(id)));
-                    held_back = true;
+                        retry_in = ?delay, "Dispatch to Redis failed; the queue's jobs wait");
+                    let pending: HashSet<Uuid> = done.pending.into_iter().collect();
+                    let rows = rows.into_iter().filter(|(id, _)| pending.contains(id));
+                    hold.push((queue, rows.collect()));
                 }
                 _ => queues.succeeded(&queue, took),
             }
         }
-        if let Err(error) = batch.requeue(&requeue).await {
-            // Rolling back keeps every row: the dispatched ones are skipped next time.
-            tracing::warn!(error = %error_chain(&error), "Keeping jobs in the outbox failed");
-            return;
+        for (queue, rows) in &hold {
+            if rows.is_empty() {
+                continue;
+            }
+            if let Err(error) = batch.hold(queue, rows).await {
+                // Rolling back keeps every row: the dispatched ones are skipped next time.
+                tracing::warn!(error = %error_chain(&error), "Setting waiting jobs aside failed");
+                return;
+            }
+            queues.held(queue);
         }
         let buried = match batch.bury(&dead_ids, &dead_errors).await {
             Ok(rows) => rows,
@@ -224,8 +237,47 @@ async fn drain_outbox(shared: &Arc<Shared>, queues: &mut Queues, shutdown: &Canc
             }
         }
         tracing::debug!(count, "Dispatched jobs from the outbox");
-        if count < MOVE_BATCH || held_back {
+        if count < MOVE_BATCH && !queues.releases_pending() {
             return;
+        }
+    }
+}
+
+/// Every this many `runtime.sweep_interval`s, the jobs set aside for queues this
+/// daemon does not keep aside go back to the outbox.
+const HELD_SWEEPS: u32 = 10;
+
+/// Puts back in the outbox the jobs set aside for queues whose Redis answers
+/// again, and, every [`HELD_SWEEPS`] sweeps (and at start), those of queues this
+/// daemon does not keep aside (set aside by another daemon, or by one that stopped).
+async fn release_held(shared: &Shared, queues: &mut Queues) {
+    for queue in queues.take_releases() {
+        match shared.ledger.release_held(&queue).await {
+            Ok(0) => {}
+            Ok(jobs) => tracing::info!(
+                queue,
+                jobs,
+                "The queue's Redis answers again; its waiting jobs go on"
+            ),
+            Err(error) => {
+                tracing::warn!(queue, error = %error_chain(&error), "Putting waiting jobs back failed");
+                queues.release_later(&queue);
+            }
+        }
+    }
+    if queues.sweep_due(shared.config.runtime.sweep_interval * HELD_SWEEPS) {
+        match shared
+            .ledger
+            .release_held_except(&queues.kept_aside())
+            .await
+        {
+            Ok(0) => {}
+            Ok(jobs) => {
+                tracing::info!(jobs, "Put back jobs set aside for queues no longer waiting")
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "Putting waiting jobs back failed")
+            }
         }
     }
 }

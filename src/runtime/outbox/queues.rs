@@ -1,13 +1,16 @@
 //! Each queue's part of the outbox: its dispatch, its backoff after a failure,
-//! and a dispatch still out after its round stopped waiting for it.
+//! a dispatch still out after its round stopped waiting for it, and whether
+//! this daemon has set jobs of it aside (`jobrunner.outbox_held`).
 //!
 //! A round waits for a queue's dispatch at most that queue's patience. A queue
 //! whose Redis master stops answering (its sockets open, nothing coming back)
 //! would otherwise hold the round's transaction, and with it every other queue's
 //! jobs, until the command timeout. A dispatch the round stopped waiting for
-//! keeps running: its rows go back to the outbox, and the queue waits until it
-//! ends. If it reached Redis after all, the next dispatch of those rows skips the
-//! jobs Redis holds, as after any crash between dispatch and commit.
+//! keeps running: its rows are set aside, and the queue waits until it ends. Then
+//! they go back to the outbox; if that dispatch reached Redis after all, the next
+//! one of those rows skips the jobs Redis holds, as after any crash between
+//! dispatch and commit. A queue whose pause after a failure has ended is asked
+//! with a dispatch of no jobs (a probe) before its jobs go back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +55,21 @@ struct QueueState {
     /// payloads, a busy Redis). A slow but healthy queue is given up on once, not
     /// every round; a queue back to quick dispatches is back to [`PATIENCE`].
     patience: Option<Duration>,
+    /// This daemon set jobs of the queue aside; they go back when it answers.
+    held: bool,
+    /// Set-aside jobs to put back in the outbox before the next batch.
+    release: bool,
+}
+
+impl QueueState {
+    /// A dispatch of the queue came back in `took`.
+    fn answered(&mut self, took: Duration, cap: Duration) {
+        self.backoff = None;
+        self.patience = patience_after(took, cap);
+        if std::mem::take(&mut self.held) {
+            self.release = true;
+        }
+    }
 }
 
 /// Every queue's state between rounds.
@@ -59,6 +77,8 @@ pub(super) struct Queues {
     state: HashMap<String, QueueState>,
     /// The longest a round waits for one queue: no dispatch outlives it anyway.
     cap: Duration,
+    /// When set-aside jobs of queues not waiting here were last put back.
+    swept: Option<Instant>,
 }
 
 impl Queues {
@@ -66,6 +86,7 @@ impl Queues {
         Queues {
             state: HashMap::new(),
             cap: command_timeout.max(PATIENCE),
+            swept: None,
         }
     }
 
@@ -77,12 +98,13 @@ impl Queues {
         })
     }
 
-    /// Every queue whose rows wait this round: the claim passes over them.
-    pub fn all_waiting(&self) -> Vec<String> {
+    /// Every queue whose jobs this daemon keeps aside: it waits, or it has jobs
+    /// set aside that no probe has yet let go.
+    pub fn kept_aside(&self) -> Vec<String> {
         self.state
-            .keys()
-            .filter(|q| self.waiting(q))
-            .cloned()
+            .iter()
+            .filter(|(q, s)| s.held || self.waiting(q))
+            .map(|(q, _)| q.clone())
             .collect()
     }
 
@@ -105,14 +127,59 @@ impl Queues {
         delay
     }
 
-    /// The queue's dispatch came back, in `took`: its backoff ends, and its
-    /// patience follows the time it took.
+    /// The queue's dispatch came back, in `took`: its backoff ends, its patience
+    /// follows the time it took, and its set-aside jobs go back.
     pub fn succeeded(&mut self, queue: &str, took: Duration) {
         let cap = self.cap;
         if let Some(state) = self.state.get_mut(queue) {
-            state.backoff = None;
-            state.patience = patience_after(took, cap);
+            state.answered(took, cap);
         }
+    }
+
+    /// Jobs of the queue were set aside.
+    pub fn held(&mut self, queue: &str) {
+        self.state.entry(queue.to_owned()).or_default().held = true;
+    }
+
+    /// Queues with jobs set aside that no longer wait: each gets a dispatch of
+    /// no jobs this round, to learn whether its Redis answers.
+    pub fn due_probes(&self) -> Vec<String> {
+        self.state
+            .iter()
+            .filter(|(q, s)| s.held && !s.release && !self.waiting(q))
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+
+    /// The queues whose set-aside jobs go back now.
+    pub fn take_releases(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (queue, state) in &mut self.state {
+            if std::mem::take(&mut state.release) {
+                out.push(queue.clone());
+            }
+        }
+        out
+    }
+
+    /// Putting the queue's jobs back failed: try again next round.
+    pub fn release_later(&mut self, queue: &str) {
+        self.state.entry(queue.to_owned()).or_default().release = true;
+    }
+
+    pub fn releases_pending(&self) -> bool {
+        self.state.values().any(|s| s.release)
+    }
+
+    /// Whether a sweep of set-aside jobs is due (at once after start, then
+    /// every `interval`).
+    pub fn sweep_due(&mut self, interval: Duration) -> bool {
+        let now = Instant::now();
+        if self.swept.is_some_and(|at| now < at + interval) {
+            return false;
+        }
+        self.swept = Some(now);
+        true
     }
 
     /// The round stopped waiting for this dispatch; the queue waits until it ends.
@@ -145,10 +212,9 @@ impl Queues {
                         backoff.0 = Instant::now() + backoff.1.next();
                     }
                     None => {
-                        state.backoff = None;
-                        state.patience = patience_after(took, self.cap);
+                        state.answered(took, self.cap);
                         tracing::info!(queue, took = ?took, patience = ?state.patience.unwrap_or(PATIENCE),
-                            "A dispatch the outbox stopped waiting for reached Redis; its rows are sent again, and Redis skips the jobs it holds");
+                            "A dispatch the outbox stopped waiting for reached Redis; its jobs are sent again, and Redis skips those it holds");
                     }
                 },
                 Err(error) => tracing::error!(queue, %error, "A dispatch task ended abnormally"),
@@ -208,7 +274,7 @@ pub(super) fn start(shared: &Arc<Shared>, queue: String, jobs: Vec<DispatchJob>)
                 revive: j.revive,
             })
             .collect();
-        if shared.publisher.enabled() {
+        if shared.publisher.enabled() && !jobs.is_empty() {
             let now = Utc::now();
             let events = jobs
                 .iter()

@@ -84,7 +84,7 @@ impl Ledger {
 
 impl OutboxBatch {
     /// Removes the batch from the outbox; call only after Redis accepted every job
-    /// not handed back with [`OutboxBatch::requeue`] or ended with [`OutboxBatch::bury`].
+    /// not set aside with [`OutboxBatch::hold`] or ended with [`OutboxBatch::bury`].
     pub async fn commit(self) -> Result {
         self.tx.commit().await?;
         Ok(())

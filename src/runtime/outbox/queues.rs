@@ -188,8 +188,8 @@ impl Queues {
     }
 
     /// Takes the outcome of every dispatch left out that has ended since. Their
-    /// rows went back to the outbox, so only what they say of the queue counts:
-    /// a failure backs it off, a success that came late raises its patience.
+    /// rows were set aside, so only what they say of the queue counts: a failure
+    /// backs it off, a success lets its jobs go back and sets its patience.
     pub async fn collect(&mut self, shared: &Shared) {
         for (queue, state) in &mut self.state {
             if !state.out.as_ref().is_some_and(JoinHandle::is_finished) {

@@ -33,6 +33,10 @@ pub struct Fetched {
     pub jobs: Vec<Leased>,
     /// When the earliest delayed job falls due (Unix ms), if any.
     pub next_due_ms: Option<i64>,
+    /// Ready entries that had no job hash, as read (any bytes): FETCH dropped
+    /// them. A ledger job among them comes back through the orphan sweep; the
+    /// caller reports them.
+    pub dropped: Vec<Vec<u8>>,
 }
 
 /// A lease the reaper found expired.
@@ -105,6 +109,15 @@ impl Broker {
             .ok()
             .filter(|v| *v >= 0.0)
             .map(|v| v as i64);
+        let dropped_count = rest
+            .first()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < rest.len())
+            .ok_or_else(|| Error::Reply {
+                script: "fetch",
+                detail: format!("bad dropped count {:?}", rest.first()),
+            })?;
+        let (dropped, rest) = rest[1..].split_at(dropped_count);
         let mut jobs = Vec::with_capacity(rest.len() / 7);
         for c in rest.chunks_exact(7) {
             let (Ok(id), Ok(token)) = (c[0].parse(), c[5].parse()) else {
@@ -126,7 +139,11 @@ impl Broker {
                     .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis()),
             });
         }
-        Ok(Fetched { jobs, next_due_ms })
+        Ok(Fetched {
+            jobs,
+            next_due_ms,
+            dropped: dropped.iter().map(|hex| from_hex(hex)).collect(),
+        })
     }
 
     fn lease_args(&self, job: &Leased) -> Vec<String> {
@@ -253,5 +270,24 @@ impl Broker {
             Some(2) => Heartbeat::Cancelled,
             _ => Heartbeat::Lost,
         })
+    }
+}
+
+/// The bytes of FETCH's hex text (a pair that is not hex is skipped).
+fn from_hex(hex: &str) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks_exact(2)
+        .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_hex;
+
+    #[test]
+    fn fetch_hex_gives_back_any_bytes() {
+        assert_eq!(from_hex("ff006964"), vec![0xff, 0x00, b'i', b'd']);
+        assert_eq!(from_hex(""), Vec::<u8>::new());
     }
 }

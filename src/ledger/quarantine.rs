@@ -16,7 +16,8 @@ pub const QUARANTINE_TEXT_MAX: usize = 8 * 1024;
 /// One quarantined item to record.
 #[derive(Debug, Clone)]
 pub struct NewQuarantine<'a> {
-    /// Where it was read: `ingest` (a Redis ingest entry).
+    /// Where it was read: `ingest` (a Redis ingest entry) or `fetch` (a ready
+    /// entry with no job hash).
     pub source: &'static str,
     pub queue: Option<&'a str>,
     /// The job it belongs to, when that could be told.

@@ -17,6 +17,7 @@ use super::{Shared, worker};
 use crate::broker::{Broker, KindLimits, Limits, Window};
 use crate::config::Config;
 use crate::error_chain;
+use crate::ledger::NewQuarantine;
 use crate::metrics::{Metrics, RedisPath};
 
 /// The per-queue state every task of the queue shares.
@@ -98,6 +99,7 @@ pub(super) async fn fetch(
         {
             Ok(fetched) => {
                 backoff.reset();
+                report_dropped(&shared, &queue, &fetched.dropped).await;
                 let got = fetched.jobs.len();
                 for job in fetched.jobs {
                     let Some(permit) = permits.pop() else { break };
@@ -134,6 +136,30 @@ pub(super) async fn fetch(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Records the ready entries FETCH dropped for having no job hash: each is
+/// logged and quarantined (`jobrunner quarantine`, source `fetch`), so a Redis
+/// that evicts or loses job hashes is seen at once, not only when the orphan
+/// sweep re-dispatches the ledger's jobs two leases later.
+async fn report_dropped(shared: &Shared, queue: &str, dropped: &[Vec<u8>]) {
+    for entry in dropped {
+        let raw = crate::pgtext::escape(entry, 200);
+        tracing::warn!(queue, entry = %raw,
+            "A ready entry has no job hash in Redis (evicted or deleted); dropped it");
+        let item = NewQuarantine {
+            source: "fetch",
+            queue: Some(queue),
+            job_id: std::str::from_utf8(entry).ok().and_then(|e| e.parse().ok()),
+            raw: &raw,
+            error: "a ready entry with no job hash in Redis (evicted, deleted by hand, or \
+                    lost); a ledger job comes back through the orphan sweep",
+        };
+        if let Err(error) = shared.ledger.quarantine(&item).await {
+            tracing::error!(queue, error = %error_chain(&error), entry = %raw,
+                "Cannot record a dropped ready entry");
         }
     }
 }

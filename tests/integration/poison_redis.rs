@@ -422,3 +422,36 @@ async fn rows_postgres_refuses_are_bisected_out_dead_or_quarantined_and_the_batc
     wait_redis_empty(&app, 5).await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_entry_whose_job_hash_is_gone_is_reported_and_the_rest_run() {
+    // A Redis that evicted (or lost, or had deleted by hand) a waiting job's hash
+    // leaves its ready entry behind: FETCH drops it, and ops see it at once.
+    let app = spawn_app().await;
+    let daemon = app.start_daemon().await;
+    let lost = Uuid::now_v7();
+    let ready = key(&app, "ready");
+    for entry in [lost.to_string().as_bytes(), b"\xffno-id".as_slice()] {
+        assert_eq!(raw(&app, &[b"ZADD", ready.as_bytes(), b"0", entry]), ":1");
+    }
+    let ids = ordinary(&app, 5).await;
+    all_succeed(&app, &ids, 10).await;
+    wait_redis_empty(&app, 5).await;
+    let entries = app.ledger.quarantined(None, 10).await.unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries.iter().all(|q| q.source == "fetch"), "{entries:?}");
+    assert!(
+        entries.iter().any(|q| q.job_id == Some(lost)),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|q| q.raw.contains("\\xffno-id")),
+        "{entries:?}"
+    );
+    let metrics = metrics_text(daemon.admin_addr().expect("admin listener"));
+    assert!(
+        metrics.contains("jobrunner_quarantined_total{source=\"fetch\"} 2"),
+        "{metrics}"
+    );
+    daemon.stop().await;
+}

@@ -16,8 +16,10 @@
 /// per limit). A paused queue leases nothing.
 /// KEYS: ready, delayed, leases, fence, paused, queue key prefix (`prefix:{q}:`,
 /// for the job hashes and the flow keys of the ids it pops). ARGV: n, lease_ms,
-/// limits. Returns flat: when to fetch again (next due ms, or -1), then per job:
-/// id, kind, payload, attempts, max_attempts, token, ready_ms.
+/// limits. Returns flat: when to fetch again (next due ms, or -1), the number of
+/// ready entries dropped for having no job hash (evicted, deleted by hand) and
+/// those entries in hex, then per job: id, kind, payload, attempts, max_attempts, token,
+/// ready_ms.
 pub const FETCH: &str = r#"
 local now = now_ms()
 local n = tonumber(ARGV[1])
@@ -82,7 +84,7 @@ local function field_value(payload, field)
   end
   return tostring(v)
 end
-local leased, stagger = {}, {}
+local leased, stagger, dropped = {}, {}, {}
 local come_back = nil
 local examined, cap = 0, math.max(n * 8, 256)
 while #leased < n and examined < cap do
@@ -142,12 +144,18 @@ while #leased < n and examined < cap do
           if ckey then redis.call('SADD', ckey, id) end
           leased[#leased + 1] = {id, key, h, attempts, ckey ~= nil}
         end
+      else
+        dropped[#dropped + 1] = id
       end
     end
   end
   if stop then break end
 end
-local out = {-1}
+local out = {-1, s(#dropped)}
+-- Hex: an entry written by hand may be any bytes, and the reply must stay text.
+for _, id in ipairs(dropped) do
+  out[#out + 1] = string.gsub(id, '.', function(c) return string.format('%02x', string.byte(c)) end)
+end
 if #leased > 0 then
   local deadline = s(now + tonumber(ARGV[2]))
   -- One counter bump hands out the whole batch's tokens.

@@ -99,7 +99,6 @@ pub(super) async fn fetch(
         {
             Ok(fetched) => {
                 backoff.reset();
-                report_dropped(&shared, &queue, &fetched.dropped).await;
                 let got = fetched.jobs.len();
                 for job in fetched.jobs {
                     let Some(permit) = permits.pop() else { break };
@@ -111,6 +110,8 @@ pub(super) async fn fetch(
                     ));
                 }
                 drop(permits);
+                // After the leased jobs are on their way: their leases are running.
+                report_dropped(&shared, &queue, &fetched.dropped).await;
                 if got < wanted {
                     // The queue is empty (or paused, or at a limit): wait for a
                     // wake-up, the next delayed job or open rate window, or the poll

@@ -209,6 +209,16 @@ impl Shared {
     pub(crate) fn live(&self) -> Arc<Config> {
         self.live.borrow().clone()
     }
+
+    /// Records one item the daemon read from Redis and could not carry as a
+    /// job (`jobrunner quarantine`); a failure is logged, never retried forever.
+    async fn quarantine(&self, item: &ledger::NewQuarantine<'_>) {
+        if let Err(e) = self.ledger.quarantine(item).await {
+            tracing::error!(source = item.source, queue = item.queue, error = %crate::error_chain(&e),
+                item.error = item.error,
+                "Cannot record a quarantined item; it is dropped");
+        }
+    }
 }
 
 /// Sleeps for `d` unless shutdown comes first; false means "stop now".

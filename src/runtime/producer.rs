@@ -158,10 +158,7 @@ async fn report_dropped(shared: &Shared, queue: &str, dropped: &[Vec<u8>]) {
             error: "a ready entry with no job hash in Redis (evicted, deleted by hand, or \
                     lost); a ledger job comes back through the orphan sweep",
         };
-        if let Err(error) = shared.ledger.quarantine(&item).await {
-            tracing::error!(queue, error = %error_chain(&error), entry = %raw,
-                "Cannot record a dropped ready entry");
-        }
+        shared.quarantine(&item).await;
     }
 }
 

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use jobrunner::config::QueueConfig;
 use jobrunner::ledger::{NewJob, Status};
+use jobrunner::runtime::Daemon;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::cluster::{redis_job, sql_job};
-use crate::failover::{all_succeeded_once, app_with_counter_and};
+use crate::failover::{Runs, all_succeeded_once, app_with_counter_and};
 use crate::helpers::{TestApp, spawn_app};
 use crate::topology::{Cluster, cli};
 
@@ -165,21 +166,30 @@ async fn redis_up(daemon: &jobrunner::runtime::Daemon, queues: &[String]) -> Vec
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
-    // Forms a cluster of its own (about 2 s): one master is stopped.
+/// The command timeout of the stopped-master tests: long, so a queue that
+/// waited for it would show.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A cluster of its own (about 2 s to form) with one queue per master (names
+/// starting `prefix`), whose first queue's master (the victim) no replica
+/// replaces, and a daemon serving the queues with [`COMMAND_TIMEOUT`].
+async fn cluster_with_a_victim(prefix: &str) -> (Cluster, Vec<String>, u16, TestApp, Daemon, Runs) {
     let cluster = Cluster::start();
     println!("cluster logs in {}", cluster.dir().display());
-    let queues = cluster.queue_per_master("h");
+    let queues = cluster.queue_per_master(prefix);
     let victim = cluster.master_of(&queues[0]);
     // No replica takes over while the test watches: the master is just gone.
     cluster.forbid_failover_of(victim);
-    // A long command timeout: the healthy queues must not wait for it.
-    let command_timeout = Duration::from_secs(10);
     let (app, daemon, runs) = app_with_counter_and(cluster.url(), &queues, |c| {
-        c.redis.command_timeout = command_timeout;
+        c.redis.command_timeout = COMMAND_TIMEOUT;
     })
     .await;
+    (cluster, queues, victim, app, daemon, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
+    let (cluster, queues, victim, app, daemon, runs) = cluster_with_a_victim("h").await;
     let mut ids = Vec::new();
     for q in &queues {
         ids.push(sql_job(&app, q, "count", 0).await);
@@ -212,7 +222,7 @@ async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
     );
     assert!(
         took < Duration::from_secs(3),
-        "the healthy queues waited {took:?} for the stopped master (command timeout {command_timeout:?})"
+        "the healthy queues waited {took:?} for the stopped master (command timeout {COMMAND_TIMEOUT:?})"
     );
     for id in &waiting {
         let job = app.ledger.job(*id).await.expect("read job");
@@ -265,16 +275,9 @@ async fn a_cluster_master_that_stops_answering_holds_up_only_its_own_queue() {
 async fn a_dispatch_that_answers_late_runs_its_jobs_once() {
     // A master that stops answering for longer than the outbox waits, then
     // answers: the dispatch the outbox gave up on reaches Redis after all, and
-    // its rows, back in the outbox, are sent again. Each job still runs once.
-    let cluster = Cluster::start();
-    println!("cluster logs in {}", cluster.dir().display());
-    let queues = cluster.queue_per_master("late");
-    let victim = cluster.master_of(&queues[0]);
-    cluster.forbid_failover_of(victim);
-    let (app, daemon, runs) = app_with_counter_and(cluster.url(), &queues, |c| {
-        c.redis.command_timeout = Duration::from_secs(10);
-    })
-    .await;
+    // its rows, set aside meanwhile, go back and are sent again. Each job still
+    // runs once.
+    let (cluster, queues, victim, app, daemon, runs) = cluster_with_a_victim("late").await;
     let first = sql_job(&app, &queues[0], "count", 0).await;
     assert_eq!(app.wait_final(first, 20).await.status, Status::Succeeded);
 

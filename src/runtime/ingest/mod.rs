@@ -216,8 +216,5 @@ async fn quarantine(shared: &Shared, queue: &str, job_id: Option<Uuid>, raw: &st
         raw,
         error,
     };
-    if let Err(e) = shared.ledger.quarantine(&item).await {
-        tracing::error!(queue, error = %error_chain(&e), item.error = error,
-            "Cannot record a quarantined ingest entry; it is dropped");
-    }
+    shared.quarantine(&item).await;
 }

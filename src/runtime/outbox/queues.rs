@@ -62,6 +62,17 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// A dispatch failed for a reason that may pass: the queue waits 100 ms,
+    /// doubling to 5 s with each failure in a row. Returns the wait.
+    fn back_off(&mut self) -> Duration {
+        let (until, backoff) = self
+            .backoff
+            .get_or_insert_with(|| (Instant::now(), Backoff::outage()));
+        let delay = backoff.next();
+        *until = Instant::now() + delay;
+        delay
+    }
+
     /// A dispatch of the queue came back in `took`.
     fn answered(&mut self, took: Duration, cap: Duration) {
         self.backoff = None;
@@ -108,23 +119,18 @@ impl Queues {
             .collect()
     }
 
+    /// How long this round waits for the queue's dispatch (never past `cap`:
+    /// `patience_after` caps what it keeps, and `cap` is at least [`PATIENCE`]).
     pub fn patience(&self, queue: &str) -> Duration {
         self.state
             .get(queue)
             .and_then(|s| s.patience)
             .unwrap_or(PATIENCE)
-            .min(self.cap)
     }
 
     /// Backs the queue off: 100 ms, doubling to 5 s.
     pub fn failed(&mut self, queue: &str) -> Duration {
-        let state = self.state.entry(queue.to_owned()).or_default();
-        let (until, backoff) = state
-            .backoff
-            .get_or_insert_with(|| (Instant::now(), Backoff::outage()));
-        let delay = backoff.next();
-        *until = Instant::now() + delay;
-        delay
+        self.state.entry(queue.to_owned()).or_default().back_off()
     }
 
     /// The queue's dispatch came back, in `took`: its backoff ends, its patience
@@ -206,10 +212,7 @@ impl Queues {
                         shared
                             .metrics
                             .redis_error(queue, crate::metrics::RedisPath::Dispatch);
-                        let backoff = state
-                            .backoff
-                            .get_or_insert_with(|| (Instant::now(), Backoff::outage()));
-                        backoff.0 = Instant::now() + backoff.1.next();
+                        state.back_off();
                     }
                     None => {
                         state.answered(took, self.cap);

@@ -365,7 +365,19 @@ async fn a_stopped_daemon_leaves_no_task_behind() {
             .metrics()
             .num_alive_tasks()
     };
-    let before = tasks();
+    // The app's pools may still be opening connections (a task each, gone once
+    // connected): count only once the number has held for 200 ms.
+    let mut before = tasks();
+    let mut steady = 0;
+    for _ in 0..250 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = tasks();
+        steady = if now == before { steady + 1 } else { 0 };
+        before = now;
+        if steady == 10 {
+            break;
+        }
+    }
     let daemon = jobrunner::runtime::Daemon::start_with(
         app.config.clone(),
         jobrunner_kinds::registry(&app.config),

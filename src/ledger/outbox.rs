@@ -66,12 +66,13 @@ impl Ledger {
     /// Locks up to `limit` committed, undispatched jobs for this daemon to push to
     /// Redis. Other daemons skip the locked rows.
     pub async fn outbox(&self, limit: i64) -> Result<OutboxBatch> {
-        let mut tx = self.pool.begin().await?;
         // This commit need not wait for the disk: if Postgres loses it in a crash,
         // the rows come back to the outbox and the dispatch script skips the jobs
         // Redis already holds. Waiting for fsync here would add to every pickup.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        // Sent with the BEGIN: one round trip, not two, in front of every pickup.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
         let jobs = sqlx::query_as::<_, DispatchJob>(DISPATCH)
             .bind(limit)

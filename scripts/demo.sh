@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the jobrunner demo on a Debian machine, from nothing to a table of finished
-# jobs: installs the build tools (gcc, libc6-dev), Redis and Postgres if they are
+# jobs: installs the build tools (gcc, libc6-dev, make), Redis and Postgres if they are
 # missing, starts Redis if nothing answers on 127.0.0.1:6379, starts the local
 # Postgres cluster (Debian's `pg_lsclusters` says which one and on which port:
 # 5432, or 5433 when something else held 5432 when the package was installed),

@@ -26,11 +26,13 @@ have_package() {
 }
 
 # The packages the build needs: a C compiler and the C library's headers and
-# start files (the `ring` crate compiles C; rustc links through `cc`). No crate
+# start files (the `ring` crate compiles C; rustc links through `cc`), and make
+# (jemalloc, the binary's allocator, builds with configure and make). No crate
 # uses pkg-config or a system library beyond libc.
 build_packages() {
     local missing=()
     command -v cc >/dev/null || missing+=(gcc)
+    command -v make >/dev/null || missing+=(make)
     if command -v dpkg-query >/dev/null; then
         have_package libc6-dev || missing+=(libc6-dev)
     fi

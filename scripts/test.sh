@@ -5,8 +5,8 @@
 # The integration tests start their own throwaway redis-server and Postgres, from
 # the installed binaries, in a temporary directory on free ports. They need the
 # binaries, not running services. This script installs the Debian packages it
-# needs when they are missing (as root, or through sudo): gcc and libc6-dev for
-# the build, redis-server, redis-tools and postgresql for the tests, procps for
+# needs when they are missing (as root, or through sudo): gcc, libc6-dev and make
+# for the build, redis-server, redis-tools and postgresql for the tests, procps for
 # kill/pgrep, chromium and chromium-driver for the dashboard's browser tests,
 # python3 and python3-venv for the Python suites.
 #

@@ -7,8 +7,16 @@
 mod bench;
 mod demo;
 
+use std::path::PathBuf;
+
+use std::process::ExitCode;
+
+use jobrunner::config::{Claim, Config};
+use jobrunner::jobs::Registry;
+use sqlx::migrate::Migration;
+
 /// jemalloc, not the C library's allocator: a job's allocations (its task, its
-/// batches' buffers) cost the daemon about a quarter less CPU per job with it
+/// batches' buffers) cost the daemon a fifth to a quarter less CPU per job with it
 /// (docs/PERFORMANCE.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -17,7 +25,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// prefixed jemalloc; `_RJEM_MALLOC_CONF` in the environment overrides them).
 /// One arena: by default jemalloc keeps four per CPU, and the daemon's few
 /// threads then hold 5 MB more at their peak; with one it holds what the C
-/// library's allocator did, and is as fast.
+/// library's allocator did, and is as fast as with four.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static ALLOCATOR_OPTIONS: AllocatorOptions = AllocatorOptions(c"narenas:1".as_ptr());
 
@@ -27,14 +35,6 @@ struct AllocatorOptions(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a static C string, only ever read.
 unsafe impl Sync for AllocatorOptions {}
-
-use std::path::PathBuf;
-
-use std::process::ExitCode;
-
-use jobrunner::config::{Claim, Config};
-use jobrunner::jobs::Registry;
-use sqlx::migrate::Migration;
 
 /// The commands the binary adds to the core's.
 #[derive(Debug, clap::Subcommand)]

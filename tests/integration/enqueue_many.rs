@@ -33,6 +33,11 @@ async fn enqueue_many_runs_every_payload_and_returns_ids_in_order() {
     .await
     .unwrap();
     assert_eq!(ids.len(), 3);
+    for id in &ids {
+        assert_eq!(id.get_version_num(), 7, "{id} is a version 7 UUID");
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+    }
+    assert!(ids.is_sorted(), "ids sort in payload order: {ids:?}");
     for (n, id) in ids.iter().enumerate() {
         let job = app.wait_final(*id, 10).await;
         assert_eq!(job.status, Status::Succeeded);
@@ -121,6 +126,24 @@ async fn enqueue_many_honours_unique_keys_and_delays() {
     }
     assert!(enqueued.elapsed() >= Duration::from_millis(1500));
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn payloads_at_the_nesting_limit_and_large_flat_ones_go_in() {
+    let app = spawn_app().await;
+    // 100 levels is the most allowed; the check walks only payloads large
+    // enough to nest deeper, and a large flat one is walked and passes.
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT unnest(jobrunner.enqueue_many('noop', ARRAY[
+             (repeat('[', 100) || repeat(']', 100))::jsonb,
+             jsonb_build_object('text', repeat('x', 4000)),
+             '{}'::jsonb]))",
+    )
+    .fetch_all(app.ledger.pool())
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(app.count_jobs().await, 3);
 }
 
 #[tokio::test]

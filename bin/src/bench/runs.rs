@@ -93,15 +93,20 @@ impl Bench {
                     "Latency, {label} path, {} jobs/s for {}s...",
                     args.rate, args.latency_secs
                 ));
+                let before = self.probe.sample().await;
                 let pickup = self.latency(path).await?;
+                let after = self.probe.sample().await;
+                let jobs = args.rate as u64 * args.latency_secs;
+                let cost = self.probe.cost(&before, &after, jobs);
                 report.row(
                     format!("{label} pickup p50 / p99 / max (ms) at {}/s", args.rate),
                     format!("{:.1} / {:.1} / {:.1}", pickup.0, pickup.1, pickup.2),
                 );
+                report.row(format!("{label} latency machine load"), cost.load_line());
                 report.set(
                     name,
                     "latency",
-                    json!({"rate": args.rate, "pickup_ms": spread_json(pickup)}),
+                    json!({"rate": args.rate, "pickup_ms": spread_json(pickup), "cpu": cost}),
                 );
             }
             if has(RunKind::Bulk) && path == Path::Sql {
@@ -115,6 +120,7 @@ impl Bench {
                     format!("{rate:.0} jobs/s"),
                 );
                 report.row("SQL enqueue_many CPU", cost.line());
+                report.row("SQL enqueue_many machine load", cost.load_line());
                 report.set(
                     name,
                     "bulk",

@@ -102,6 +102,7 @@ impl Bench {
                     format!("{label} pickup p50 / p99 / max (ms) at {}/s", args.rate),
                     format!("{:.1} / {:.1} / {:.1}", pickup.0, pickup.1, pickup.2),
                 );
+                report.row(format!("{label} latency CPU"), cost.line());
                 report.row(format!("{label} latency machine load"), cost.load_line());
                 report.set(
                     name,

@@ -202,3 +202,73 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
     assert_eq!(job.errors[0]["error"], "lease expired: attempt 1");
     assert_eq!(job.errors[0]["attempt"], 1);
 }
+
+/// An admission sees every change that reached its writer shard before it,
+/// even in the same round: a lease of a job whose end is on its way is
+/// refused, and one asking beside another job's end runs, with its row's
+/// payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_sees_the_changes_that_reached_the_writer_before_it() {
+    use jobrunner::ledger::{Claim, Status, StatusUpdate, StatusWriter, Verdict};
+    let app = spawn_app().await; // no daemon: the writer is driven by hand
+    let ended = app.enqueue("noop", json!({"n": 1})).await;
+    let other = app.enqueue("noop", json!({"n": 2})).await;
+    let asking = app.enqueue("noop", json!({"n": 3})).await;
+    let queue = app.ledger.job_detail(asking).await.unwrap().job.queue;
+    let claim = || Claim {
+        queue: queue.clone(),
+        kind: "noop".into(),
+    };
+    let step = |id, token, status| StatusUpdate {
+        id,
+        token,
+        status,
+        attempts: 1,
+        at: chrono::Utc::now(),
+        result: None,
+        last_error: None,
+        run_at: None,
+        progress: None,
+        handed_back: false,
+    };
+    // One round each: everything is queued before the writer starts.
+    let round = |end: uuid::Uuid, ask: uuid::Uuid, ask_token: i64| {
+        let (writers, handle) = StatusWriter::new(app.ledger.clone(), 100, 1);
+        let end = step(end, 1, Status::Succeeded);
+        let ask = step(ask, ask_token, Status::Running);
+        let claim = claim();
+        async move {
+            handle.send(end).await;
+            let asker = handle.clone();
+            let verdict = tokio::spawn(async move { asker.admit(ask, claim).await });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            drop(handle);
+            let stop = tokio_util::sync::CancellationToken::new();
+            let tasks: Vec<_> = writers
+                .into_iter()
+                .map(|w| tokio::spawn(w.run(stop.clone())))
+                .collect();
+            let verdict = verdict.await.unwrap();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            verdict
+        }
+    };
+    assert_eq!(
+        round(ended, ended, 2).await,
+        Some(Verdict::Refused),
+        "the end written in the same round is seen"
+    );
+    assert_eq!(
+        round(other, asking, 1).await,
+        Some(Verdict::Run {
+            payload: r#"{"n": 3}"#.into(),
+            max_attempts: 25
+        })
+    );
+    for id in [ended, other] {
+        let job = app.ledger.job_detail(id).await.unwrap().job;
+        assert_eq!(job.status, Status::Succeeded, "{id}");
+    }
+}

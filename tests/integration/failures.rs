@@ -160,16 +160,9 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
         .collect();
     let at = chrono::Utc::now();
     let step = |token, status, attempts, error: Option<&str>| StatusUpdate {
-        id,
-        token,
-        status,
-        attempts,
         at,
-        result: None,
         last_error: error.map(str::to_string),
-        run_at: None,
-        progress: None,
-        handed_back: false,
+        ..crate::helpers::status_update(id, token, status, attempts)
     };
     handle.send(step(20, Status::Running, 2, None)).await;
     handle.send(step(20, Status::Succeeded, 2, None)).await;
@@ -209,7 +202,7 @@ async fn a_late_lease_expiry_keeps_its_error_without_undoing_the_newer_attempt()
 /// payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admission_sees_the_changes_that_reached_the_writer_before_it() {
-    use jobrunner::ledger::{Claim, Status, StatusUpdate, StatusWriter, Verdict};
+    use jobrunner::ledger::{Claim, Status, StatusWriter, Verdict};
     let app = spawn_app().await; // no daemon: the writer is driven by hand
     let ended = app.enqueue("noop", json!({"n": 1})).await;
     let other = app.enqueue("noop", json!({"n": 2})).await;
@@ -219,18 +212,7 @@ async fn an_admission_sees_the_changes_that_reached_the_writer_before_it() {
         queue: queue.clone(),
         kind: "noop".into(),
     };
-    let step = |id, token, status| StatusUpdate {
-        id,
-        token,
-        status,
-        attempts: 1,
-        at: chrono::Utc::now(),
-        result: None,
-        last_error: None,
-        run_at: None,
-        progress: None,
-        handed_back: false,
-    };
+    let step = |id, token, status| crate::helpers::status_update(id, token, status, 1);
     // One round each: everything is queued before the writer starts.
     let round = |end: uuid::Uuid, ask: uuid::Uuid, ask_token: i64| {
         let (writers, handle) = StatusWriter::new(app.ledger.clone(), 100, 1);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use jobrunner::broker::Broker;
 use jobrunner::config::{CommandKindConfig, Config, HandlerName, KindConfig, QueueConfig};
 use jobrunner::jobs::Registry;
-use jobrunner::ledger::{Job, Ledger, NewJob};
+use jobrunner::ledger::{Job, Ledger, NewJob, Status, StatusUpdate};
 use jobrunner::runtime::Daemon;
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -352,4 +352,21 @@ pub fn sh_kind(script: &str) -> KindConfig {
     kind.backoff.base = Duration::from_millis(20);
     kind.backoff.max = Duration::from_millis(50);
     kind
+}
+
+/// A status change of attempt `token` as a worker sends it to the status
+/// writer, without result or error, for tests that drive a writer by hand.
+pub fn status_update(id: Uuid, token: i64, status: Status, attempts: i32) -> StatusUpdate {
+    StatusUpdate {
+        id,
+        token,
+        status,
+        attempts,
+        at: chrono::Utc::now(),
+        result: None,
+        last_error: None,
+        run_at: None,
+        progress: None,
+        handed_back: false,
+    }
 }

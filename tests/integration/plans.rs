@@ -155,7 +155,7 @@ async fn seq_scans(app: &crate::helpers::TestApp, writer_pool: &sqlx::PgPool) ->
 /// to four times as much. The writer plans every batch for its own ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_writes_stay_on_primary_key_lookups_after_the_table_grows_from_small() {
-    use jobrunner::ledger::{Ledger, Status, StatusUpdate, StatusWriter};
+    use jobrunner::ledger::{Ledger, Status, StatusWriter};
     let app = spawn_app().await; // no daemon: the writer is driven by hand
     let pool = app.ledger.pool();
     // One connection, so every batch runs on the backend whose plans are watched.
@@ -170,18 +170,7 @@ async fn status_writes_stay_on_primary_key_lookups_after_the_table_grows_from_sm
         .into_iter()
         .map(|w| tokio::spawn(w.run(stop.clone())))
         .collect();
-    let running = |id, token| StatusUpdate {
-        id,
-        token,
-        status: Status::Running,
-        attempts: 1,
-        at: chrono::Utc::now(),
-        result: None,
-        last_error: None,
-        run_at: None,
-        progress: None,
-        handed_back: false,
-    };
+    let running = |id, token| crate::helpers::status_update(id, token, Status::Running, 1);
     // Writes one `running` per id with `token` and waits until all are written.
     // The wait reads on another connection with sequential scans off, so it
     // never scans `jobs` itself, however the planner sees the table: every scan

@@ -1,6 +1,7 @@
 //! Admission: may this lease run? A worker asks before it runs a handler
-//! ([`super::WriterHandle::admit`]); the shard answers after writing everything
-//! that reached it earlier, so a final status already on its way is seen.
+//! ([`super::WriterHandle::admit`]); the shard answers after writing every
+//! change of the job that reached it earlier, so a final status already on its
+//! way is seen. Other jobs' changes may still be lingering unwritten.
 //!
 //! The answer is a read (primary-key lookups, no WAL): the row exists, is not
 //! final, the lease is on the row's queue and names the row's kind, and no

@@ -5,8 +5,9 @@
 //! takes whatever has accumulated (up to a batch limit), folds several changes of
 //! one job into one, and applies the batch with a single `UPDATE … FROM UNNEST`.
 //! While a batch is in flight the next one accumulates, so under load each commit
-//! carries thousands of transitions and at rest each lands within a round trip;
-//! several shards commit side by side, which keeps the ledger's lag low.
+//! carries thousands of transitions; a shard holding only a few waits up to
+//! [`shard::LINGER`] for more, so at moderate rates a commit is not spent on one job.
+//! Several shards commit side by side, which keeps the ledger's lag low.
 //!
 //! **Invariant:** an update carrying an older fencing token than the row's never
 //! applies, and a final row never changes; both are checked in the statement itself.
@@ -19,7 +20,7 @@
 //! Progress reports ride the same channels: they are written (fenced, never onto a
 //! final row, never changing the status) just before the batch's status changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 mod admit;
 mod fold;
+mod shard;
 mod statements;
 mod transition;
 
@@ -83,7 +85,7 @@ pub struct StatusUpdate {
 struct Entry {
     update: StatusUpdate,
     /// Set on an admission: the lease's claim, answered once every earlier
-    /// write of the shard is written (see [`WriterHandle::admit`]).
+    /// write of the job is written (see [`WriterHandle::admit`]).
     verdict: Option<(Claim, oneshot::Sender<Verdict>)>,
 }
 
@@ -112,7 +114,7 @@ impl WriterHandle {
     }
 
     /// Asks the ledger whether a lease may run, once every earlier write of the
-    /// job's shard is written: [`Verdict::Run`] with the row's payload and
+    /// job is written: [`Verdict::Run`] with the row's payload and
     /// attempt budget when its row is unfinished, on the lease's queue, of the
     /// lease's kind, and no newer attempt owns it; [`Verdict::Foreign`] when the
     /// row's queue or kind differ from the lease's; [`Verdict::Refused`]
@@ -176,54 +178,6 @@ impl StatusWriter {
             })
             .unzip();
         (writers, WriterHandle { shards: senders })
-    }
-
-    /// Writes until every handle is dropped and the channel is empty. A batch that
-    /// fails for a reason that may pass (Postgres down, a conflict) is retried with
-    /// backoff, so an outage delays statuses but loses none; `give_up` bounds that
-    /// wait once the daemon is stopping. A batch that fails because of what one
-    /// job carries is split until that job is found: it is recorded `dead` with
-    /// the reason, and the rest are written at once (see [`crate::batch`]).
-    ///
-    /// Each round writes what arrived, then answers the admissions that came with
-    /// it (see [`admit`]), so an admission always sees every earlier write of its
-    /// shard.
-    pub async fn run(mut self, give_up: tokio_util::sync::CancellationToken) {
-        let mut buf = Vec::with_capacity(self.batch_max);
-        let mut held: Vec<admit::Held> = Vec::new();
-        loop {
-            let received = match held.iter().map(|h| h.since).min() {
-                None => self.rx.recv_many(&mut buf, self.batch_max).await,
-                // `recv_many` is cancel safe: nothing is lost when the timer wins.
-                Some(oldest) => tokio::select! {
-                    n = self.rx.recv_many(&mut buf, self.batch_max) => n,
-                    _ = tokio::time::sleep_until(oldest + admit::HOLD) => usize::MAX,
-                },
-            };
-            let closing = received == 0;
-            let mut admissions = Vec::new();
-            let mut updates = Vec::with_capacity(buf.len());
-            for e in std::mem::take(&mut buf) {
-                match e.verdict {
-                    Some((claim, tx)) => admissions.push((e.update, claim, tx)),
-                    None => updates.push(e.update),
-                }
-            }
-            let news: HashSet<Uuid> = updates.iter().map(|u| u.id).collect();
-            let (due, waiting) =
-                admit::release_held(held, &news, tokio::time::Instant::now(), closing);
-            held = waiting;
-            // Held writes arrived before this round's updates: they go first.
-            let mut round = due;
-            round.extend(updates);
-            self.write_round(round, &give_up).await;
-            if !admissions.is_empty() {
-                self.answer(admissions, &mut held, &give_up).await;
-            }
-            if closing {
-                break;
-            }
-        }
     }
 
     /// Writes one round of status changes and progress reports, and emits the

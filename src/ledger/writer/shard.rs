@@ -64,25 +64,21 @@ impl StatusWriter {
             // An admission must see every earlier change of its own job, so one
             // waiting here is written first; other jobs' changes may linger.
             let asked: HashSet<Uuid> = admissions.iter().map(|(u, _, _)| u.id).collect();
+            // A held write that is due takes the waiting changes with it: the
+            // job's end may be among them, and one commit carries both.
             let write = closing
                 || pending.len() >= LINGER_BELOW
                 || since.is_some_and(|t| now >= t + LINGER)
-                || pending.iter().any(|u| asked.contains(&u.id));
-            let expired = held.iter().any(|h| now >= h.since + admit::HOLD);
-            if write || expired {
-                let news: HashSet<Uuid> = if write {
-                    pending.iter().map(|u| u.id).collect()
-                } else {
-                    HashSet::new()
-                };
+                || pending.iter().any(|u| asked.contains(&u.id))
+                || held.iter().any(|h| now >= h.since + admit::HOLD);
+            if write {
+                let news: HashSet<Uuid> = pending.iter().map(|u| u.id).collect();
                 let (due, waiting) = admit::release_held(held, &news, now, closing);
                 held = waiting;
                 // Held writes arrived before the pending changes: they go first.
                 let mut round = due;
-                if write {
-                    round.append(&mut pending);
-                    since = None;
-                }
+                round.append(&mut pending);
+                since = None;
                 self.write_round(round, &give_up).await;
             }
             if !admissions.is_empty() {

@@ -93,11 +93,7 @@ impl Bench {
                     "Latency, {label} path, {} jobs/s for {}s...",
                     args.rate, args.latency_secs
                 ));
-                let before = self.probe.sample().await;
-                let pickup = self.latency(path).await?;
-                let after = self.probe.sample().await;
-                let jobs = args.rate as u64 * args.latency_secs;
-                let cost = self.probe.cost(&before, &after, jobs);
+                let (pickup, cost) = self.latency(path).await?;
                 report.row(
                     format!("{label} pickup p50 / p99 / max (ms) at {}/s", args.rate),
                     format!("{:.1} / {:.1} / {:.1}", pickup.0, pickup.1, pickup.2),
@@ -227,11 +223,13 @@ impl Bench {
         Ok(summarize(values))
     }
 
-    /// Steady load at `--rate` for `--latency-secs`; pickup latency percentiles.
-    async fn latency(&self, path: Path) -> anyhow::Result<Spread> {
+    /// Steady load at `--rate` for `--latency-secs`; pickup latency percentiles,
+    /// and the CPU from the first enqueue to the last job's end.
+    async fn latency(&self, path: Path) -> anyhow::Result<(Spread, cpu::Cost)> {
         let args = &self.args;
         let since = self.reset().await?;
         let total = args.rate as u64 * args.latency_secs;
+        let before = self.probe.sample().await;
         // Ticks of 10ms, each sending its share of the second's jobs.
         let per_tick = (args.rate as f64 / 100.0).max(1.0);
         let mut ticker = tokio::time::interval(Duration::from_millis(10));
@@ -279,6 +277,8 @@ impl Bench {
         }
         self.wait_succeeded(since, total as usize, Duration::from_secs(120))
             .await?;
+        let after = self.probe.sample().await;
+        let cost = self.probe.cost(&before, &after, total);
         let (ids, times): (Vec<uuid::Uuid>, Vec<DateTime<Utc>>) = returned.into_iter().unzip();
         let values: Vec<f64> = sqlx::query_scalar(
             "SELECT (extract(epoch FROM (j.started_at - r.returned_at)) * 1000)::float8
@@ -289,7 +289,7 @@ impl Bench {
         .bind(times)
         .fetch_all(&self.pool)
         .await?;
-        Ok(summarize(values))
+        Ok((summarize(values), cost))
     }
 
     /// `jobrunner.enqueue_many` from `--producers` tasks, with the daemon stopped

@@ -79,6 +79,13 @@ pub(super) struct Held {
     pub(super) since: Instant,
 }
 
+impl Held {
+    /// When it is written at the latest, whether or not its job's end came.
+    pub(super) fn due(&self) -> Instant {
+        self.since + HOLD
+    }
+}
+
 /// Splits the held writes into those that go out with this round (they are due,
 /// their job has news in it, or the writer is closing) and those that wait on.
 pub(super) fn release_held(
@@ -89,7 +96,7 @@ pub(super) fn release_held(
 ) -> (Vec<StatusUpdate>, Vec<Held>) {
     let (out, keep): (Vec<Held>, Vec<Held>) = held
         .into_iter()
-        .partition(|h| closing || now >= h.since + HOLD || news.contains(&h.update.id));
+        .partition(|h| closing || now >= h.due() || news.contains(&h.update.id));
     (out.into_iter().map(|h| h.update).collect(), keep)
 }
 

@@ -39,7 +39,7 @@ impl StatusWriter {
         let mut since: Option<Instant> = None;
         loop {
             let linger = since.map(|t| t + LINGER);
-            let hold = held.iter().map(|h| h.since + admit::HOLD).min();
+            let hold = held.iter().map(admit::Held::due).min();
             let room = self.batch_max.saturating_sub(pending.len()).max(1);
             let received = match linger.into_iter().chain(hold).min() {
                 None => self.rx.recv_many(&mut buf, room).await,
@@ -70,7 +70,7 @@ impl StatusWriter {
                 || pending.len() >= LINGER_BELOW
                 || since.is_some_and(|t| now >= t + LINGER)
                 || pending.iter().any(|u| asked.contains(&u.id))
-                || held.iter().any(|h| now >= h.since + admit::HOLD);
+                || held.iter().any(|h| now >= h.due());
             if write {
                 let news: HashSet<Uuid> = pending.iter().map(|u| u.id).collect();
                 let (due, waiting) = admit::release_held(held, &news, now, closing);

@@ -144,6 +144,85 @@ async fn sql_enqueue_with_bad_arguments_fails_in_the_producers_transaction() {
     assert_eq!(app.count_jobs().await, 0);
 }
 
+/// A kind or queue name is 1-64 letters, digits, dots, dashes or underscores:
+/// the ledger's CHECK constraints hold every row to that, however it was
+/// written, and `enqueue` and `enqueue_many` say so at the door. Both were
+/// rewritten for speed (migrations/20261129900001_cheaper_name_checks.sql);
+/// this pins that they still mean the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_takes_exactly_the_names_its_rule_allows() {
+    let app = spawn_app().await;
+    let pool = app.ledger.pool();
+    let validated: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT conname::text, convalidated FROM pg_constraint
+         WHERE conrelid = 'jobrunner.jobs'::regclass
+           AND conname IN ('jobs_kind_check', 'jobs_queue_check') ORDER BY conname",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let validated_both = vec![
+        ("jobs_kind_check".to_string(), true),
+        ("jobs_queue_check".to_string(), true),
+    ];
+    assert_eq!(validated, validated_both);
+
+    let longest = "k".repeat(64);
+    let good = ["a", "noop", "A.b-c_9", longest.as_str()];
+    let too_long = "k".repeat(65);
+    let bad = [
+        "",
+        " ",
+        "a b",
+        "ünïcode",
+        "a\nb",
+        "a/b",
+        "é",
+        too_long.as_str(),
+    ];
+    let insert = |kind: &str, queue: &str| {
+        sqlx::query(
+            "INSERT INTO jobrunner.jobs (id, queue, kind) VALUES (gen_random_uuid(), $1, $2)",
+        )
+        .bind(queue.to_owned())
+        .bind(kind.to_owned())
+        .execute(pool)
+    };
+    for name in good {
+        insert(name, "default").await.unwrap();
+        insert("noop", name).await.unwrap();
+    }
+    for name in bad {
+        for (kind, queue, constraint) in [
+            (name, "default", "jobs_kind_check"),
+            ("noop", name, "jobs_queue_check"),
+        ] {
+            let err = insert(kind, queue).await.unwrap_err();
+            let db = err.as_database_error().expect("a database error");
+            assert_eq!(db.code().as_deref(), Some("23514"), "{name:?}: {err}");
+            assert_eq!(db.constraint(), Some(constraint), "{name:?}: {err}");
+        }
+    }
+    let enqueue = |kind: String| {
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT jobrunner.enqueue($1, '{}')")
+            .bind(kind)
+            .fetch_one(pool)
+    };
+    enqueue(longest.clone()).await.unwrap();
+    let err = enqueue(too_long.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("must be 1-64 letters"), "{err}");
+    let err = sqlx::query("SELECT jobrunner.enqueue_many('noop', ARRAY['{}'::jsonb], queue => $1)")
+        .bind(too_long)
+        .execute(pool)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("queue") && err.to_string().contains("must be 1-64 letters"),
+        "{err}"
+    );
+    assert_eq!(app.count_jobs().await, 2 * good.len() as i64 + 1);
+}
+
 /// The reaper's "lease expired" can reach the status writer after the next
 /// attempt has already started (or ended): its stale status must be ignored,
 /// but the error is still that attempt's and belongs in the job's history.

@@ -695,3 +695,103 @@ async fn a_listing_whose_reader_left_ends_quietly() {
         );
     }
 }
+
+/// `jobrunner bench` on a small load, as a user would first try it: every
+/// figure of both paths is there and consistent, the report names the
+/// Postgres settings that move the figures, and the scratch database is gone
+/// afterwards. The figures themselves are the machine's; nothing here times
+/// anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_bench_reports_every_figure_of_both_paths_and_cleans_up() {
+    let app = spawn_app().await;
+    let scratch_dbs = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'jobrunner_bench_%'",
+        )
+        .fetch_all(app.ledger.pool())
+        .await
+        .unwrap()
+    };
+    let before = scratch_dbs().await;
+    let (code, out, err) = app.cli(&[
+        "bench",
+        "--jobs",
+        "300",
+        "--rate",
+        "200",
+        "--latency-secs",
+        "1",
+        "--bulk-batch",
+        "100",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).expect("bench --json prints JSON");
+    let number = |v: &Value, what: &str| {
+        v.as_f64()
+            .unwrap_or_else(|| panic!("{what} is a number: {report}"))
+    };
+
+    for name in [
+        "server_version",
+        "shared_buffers",
+        "fsync",
+        "synchronous_commit",
+    ] {
+        let value = report["postgres"][name].as_str().unwrap_or_default();
+        assert!(!value.is_empty(), "postgres.{name}: {report}");
+    }
+    // CPU is read in clock ticks, so one short window may show none; over the
+    // whole bench each of the three processes must have some.
+    let mut spent = [0.0; 3];
+    let mut cpu_is_whole = |cpu: &Value, what: &str, jobs: f64| {
+        let parts = ["daemon_us", "redis_us", "postgres_us"]
+            .map(|p| number(&cpu[p], &format!("{what}.cpu.{p}")));
+        let total = number(&cpu["total_us"], &format!("{what}.cpu.total_us"));
+        let sum: f64 = parts.iter().sum();
+        assert!((total - sum).abs() <= 1e-6 * total, "{what}: {cpu}");
+        for (s, part) in spent.iter_mut().zip(parts) {
+            assert!(part >= 0.0, "{what}: {cpu}");
+            *s += part * jobs;
+        }
+        assert_eq!(number(&cpu["jobs"], what), jobs, "{what}: {cpu}");
+        let busy = number(&cpu["machine_busy_pct"], what);
+        assert!((0.0..=100.0).contains(&busy), "{what}: {cpu}");
+    };
+    let ordered = |spread: &Value, what: &str| {
+        let [p50, p99, max] = ["p50", "p99", "max"].map(|q| number(&spread[q], what));
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{what}: {spread}");
+    };
+    for path in ["sql", "redis"] {
+        let runs = &report[path];
+        assert!(number(&runs["drain"]["rate"], path) > 0.0);
+        cpu_is_whole(&runs["drain"]["cpu"], &format!("{path}.drain"), 300.0);
+        let throughput = &runs["throughput"];
+        assert!(number(&throughput["rate"], path) > 0.0);
+        assert!(number(&throughput["enqueue_rate"], path) > 0.0);
+        cpu_is_whole(&throughput["cpu"], &format!("{path}.throughput"), 300.0);
+        ordered(
+            &throughput["ledger_lag_ms"],
+            &format!("{path}.ledger_lag_ms"),
+        );
+        let latency = &runs["latency"];
+        let sent = number(&latency["cpu"]["jobs"], path);
+        cpu_is_whole(&latency["cpu"], &format!("{path}.latency"), sent);
+        ordered(&latency["pickup_ms"], &format!("{path}.pickup_ms"));
+    }
+    assert!(number(&report["sql"]["bulk"]["rate"], "bulk") > 0.0);
+    cpu_is_whole(&report["sql"]["bulk"]["cpu"], "sql.bulk", 300.0);
+    assert!(
+        spent.iter().all(|&s| s > 0.0),
+        "daemon, redis, postgres: {spent:?}"
+    );
+    let daemon = &report["daemon"];
+    let [idle, peak] = ["idle_rss_mb", "peak_rss_mb"].map(|k| number(&daemon[k], k));
+    assert!(0.0 < idle && idle <= peak, "{daemon}");
+
+    assert_eq!(
+        scratch_dbs().await,
+        before,
+        "the scratch database is dropped"
+    );
+}

@@ -19,7 +19,9 @@
 //! 4. **bulk** (SQL only): `jobrunner.enqueue_many` in batches of `--bulk-batch`.
 //!
 //! Every timed window also reports how busy the whole machine was, so a run
-//! disturbed by other work shows it. The daemon's peak RSS, whole and anonymous,
+//! disturbed by other work shows it; the report opens with the Postgres
+//! settings that move the figures most (`shared_buffers`, `fsync`,
+//! `synchronous_commit`). The daemon's peak RSS, whole and anonymous,
 //! closes the report.
 //! It prints figures (a table, or one JSON document with `--json`); it asserts
 //! nothing. docs/PERFORMANCE.md explains each figure.
@@ -171,6 +173,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
     report.set("run", "backlog", json!(args.backlog.unwrap_or(args.jobs)));
     report.set("run", "ledger_rows", json!(args.ledger_rows));
     report.set("run", "version", json!(env!("CARGO_PKG_VERSION")));
+    server_settings(&pool, &mut report).await?;
 
     let built = if args.ledger_rows > 0 {
         let start = Instant::now();
@@ -241,6 +244,33 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
     broker.quit().await;
     pool.close().await;
     result.map(|()| report)
+}
+
+/// The Postgres settings the figures depend on most: how much of the ledger
+/// stays in Postgres's own cache, and whether a commit waits for the disk.
+async fn server_settings(pool: &PgPool, report: &mut Report) -> anyhow::Result<()> {
+    let names = [
+        "server_version",
+        "shared_buffers",
+        "fsync",
+        "synchronous_commit",
+    ];
+    let values: Vec<String> =
+        sqlx::query_scalar("SELECT current_setting(n) FROM unnest($1::text[]) AS n")
+            .bind(&names[..])
+            .fetch_all(pool)
+            .await
+            .context("reading the Postgres server's settings")?;
+    let line: Vec<String> = names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    report.row("postgres", line.join(", "));
+    for (name, value) in names.iter().zip(values) {
+        report.set("postgres", name, json!(value));
+    }
+    Ok(())
 }
 
 /// What every run needs.

@@ -66,11 +66,13 @@ impl StatusWriter {
             let asked: HashSet<Uuid> = admissions.iter().map(|(u, _, _)| u.id).collect();
             // A held write that is due takes the waiting changes with it: the
             // job's end may be among them, and one commit carries both.
+            // `linger` and `hold` were read before the wait and still hold: a
+            // `since` set just now is not due yet, and `held` did not change.
             let write = closing
                 || pending.len() >= LINGER_BELOW
-                || since.is_some_and(|t| now >= t + LINGER)
+                || linger.is_some_and(|at| now >= at)
                 || pending.iter().any(|u| asked.contains(&u.id))
-                || held.iter().any(|h| now >= h.due());
+                || hold.is_some_and(|at| now >= at);
             if write {
                 let news: HashSet<Uuid> = pending.iter().map(|u| u.id).collect();
                 let (due, waiting) = admit::release_held(held, &news, now, closing);

@@ -31,8 +31,8 @@ pub struct Sample {
     daemon: u64,
     redis: u64,
     /// Ticks per Postgres process (backends of the scratch database and the
-    /// cluster's background processes).
-    postgres: Option<HashMap<u32, u64>>,
+    /// cluster's background processes), and whether it is a background one.
+    postgres: Option<HashMap<u32, (u64, bool)>>,
     /// (busy, total) ticks of the whole machine (`/proc/stat`).
     machine: (u64, u64),
 }
@@ -45,6 +45,11 @@ pub struct Cost {
     pub daemon_us: f64,
     pub redis_us: Option<f64>,
     pub postgres_us: Option<f64>,
+    /// The part of `postgres_us` spent by the cluster's background processes
+    /// (checkpointer, WAL writer, background writer, autovacuum), not by the
+    /// backends serving the bench and the daemon. It may pay for writes made
+    /// before the window: a checkpoint flushes whatever was dirty.
+    pub postgres_background_us: Option<f64>,
     pub total_us: f64,
     /// Share of the whole machine (all cores) that was busy, 0 to 100.
     pub machine_busy_pct: f64,
@@ -79,19 +84,20 @@ impl Probe {
         }
     }
 
-    async fn postgres_ticks(&self) -> Option<HashMap<u32, u64>> {
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
+    async fn postgres_ticks(&self) -> Option<HashMap<u32, (u64, bool)>> {
+        let pids: Vec<(i32, bool)> = sqlx::query_as(
+            "SELECT pid, backend_type IS DISTINCT FROM 'client backend' FROM pg_stat_activity
+             WHERE datname = $1 OR datname IS NULL",
         )
         .bind(&self.db_name)
         .fetch_all(&self.pool)
         .await
         .ok()?;
-        let map: HashMap<u32, u64> = pids
+        let map: HashMap<u32, (u64, bool)> = pids
             .into_iter()
-            .filter_map(|pid| {
+            .filter_map(|(pid, background)| {
                 let pid = pid as u32;
-                ticks(pid).map(|t| (pid, t))
+                ticks(pid).map(|t| (pid, (t, background)))
             })
             .collect();
         (!map.is_empty()).then_some(map)
@@ -104,14 +110,17 @@ impl Probe {
         let redis = self.redis.map(|_| end.redis.saturating_sub(start.redis));
         // A backend that appeared during the window spent all its time in it; one
         // that ended during it is lost (pools keep theirs open, so few do).
-        let postgres = match (&start.postgres, &end.postgres) {
+        let spent = |only_background: bool| match (&start.postgres, &end.postgres) {
             (Some(a), Some(b)) => Some(
                 b.iter()
-                    .map(|(pid, t)| t.saturating_sub(a.get(pid).copied().unwrap_or(0)))
+                    .filter(|(_, (_, background))| *background || !only_background)
+                    .map(|(pid, (t, _))| t.saturating_sub(a.get(pid).map_or(0, |s| s.0)))
                     .sum::<u64>(),
             ),
             _ => None,
         };
+        let postgres = spent(false);
+        let postgres_background = spent(true);
         let ours = daemon + redis.unwrap_or(0) + postgres.unwrap_or(0);
         let busy = end.machine.0.saturating_sub(start.machine.0);
         let total = end.machine.1.saturating_sub(start.machine.1).max(1);
@@ -121,6 +130,7 @@ impl Probe {
             daemon_us: us_per_job(daemon),
             redis_us: redis.map(us_per_job),
             postgres_us: postgres.map(us_per_job),
+            postgres_background_us: postgres_background.map(us_per_job),
             total_us: us_per_job(ours),
             machine_busy_pct: busy as f64 * 100.0 / total as f64,
             others_busy_pct: busy.saturating_sub(ours) as f64 * 100.0 / total as f64,
@@ -130,11 +140,14 @@ impl Probe {
 }
 
 impl Cost {
-    /// "daemon 27 + redis 28 + postgres 45 = 100 µs/job"
+    /// "daemon 27 + redis 28 + postgres 45 (background 3) = 100 µs/job"
     pub fn line(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        let background = self
+            .postgres_background_us
+            .map_or(String::new(), |v| format!(" (background {v:.1})"));
         format!(
-            "daemon {:.1} + redis {} + postgres {} = {:.1} µs/job",
+            "daemon {:.1} + redis {} + postgres {}{background} = {:.1} µs/job",
             self.daemon_us,
             opt(self.redis_us),
             opt(self.postgres_us),

@@ -9,6 +9,7 @@
 //! 1. **drain**: enqueues `--backlog` no-op jobs while the daemon is stopped
 //!    (SIGSTOP), resumes it and times the drain: the daemon's own processing rate
 //!    and the CPU each job cost the daemon, redis-server and Postgres (`cpu.rs`);
+//!    with `--analyze-midway`, `ANALYZE` runs once half of it has succeeded;
 //! 2. **throughput**: enqueues `--jobs` no-op jobs as fast as the producers can and
 //!    measures the enqueue rate, the end-to-end rate (first enqueue → last
 //!    `succeeded` row) and its CPU cost, plus how far the ledger lags behind the
@@ -18,6 +19,9 @@
 //!    producer (SQL: committed) until the handler started (`started_at`);
 //! 4. **bulk** (SQL only): `jobrunner.enqueue_many` in batches of `--bulk-batch`.
 //!
+//! Each run starts after a `CHECKPOINT` where the bench's role may run one, so
+//! its Postgres figure does not include flushing what earlier runs or the
+//! `--ledger-rows` fill left dirty.
 //! Every timed window also reports how busy the whole machine was, so a run
 //! disturbed by other work shows it; the report opens with the Postgres
 //! settings that move the figures most (`shared_buffers`, `fsync`,
@@ -27,14 +31,16 @@
 //! nothing. docs/PERFORMANCE.md explains each figure.
 //!
 //! This file parses the arguments and runs the daemon; `scratch.rs` makes and
-//! drops the scratch database and key prefix, `runs.rs` holds the runs and their
-//! producers, `report.rs` the figures, `cpu.rs` the CPU accounting.
+//! drops the scratch database and key prefix, `runs.rs` holds the runs,
+//! `producers.rs` their producers, `wait.rs` the reads that start and time
+//! them, `report.rs` the figures, `cpu.rs` the CPU accounting.
 
 mod cpu;
 mod producers;
 mod report;
 mod runs;
 mod scratch;
+mod wait;
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -64,6 +70,11 @@ pub struct BenchArgs {
     /// measure a lived-in ledger.
     #[arg(long, default_value_t = 0)]
     pub ledger_rows: u64,
+    /// In each drain run, `ANALYZE jobrunner.jobs` once half the backlog has
+    /// succeeded, as autovacuum would: the statistics then see a ledger half
+    /// finished and half queued. Its cost is in the drain's Postgres figure.
+    #[arg(long)]
+    pub analyze_midway: bool,
     /// Jobs per second for the latency runs.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
@@ -172,6 +183,7 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
     report.set("run", "jobs", json!(args.jobs));
     report.set("run", "backlog", json!(args.backlog.unwrap_or(args.jobs)));
     report.set("run", "ledger_rows", json!(args.ledger_rows));
+    report.set("run", "analyze_midway", json!(args.analyze_midway));
     report.set("run", "version", json!(env!("CARGO_PKG_VERSION")));
     server_settings(&pool, &mut report).await?;
 
@@ -220,11 +232,26 @@ async fn measure(scratch: &Scratch, args: &BenchArgs) -> anyhow::Result<Report> 
 
     let redis_pid = broker.server_pid().await.ok().flatten();
     let probe = cpu::Probe::new(pid, redis_pid, pool.clone(), &scratch.db_name);
+    let settle: bool = sqlx::query_scalar(
+        "SELECT r.rolsuper OR EXISTS (SELECT FROM pg_roles c WHERE c.rolname = 'pg_checkpoint'
+                                      AND pg_has_role(r.oid, c.oid, 'MEMBER'))
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&pool)
+    .await?;
+    report.set("run", "checkpoint_before_runs", json!(settle));
+    if !settle {
+        report.row(
+            "CHECKPOINT before each run",
+            "not allowed: windows may pay for flushing earlier writes",
+        );
+    }
     let bench = Bench {
         pool: pool.clone(),
         broker: Arc::new(broker.clone()),
         args: args.clone(),
         built,
+        settle,
         probe,
     };
     let result = bench.all(pid, &mut report).await;
@@ -280,6 +307,10 @@ struct Bench {
     args: BenchArgs,
     /// When the `--ledger-rows` filler was built: rows created since are the runs'.
     built: Option<DateTime<Utc>>,
+    /// Whether the bench may run `CHECKPOINT` before each run (superuser or
+    /// `pg_checkpoint`), so a window does not pay for flushing what the set-up
+    /// wrote: filling ten million rows leaves gigabytes for the checkpointer.
+    settle: bool,
     probe: cpu::Probe,
 }
 

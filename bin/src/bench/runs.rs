@@ -1,9 +1,8 @@
-//! The runs a benchmark makes, in order (drain, throughput, latency, bulk), and
-//! the reads of the scratch ledger that time them; `producers` enqueues for them.
+//! The runs a benchmark makes, in order (drain, throughput, latency, bulk);
+//! `producers` enqueues for them and `wait` times them.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -26,12 +25,29 @@ impl Bench {
                 let since = self.reset().await?;
                 signal(pid, "STOP");
                 let enqueued = self.enqueue(path, backlog).await;
+                let (first, until) = self.created_span(since).await?;
                 signal(pid, "CONT");
                 enqueued?;
                 let resumed = Utc::now();
                 let before = self.probe.sample().await;
-                self.wait_succeeded(since, backlog, Duration::from_secs(1800))
-                    .await?;
+                let limit = Duration::from_secs(1800);
+                let start = Instant::now();
+                // Jobs of one priority run in the order they were enqueued, so
+                // the newest succeeded job's creation time says how far the
+                // drain got: one index probe, where counting would read every
+                // row done so far (at a 1M backlog, seconds of Postgres CPU).
+                let span = (until - first).to_std().unwrap_or_default();
+                let at = |share: f64| {
+                    first + chrono::TimeDelta::from_std(span.mul_f64(share)).unwrap_or_default()
+                };
+                let midway = if args.analyze_midway {
+                    self.wait_past(at(0.5), start, limit).await?;
+                    Some(self.analyze(since, backlog).await?)
+                } else {
+                    None
+                };
+                self.wait_past(at(0.9), start, limit).await?;
+                self.wait_succeeded(since, backlog, start, limit).await?;
                 let after = self.probe.sample().await;
                 let cost = self.probe.cost(&before, &after, backlog as u64);
                 let last = self.last_update(since).await?;
@@ -43,11 +59,15 @@ impl Bench {
                 );
                 report.row(format!("{label} drain CPU"), cost.line());
                 report.row(format!("{label} drain machine load"), cost.load_line());
-                report.set(
-                    name,
-                    "drain",
-                    json!({"jobs": backlog, "rate": rate, "cpu": cost}),
-                );
+                let mut drain = json!({"jobs": backlog, "rate": rate, "cpu": cost});
+                if let Some(m) = midway {
+                    report.row(
+                        format!("{label} drain ANALYZE midway"),
+                        format!("at {:.0}% done, {:.0} ms", m.done * 100.0, m.ms),
+                    );
+                    drain["analyze_midway"] = json!({"done": m.done, "ms": m.ms});
+                }
+                report.set(name, "drain", drain);
             }
             if has(RunKind::Throughput) {
                 self.say(format!("Throughput, {label} path, {} jobs...", args.jobs));
@@ -56,7 +76,7 @@ impl Bench {
                 let start = Instant::now();
                 self.enqueue(path, args.jobs).await?;
                 let enqueue = start.elapsed();
-                self.wait_succeeded(since, args.jobs, Duration::from_secs(1800))
+                self.wait_succeeded(since, args.jobs, Instant::now(), Duration::from_secs(1800))
                     .await?;
                 let total = start.elapsed();
                 let after = self.probe.sample().await;
@@ -134,80 +154,6 @@ impl Bench {
         }
     }
 
-    /// Clears the previous run's jobs (keeping the `--ledger-rows` filler) and
-    /// returns the moment from which rows belong to the next run.
-    async fn reset(&self) -> anyhow::Result<DateTime<Utc>> {
-        match self.built {
-            None => {
-                sqlx::query("TRUNCATE jobrunner.outbox, jobrunner.outbox_held, jobrunner.jobs, jobrunner.external_ids")
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Some(built) => {
-                sqlx::query("TRUNCATE jobrunner.outbox")
-                    .execute(&self.pool)
-                    .await?;
-                sqlx::query("DELETE FROM jobrunner.jobs WHERE created_at >= $1")
-                    .bind(built)
-                    .execute(&self.pool)
-                    .await?;
-                // As autovacuum would: the next run starts from current statistics.
-                sqlx::query("VACUUM (ANALYZE) jobrunner.jobs")
-                    .execute(&self.pool)
-                    .await?;
-            }
-        }
-        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// Waits until `n` jobs created since `since` succeeded. Polls rarely: each
-    /// count reads the run's rows, and Postgres time spent counting is in the
-    /// CPU figures. The next poll comes at half the time the rest should take.
-    async fn wait_succeeded(
-        &self,
-        since: DateTime<Utc>,
-        n: usize,
-        limit: Duration,
-    ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobrunner.jobs
-                 WHERE status = 'succeeded' AND created_at >= $1",
-            )
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await?;
-            let done = done as usize;
-            if done >= n {
-                return Ok(());
-            }
-            let elapsed = start.elapsed();
-            if elapsed > limit {
-                bail!("only {done} of {n} jobs succeeded within {limit:?}");
-            }
-            let rest = if done == 0 {
-                Duration::from_millis(100)
-            } else {
-                elapsed.mul_f64((n - done) as f64 / done as f64)
-            };
-            let pause = (rest / 2).clamp(Duration::from_millis(10), Duration::from_secs(2));
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// When the last row of the run was written.
-    async fn last_update(&self, since: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
-        let last: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT max(updated_at) FROM jobrunner.jobs WHERE created_at >= $1")
-                .bind(since)
-                .fetch_one(&self.pool)
-                .await?;
-        last.context("the run wrote no rows")
-    }
-
     /// How long after a job finished its row said so.
     async fn lag(&self, since: DateTime<Utc>) -> anyhow::Result<Spread> {
         let values: Vec<f64> = sqlx::query_scalar::<_, Option<f64>>(
@@ -275,8 +221,13 @@ impl Bench {
         while let Some(r) = tasks.join_next().await {
             returned.push(r??);
         }
-        self.wait_succeeded(since, total as usize, Duration::from_secs(120))
-            .await?;
+        self.wait_succeeded(
+            since,
+            total as usize,
+            Instant::now(),
+            Duration::from_secs(120),
+        )
+        .await?;
         let after = self.probe.sample().await;
         let cost = self.probe.cost(&before, &after, total);
         let (ids, times): (Vec<uuid::Uuid>, Vec<DateTime<Utc>>) = returned.into_iter().unzip();
@@ -335,7 +286,7 @@ impl Bench {
         let after = self.probe.sample().await;
         signal(pid, "CONT");
         outcome?;
-        self.wait_succeeded(since, args.jobs, Duration::from_secs(1800))
+        self.wait_succeeded(since, args.jobs, Instant::now(), Duration::from_secs(1800))
             .await?;
         let cost = self.probe.cost(&before, &after, args.jobs as u64);
         Ok((args.jobs as f64 / elapsed.as_secs_f64(), cost))

@@ -9,7 +9,7 @@
 //! 1. **drain**: enqueues `--backlog` no-op jobs while the daemon is stopped
 //!    (SIGSTOP), resumes it and times the drain: the daemon's own processing rate
 //!    and the CPU each job cost the daemon, redis-server and Postgres (`cpu.rs`);
-//!    with `--analyze-midway`, `ANALYZE` runs once half of it has succeeded;
+//!    with `--analyze-midway`, `ANALYZE` runs once about half of it has succeeded;
 //! 2. **throughput**: enqueues `--jobs` no-op jobs as fast as the producers can and
 //!    measures the enqueue rate, the end-to-end rate (first enqueue → last
 //!    `succeeded` row) and its CPU cost, plus how far the ledger lags behind the
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     /// measure a lived-in ledger.
     #[arg(long, default_value_t = 0)]
     pub ledger_rows: u64,
-    /// In each drain run, `ANALYZE jobrunner.jobs` once half the backlog has
+    /// In each drain run, `ANALYZE jobrunner.jobs` once about half the backlog has
     /// succeeded, as autovacuum would: the statistics then see a ledger half
     /// finished and half queued. Its cost is in the drain's Postgres figure.
     #[arg(long)]

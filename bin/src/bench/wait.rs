@@ -81,6 +81,7 @@ impl Bench {
         }
     }
 
+    /// How many jobs created since `since` succeeded: reads every one of them.
     async fn succeeded(&self, since: DateTime<Utc>) -> anyhow::Result<usize> {
         let done: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobrunner.jobs
@@ -146,11 +147,11 @@ impl Bench {
         };
         let oldest = end(
             "SELECT created_at FROM jobrunner.jobs WHERE status = 'queued'
-                          ORDER BY created_at LIMIT 1",
+             ORDER BY created_at LIMIT 1",
         );
         let newest = end(
             "SELECT created_at FROM jobrunner.jobs WHERE status = 'queued'
-                          ORDER BY created_at DESC LIMIT 1",
+             ORDER BY created_at DESC LIMIT 1",
         );
         match (oldest.await?, newest.await?) {
             (Some(first), Some(last)) => Ok((first, last)),
